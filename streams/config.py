@@ -1,0 +1,116 @@
+"""Runtime configuration: environment variables first, then the local stack's state file, then defaults.
+
+The state file is written by `omnistream infra up`, so after it every other command finds the
+services without any `export` (run `omnistream infra env` to get those lines for other tools).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/omnistream"
+DEFAULT_WEB_PORT = 6066
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from (editable install), if any."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").exists() else None
+
+
+def omnistream_home() -> Path:
+    """Folder for the local stack's state, data and logs (git-ignored `.omnistream/`)."""
+    env = os.environ.get("OMNISTREAM_HOME")
+    if env:
+        return Path(env).resolve()
+    return (repo_root() or Path.cwd()) / ".omnistream"
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded jars; shared by every stack so the second start needs no network."""
+    env = os.environ.get("OMNISTREAM_CACHE_DIR")
+    if env:
+        return Path(env).resolve()
+    return (repo_root() or Path.home()) / ".cache" / "omnistream"
+
+
+def state_file() -> Path:
+    return omnistream_home() / "state.json"
+
+
+def read_state() -> dict:
+    try:
+        return orjson.loads(state_file().read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    database_url: str
+    web_host: str = "127.0.0.1"
+    web_port: int = DEFAULT_WEB_PORT
+    log_level: str = "INFO"
+    log_file: str | None = None
+    app_id: str = "omnistream"
+    partitions: int = 4
+    kafka_security: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        state = read_state()
+        return cls(
+            kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+            or state.get("kafka", {}).get("bootstrap")
+            or DEFAULT_BOOTSTRAP,
+            database_url=os.environ.get("DATABASE_URL")
+            or state.get("postgres", {}).get("url")
+            or DEFAULT_DATABASE_URL,
+            web_host=os.environ.get("OMNISTREAM_WEB_HOST", "127.0.0.1"),
+            web_port=_int_env("OMNISTREAM_WEB_PORT", DEFAULT_WEB_PORT),
+            log_level=os.environ.get("OMNISTREAM_LOG_LEVEL", "INFO").upper(),
+            log_file=os.environ.get("OMNISTREAM_LOG_FILE") or None,
+            app_id=os.environ.get("OMNISTREAM_APP_ID", "omnistream"),
+            partitions=_int_env("OMNISTREAM_PARTITIONS", 4),
+            kafka_security=kafka_security_from_env(),
+        )
+
+
+def kafka_security_from_env() -> dict:
+    """SASL/TLS settings passed through to aiokafka (names follow aiokafka's keyword arguments)."""
+    out: dict = {}
+    mapping = {
+        "KAFKA_SECURITY_PROTOCOL": "security_protocol",
+        "KAFKA_SASL_MECHANISM": "sasl_mechanism",
+        "KAFKA_SASL_USERNAME": "sasl_plain_username",
+        "KAFKA_SASL_PASSWORD": "sasl_plain_password",
+    }
+    for env, key in mapping.items():
+        if os.environ.get(env):
+            out[key] = os.environ[env]
+    cafile = os.environ.get("KAFKA_SSL_CAFILE")
+    if cafile:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=cafile)
+        certfile, keyfile = os.environ.get("KAFKA_SSL_CERTFILE"), os.environ.get("KAFKA_SSL_KEYFILE")
+        if certfile:
+            ctx.load_cert_chain(certfile, keyfile)
+        out["ssl_context"] = ctx
+    return out

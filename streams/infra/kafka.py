@@ -1,0 +1,168 @@
+"""A local Apache Kafka broker: KRaft, one combined broker+controller on loopback.
+
+Jars come from Maven Central once (mvn dependency:copy-dependencies on kafka-pom.xml) into the
+cache folder; every later start is offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import shutil
+import subprocess
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+
+from streams.infra.errors import InfraError
+from streams.infra.proc import pid_alive, run, tail
+
+KAFKA_VERSION = "4.1.1"
+
+
+def _resource(name: str) -> Path:
+    return Path(str(resources.files("streams.infra").joinpath(name)))
+
+
+def ensure_jars(cache: Path, progress=print) -> Path:
+    """Return the lib folder with the broker's jars, fetching them on first use."""
+    lib = cache / f"kafka-{KAFKA_VERSION}" / "lib"
+    if (lib / ".complete").exists():
+        return lib
+    if shutil.which("java") is None:
+        raise InfraError(
+            "Java 17 or newer is needed to run the local Kafka broker: install it "
+            "(apt-get install -y openjdk-17-jre-headless) or set KAFKA_BOOTSTRAP_SERVERS",
+            "java -version",
+        )
+    if shutil.which("mvn") is None:
+        raise InfraError(
+            "Maven is needed once to fetch the Kafka jars: install it (apt-get install -y maven) "
+            "or set KAFKA_BOOTSTRAP_SERVERS",
+            "mvn -v",
+        )
+    progress(f"fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central (first run only)")
+    staging = lib.with_name("lib.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    cmd = [
+        "mvn", "-B", "-q", "-f", str(_resource("kafka-pom.xml")),
+        "dependency:copy-dependencies", "-DincludeScope=runtime",
+        f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={staging}",
+    ]
+    run(cmd, "fetching the Kafka jars from Maven Central")
+    if not list(staging.glob("kafka_2.13-*.jar")):
+        raise InfraError("the Kafka jar fetch finished but no kafka_2.13 jar arrived", " ".join(cmd))
+    shutil.rmtree(lib, ignore_errors=True)
+    staging.rename(lib)
+    (lib / ".complete").write_text(KAFKA_VERSION)
+    return lib
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def write_config(folder: Path, port: int, controller_port: int) -> Path:
+    data = folder / "data"
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "4",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "8",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.cleaner.dedupe.buffer.size": "16777216",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "auto.create.topics.enable": "true",
+        "delete.topic.enable": "true",
+    }
+    path = folder / "server.properties"
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return path
+
+
+def start(folder: Path, cache: Path, port: int, controller_port: int, progress=print) -> int:
+    """Format (once) and launch the broker detached; return its pid. Readiness is checked apart."""
+    lib = ensure_jars(cache, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = write_config(folder, port, controller_port)
+    data = folder / "data"
+    id_file = folder / "cluster_id"
+    meta = data / "meta.properties"
+    cluster_id = id_file.read_text().strip() if id_file.exists() else None
+    # A data folder formatted for another cluster id refuses to start: reset it.
+    if meta.exists() and (cluster_id is None or f"cluster.id={cluster_id}" not in meta.read_text()):
+        shutil.rmtree(data)
+    if cluster_id is None:
+        cluster_id = _cluster_id()
+        id_file.write_text(cluster_id)
+    classpath = f"{lib}/*"
+    run(
+        ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+         "-c", str(config), "--ignore-formatted"],
+        "formatting the Kafka data folder",
+    )
+    log = open(folder / "kafka.log", "ab")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen(
+        ["java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+         f"-Dlog4j2.configurationFile={_resource('log4j2.properties')}",
+         "-cp", classpath, "kafka.Kafka", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, cwd=folder,
+    )
+    log.close()
+    return proc.pid
+
+
+async def probe(bootstrap: str, timeout: float = 3.0, **security) -> bool:
+    """True when a Kafka broker answers a metadata request at `bootstrap`."""
+    from aiokafka import AIOKafkaClient
+
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
+                            **security)
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        return True
+    except Exception:
+        return False
+    finally:
+        await client.close()
+        quiet.setLevel(level)
+
+
+def wait_ready(bootstrap: str, pid: int | None, folder: Path | None, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(probe(bootstrap, timeout=2.0)):
+            return
+        if pid is not None and not pid_alive(pid):
+            log = folder / "kafka.log" if folder else None
+            raise InfraError(
+                f"the local Kafka broker exited during start-up; see {log}",
+                detail=tail(log) if log else None,
+            )
+        time.sleep(0.3)
+    raise InfraError(f"Kafka at {bootstrap} did not answer a metadata request within {timeout:.0f}s")
+
+
+def version_of(cache: Path) -> str:
+    return KAFKA_VERSION if (cache / f"kafka-{KAFKA_VERSION}" / "lib" / ".complete").exists() else "?"
