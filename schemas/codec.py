@@ -1,0 +1,59 @@
+"""orjson encoding and decoding of event values, with errors a user can read."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+MAX_VALUE_BYTES = 1_000_000
+
+
+class DecodeError(ValueError):
+    """The bytes are not a valid value for the topic; `kind` says which check failed."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+def encode(event: BaseModel) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def describe(exc: ValidationError, limit: int = 3) -> str:
+    """One line: the first few failing fields and why."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "value"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def decode(model: type[M], raw: bytes | str, defaults: dict | None = None) -> M:
+    """Parse JSON bytes into `model`; `defaults` fill envelope fields the publisher left out."""
+    if raw is None:
+        raise DecodeError("empty", "empty value (tombstone)")
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if len(raw) > MAX_VALUE_BYTES:
+        raise DecodeError("oversized", f"value is {len(raw)} bytes, limit {MAX_VALUE_BYTES}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("invalid_json", f"not valid JSON: {exc}") from None
+    return validate(model, data, defaults)
+
+
+def validate(model: type[M], data: object, defaults: dict | None = None) -> M:
+    if not isinstance(data, dict):
+        raise DecodeError("schema", f"expected a JSON object, got {type(data).__name__}")
+    if defaults:
+        data = {**{k: v for k, v in defaults.items() if k in model.model_fields}, **data}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise DecodeError("schema", f"invalid {model.__name__}: {describe(exc)}") from None

@@ -1,0 +1,271 @@
+"""Event models for every topic (pydantic v2). No I/O here.
+
+Every value carries the envelope (`id`, `schema_version`, `correlation_id`, `occurred_at`);
+outside publishers may omit it and it is filled in on intake. Scalars are strict (no "1" → 1),
+strings and lists are bounded, unknown fields are rejected.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+NodeType = Literal["effect", "compute", "reducer", "orchestrator"]
+NODE_TYPES: tuple[str, ...] = ("effect", "compute", "reducer", "orchestrator")
+
+MIXIN_CATALOGUE: tuple[str, ...] = (
+    "MixinRetry", "MixinCircuitBreaker", "MixinCaching", "MixinLogging", "MixinMetrics",
+    "MixinTracing", "MixinValidation", "MixinSerialization", "MixinEventBus", "MixinHealthCheck",
+    "MixinRateLimit", "MixinTimeout", "MixinTransaction", "MixinIdempotency", "MixinAuth",
+    "MixinBatching", "MixinStreaming", "MixinPersistence", "MixinScheduling",
+    "MixinNotification", "MixinAudit", "MixinEncryption", "MixinCompression", "MixinConfig",
+)
+
+# Words a generated module defines or imports itself: a PRD name equal to one would shadow it.
+_RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {
+    "None", "True", "False", "self", "cls", "object", "type", "print", "exec", "eval",
+    "compile", "open", "input", "super", "Any", "Node", "NodeBase",
+}
+
+
+def _not_reserved(value: str) -> str:
+    if value in _RESERVED or value.startswith("_") or value.startswith("Mixin"):
+        raise ValueError(f"{value!r} is a reserved word and cannot name generated code")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Text = Annotated[str, StringConstraints(strict=True, max_length=2000)]
+LongText = Annotated[str, StringConstraints(strict=True, max_length=20000)]
+Title = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
+PascalIdent = Annotated[
+    str,
+    StringConstraints(strict=True, pattern=r"^[A-Z][A-Za-z0-9]{0,63}$"),
+    AfterValidator(_not_reserved),
+]
+SnakeIdent = Annotated[
+    str,
+    StringConstraints(strict=True, pattern=r"^[a-z][a-z0-9_]{0,63}$"),
+    AfterValidator(_not_reserved),
+]
+MixinName = Annotated[str, StringConstraints(strict=True, pattern=r"^Mixin[A-Z][A-Za-z0-9]{0,58}$")]
+PrdId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
+Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=86_400_000)]
+Name = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
+Labels = Annotated[
+    dict[Annotated[str, StringConstraints(strict=True, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,99}$")],
+         Annotated[str, StringConstraints(strict=True, max_length=500)]],
+    Field(max_length=32),
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Envelope(Model):
+    id: UUID = Field(default_factory=uuid4)
+    schema_version: StrictInt = Field(default=1, ge=1, le=1000)
+    correlation_id: UUID = Field(default_factory=uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+
+# ---------------------------------------------------------------- PRDs and codegen
+
+
+class PrdNode(Model):
+    node_type: NodeType
+    name: PascalIdent
+    mixins: Annotated[list[MixinName], Field(max_length=24)] = Field(default_factory=list)
+    description: Text | None = None
+    operations: Annotated[list[SnakeIdent], Field(max_length=32)] = Field(default_factory=list)
+
+    @field_validator("mixins", "operations")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a name")
+        return value
+
+
+class PrdSubmitted(Envelope):
+    prd_id: PrdId = Field(default_factory=lambda: f"prd-{uuid4().hex[:12]}")
+    title: Title
+    description: LongText = ""
+    service_name: SnakeIdent
+    nodes: Annotated[list[PrdNode], Field(min_length=1, max_length=16)]
+
+    @model_validator(mode="after")
+    def _unique_node_names(self) -> PrdSubmitted:
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique within a PRD")
+        return self
+
+
+class NodeTask(Envelope):
+    prd_id: PrdId
+    service_name: SnakeIdent
+    title: Title
+    prd_description: LongText = ""
+    node_index: StrictInt = Field(ge=0, lt=16)
+    node_count: StrictInt = Field(ge=1, le=16)
+    node: PrdNode
+
+
+class GeneratedFile(Model):
+    path: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*\.py$",
+                                           max_length=300)]
+    content: Annotated[str, StringConstraints(strict=True, max_length=1_000_000)]
+    sha256: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
+
+
+class PatternFinding(Model):
+    pattern_name: Name
+    message: Text
+    line: StrictInt = Field(ge=0)
+    confidence: Score
+    severity: Literal["info", "warning", "error"] = "warning"
+    file: str | None = None
+
+
+class GeneratedNode(Envelope):
+    prd_id: PrdId
+    service_name: SnakeIdent
+    node_type: NodeType
+    node_name: PascalIdent
+    node_index: StrictInt = Field(ge=0, lt=16)
+    node_count: StrictInt = Field(ge=1, le=16)
+    mixins: Annotated[list[MixinName], Field(max_length=24)]
+    files: Annotated[list[GeneratedFile], Field(max_length=16)]
+    findings: Annotated[list[PatternFinding], Field(max_length=500)] = Field(default_factory=list)
+    quality_score: Score
+    duration_ms: Millis
+    success: StrictBool = True
+    failure_reason: Text | None = None
+    worker: Name | None = None
+
+
+class CompletedNode(Model):
+    node_name: PascalIdent
+    node_type: NodeType
+    success: StrictBool
+    failure_reason: Text | None = None
+    files: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
+    quality_score: Score | None = None
+
+
+class PrdCompleted(Envelope):
+    prd_id: PrdId
+    service_name: SnakeIdent
+    status: Literal["complete", "partial", "failed", "timed_out"]
+    node_count: StrictInt = Field(ge=1, le=16)
+    nodes: Annotated[list[CompletedNode], Field(max_length=16)]
+    missing: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)
+    failed: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)
+    duration_ms: Millis
+
+
+class GenerationResult(Envelope):
+    node_type: NodeType
+    mixins: Annotated[list[MixinName], Field(min_length=1, max_length=32)]
+    success: StrictBool
+    failure_reason: Text | None = None
+    source: Name = "pipeline"
+    duration_ms: Millis | None = None
+
+
+# ---------------------------------------------------------------- feedback, metrics, alerts
+
+FeedbackType = Literal["true_positive", "false_positive", "false_negative", "user_override"]
+
+
+class PatternFeedback(Envelope):
+    pattern_name: Name
+    feedback_type: FeedbackType
+    user_weight: Score = 1.0
+    is_correct: StrictBool | None = None
+    confidence: Score | None = None
+    comment: Text | None = None
+
+
+class MetricEvent(Envelope):
+    name: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$")]
+    value: Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
+    metric_type: Literal["counter", "gauge", "histogram"]
+    labels: Labels = Field(default_factory=dict)
+
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class Alert(Envelope):
+    fingerprint: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
+    rule: Name
+    severity: Severity
+    state: Literal["pending", "firing", "acknowledged", "silenced", "resolved"]
+    value: Annotated[StrictFloat | StrictInt, AfterValidator(_finite)] | None = None
+    threshold: StrictFloat | StrictInt | None = None
+    labels: Labels = Field(default_factory=dict)
+    annotations: Labels = Field(default_factory=dict)
+    started_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+    escalation_level: StrictInt = Field(default=0, ge=0, le=10)
+
+
+class AlertCommand(Envelope):
+    alert_id: Name
+    action: Literal["ack", "resolve", "silence"]
+    by: Name | None = None
+    duration_s: StrictInt | None = Field(default=None, ge=1, le=30 * 86400)
+    comment: Text | None = None
+
+
+class DeadLetter(Envelope):
+    """A value that could not be handled, with where it came from and why."""
+
+    topic: Name
+    partition: StrictInt = Field(ge=0)
+    offset: StrictInt = Field(ge=0)
+    key: str | None = None
+    value: str | None = Field(default=None, description="original value as UTF-8 text, if it is")
+    value_b64: str = Field(description="original value bytes, base64")
+    error_type: Name
+    error: Annotated[str, StringConstraints(max_length=4000)]
+    agent: Name | None = None
+
+
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
