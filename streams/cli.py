@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from pathlib import Path
 
 import orjson
 
 from streams.infra.errors import InfraError
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 1."""
 
 
 def _infra(args: argparse.Namespace) -> int:
@@ -33,14 +39,102 @@ def _infra(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from streams.config import Settings
+    from streams.migrate import MigrationError, migrate
+
+    try:
+        asyncio.run(migrate(Settings.from_env().database_url))
+    except MigrationError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot reach PostgreSQL: {exc} (run `omnistream infra up`)") from None
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.worker import run
+
+    run()
+    return 0
+
+
+def read_json_events(source: str) -> list[dict]:
+    """One JSON object, or JSON lines, from a file or '-' (stdin)."""
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+    text = raw.strip()
+    if not text:
+        raise UsageError(f"{source}: empty input")
+    try:
+        whole = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):
+        return [whole]
+    if isinstance(whole, list):
+        raise UsageError(f"{source}: expected one JSON object or JSON lines, got a JSON array")
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"{source}:{n}: not valid JSON ({exc})") from None
+        if not isinstance(item, dict):
+            raise UsageError(f"{source}:{n}: expected a JSON object")
+        out.append(item)
+    return out
+
+
+def _validated(source: str, model) -> list:
+    from schemas.codec import DecodeError, validate
+
+    events = []
+    for n, item in enumerate(read_json_events(source), 1):
+        try:
+            events.append(validate(model, item))
+        except DecodeError as exc:
+            raise UsageError(f"{source}: event {n}: {exc}") from None
+    return events
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from schemas.events import PrdSubmitted
+    from streams.client import OmnistreamClient
+
+    prds = _validated(args.file, PrdSubmitted)
+
+    async def go() -> None:
+        async with OmnistreamClient() as client:
+            for prd in prds:
+                cid = await client.publish_prd(prd)
+                print(f"{cid}\t{prd.prd_id}")
+
+    asyncio.run(go())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omnistream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="omnistream", description="omnistream: PRDs to code on Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
 
     infra = sub.add_parser("infra", help="start, stop, report the local Kafka + PostgreSQL")
     infra.add_argument("action", choices=["up", "down", "status", "env"])
     infra.add_argument("--json", action="store_true", help="status as JSON")
     infra.set_defaults(func=_infra)
+
+    sub.add_parser("migrate", help="apply migrations/*.sql").set_defaults(func=_migrate)
+    sub.add_parser("worker", help="run the Faust worker with all agents").set_defaults(func=_worker)
+
+    pub = sub.add_parser("publish", help="validate and publish events")
+    pub_sub = pub.add_subparsers(dest="kind", required=True)
+    prd = pub_sub.add_parser("prd", help="one PRD (JSON object) or many (JSON lines)")
+    prd.add_argument("file", help="path, or - for stdin")
+    prd.set_defaults(func=_publish)
     return parser
 
 
@@ -48,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
+    except UsageError as exc:
+        print(f"omnistream: {exc}", file=sys.stderr)
+        return 1
     except InfraError as exc:
         print(f"omnistream: {exc}", file=sys.stderr)
         if exc.detail:

@@ -1,0 +1,94 @@
+"""Structured JSON logging through the standard `logging` machinery.
+
+One JSON object per line: timestamp, level, logger, message, correlation_id, component,
+metadata. The correlation id and component live in contextvars, so every line logged while an
+event is handled carries its id, across `await`s, without passing it around.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import traceback
+from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+import orjson
+
+correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+component_var: ContextVar[str | None] = ContextVar("component", default=None)
+
+
+@contextlib.contextmanager
+def log_context(correlation_id: object | None = None, component: str | None = None) -> Iterator[None]:
+    """Tag every log line in this block (sync or async code alike)."""
+    tokens = []
+    if correlation_id is not None:
+        tokens.append((correlation_id_var, correlation_id_var.set(str(correlation_id))))
+    if component is not None:
+        tokens.append((component_var, component_var.set(component)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a LogRecord as one JSON line; `extra={"metadata": {...}}` adds structured data."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "correlation_id": getattr(record, "correlation_id", None) or correlation_id_var.get(),
+            "component": getattr(record, "component", None) or component_var.get(),
+            "metadata": getattr(record, "metadata", None) or {},
+        }
+        if record.exc_info:
+            entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return orjson.dumps(entry, default=str).decode()
+
+
+def handlers_for(log_file: str | None, max_bytes: int = 100 * 2**20, backups: int = 5) -> list:
+    stream = logging.StreamHandler()
+    stream.setFormatter(JsonFormatter())
+    out: list[logging.Handler] = [stream]
+    if log_file:
+        rotating = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes,
+                                                        backupCount=backups, encoding="utf-8")
+        rotating.setFormatter(JsonFormatter())
+        out.append(rotating)
+    return out
+
+
+def logging_config(level: str = "INFO", log_file: str | None = None) -> dict:
+    """A dictConfig for the root logger (handed to the Faust worker, which applies it)."""
+    handlers: dict = {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                   "stream": "ext://sys.stderr"},
+    }
+    if log_file:
+        handlers["file"] = {
+            "class": "logging.handlers.RotatingFileHandler", "formatter": "json",
+            "filename": log_file, "maxBytes": 100 * 2**20, "backupCount": 5, "encoding": "utf-8",
+        }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": handlers,
+        "root": {"level": level, "handlers": list(handlers)},
+        "loggers": {"aiokafka": {"level": "WARNING"}, "faust": {"level": "WARNING"},
+                    "mode": {"level": "WARNING"}},
+    }
+
+
+def configure(level: str = "INFO", log_file: str | None = None) -> None:
+    import logging.config
+
+    logging.config.dictConfig(logging_config(level, log_file))

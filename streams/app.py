@@ -1,0 +1,68 @@
+"""The Faust application: built from env config; topics declared from schemas/topics.py.
+
+Values and keys are raw bytes on the wire: agents decode them with schemas.codec, so a value
+that does not decode goes to the dead-letter topic instead of crashing the stream.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from schemas import topics as spec
+from streams.config import Settings
+
+
+def _credentials(settings: Settings):
+    sec = settings.kafka_security
+    protocol = sec.get("security_protocol", "PLAINTEXT").upper()
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=sec.get("sasl_plain_username"), password=sec.get("sasl_plain_password"),
+            mechanism=sec.get("sasl_mechanism", "PLAIN"),
+            ssl_context=sec.get("ssl_context") if protocol == "SASL_SSL" else None)
+    if protocol == "SSL":
+        return faust.SSLCredentials(sec.get("ssl_context"))
+    return None
+
+
+def create_app(settings: Settings | None = None) -> faust.App:
+    settings = settings or Settings.from_env()
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        autodiscover=False,
+    )
+
+
+settings = Settings.from_env()
+app = create_app(settings)
+
+
+def topic(ts: spec.TopicSpec) -> faust.TopicT:
+    return app.topic(ts.name, key_type=bytes, value_type=bytes, partitions=ts.partitions,
+                     value_serializer="raw", key_serializer="raw")
+
+
+prd_requests = topic(spec.PRD_REQUESTS)
+codegen_tasks = topic(spec.CODEGEN_TASKS)
+codegen_generated = topic(spec.CODEGEN_GENERATED)
+codegen_completed = topic(spec.CODEGEN_COMPLETED)
+codegen_results = topic(spec.CODEGEN_RESULTS)
+pattern_feedback = topic(spec.PATTERN_FEEDBACK)
+metrics_events = topic(spec.METRICS_EVENTS)
+alerts = topic(spec.ALERTS)
+alerts_commands = topic(spec.ALERTS_COMMANDS)
+dlq = topic(spec.DLQ)

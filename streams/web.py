@@ -1,0 +1,78 @@
+"""HTTP views on the worker's web port: /health and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.app import app, settings
+from streams.infra import kafka, postgres
+from streams.metrics import CONSUMER_LAG
+
+MAX_HEALTHY_LAG = 10_000
+
+
+async def consumer_lag() -> int | None:
+    consumer = getattr(app, "consumer", None)
+    if consumer is None:
+        return None
+    assigned = consumer.assignment()
+    lag = 0
+    for tp in assigned:
+        try:
+            high = consumer.highwater(tp)
+        except Exception:
+            continue
+        position = await consumer.position(tp)
+        if high is not None and position is not None:
+            lag += max(0, high - position)
+    CONSUMER_LAG.set(lag)
+    return lag
+
+
+def agent_states() -> dict[str, str]:
+    out = {}
+    for name, agent in app.agents.items():
+        short = name.rsplit(".", 1)[-1]
+        if agent.crashed or getattr(agent, "crash_reason", None):
+            out[short] = f"crashed: {agent.crash_reason!r}"
+        elif not agent.started:
+            out[short] = "not started"
+        else:
+            out[short] = "running"
+    return out
+
+
+async def health_report() -> dict[str, Any]:
+    started = time.perf_counter()
+    kafka_ok, pg_version = await asyncio.gather(
+        kafka.probe(settings.kafka_bootstrap, timeout=2.0, **settings.kafka_security),
+        postgres.probe(settings.database_url, timeout=2.0),
+    )
+    agents = agent_states()
+    lag = await consumer_lag()
+    healthy = (kafka_ok and pg_version is not None and bool(agents)
+               and all(s == "running" for s in agents.values())
+               and (lag is None or lag < MAX_HEALTHY_LAG))
+    return {
+        "status": "ok" if healthy else "unhealthy",
+        "kafka": {"ok": kafka_ok, "bootstrap": settings.kafka_bootstrap},
+        "postgres": {"ok": pg_version is not None, "version": pg_version},
+        "agents": agents,
+        "consumer_lag": lag,
+        "check_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+@app.page("/health")
+async def health(web: Any, request: Any) -> Any:
+    report = await health_report()
+    return web.json(report, status=200 if report["status"] == "ok" else 503)
+
+
+@app.page("/metrics")
+async def metrics(web: Any, request: Any) -> Any:
+    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

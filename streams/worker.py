@@ -1,0 +1,26 @@
+"""Run the Faust worker with every agent (`omnistream worker`); several may run side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from agents.logging import logging_config
+
+
+def run() -> None:
+    from faust.worker import Worker
+
+    from streams import agents, web  # noqa: F401 - registers agents and pages on the app
+    from streams.app import app, settings
+    from streams.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, **settings.kafka_security))
+    # mode's Worker wants argv it can own; it reads nothing from it that we need.
+    sys.argv = sys.argv[:1]
+    Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level, settings.log_file),
+        redirect_stdouts=False,
+    ).execute_from_commandline()
