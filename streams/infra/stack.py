@@ -18,9 +18,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from streams.config import DEFAULT_BOOTSTRAP, DEFAULT_DATABASE_URL, cache_dir, omnistream_home
+from streams.config import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_DATABASE_URL,
+    cache_dir,
+    omnistream_home,
+    state_file,
+)
 from streams.config import read_state as _read_state
-from streams.config import state_file
 from streams.infra import kafka, postgres
 from streams.infra.errors import InfraError
 from streams.infra.proc import free_port, pid_alive, port_is_free, stop_pid

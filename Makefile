@@ -1,0 +1,52 @@
+# The README's two commands are `make demo` and `make test`; both set everything up first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+.PHONY: setup demo test test-fast bench lint schemas clean services
+
+setup: $(STAMP) services
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# Binaries the local stack and the tests need: PostgreSQL server and kcat from Debian's
+# packages (when missing and we may install), the Kafka jars from Maven Central (cached).
+services: $(STAMP)
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "please install:$$missing (apt-get install -y$$missing)"; exit 1; fi; \
+	fi
+	$(BIN)/python -m streams.infra.prepare
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m schemas.export --check
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/omnistream demo
+
+bench: setup
+	$(BIN)/omnistream bench
+
+schemas: $(STAMP)
+	$(BIN)/python -m schemas.export
+
+clean:
+	-$(BIN)/omnistream infra down
+	rm -rf $(VENV) .omnistream .pytest_cache

@@ -1,0 +1,203 @@
+"""Real services for the suite: one Kafka broker and one PostgreSQL per test session.
+
+Discovery: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL from the environment; else testcontainers
+when a Docker engine answers; else the project's own launcher on free ports in a throwaway
+folder. A service that cannot start fails the session loudly; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from streams.infra.proc import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+OMNISTREAM = str(Path(sys.executable).parent / "omnistream")
+
+
+@dataclass
+class Services:
+    bootstrap: str
+    database_url: str
+    home: Path
+    how: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                "DATABASE_URL": self.database_url, "OMNISTREAM_HOME": str(self.home), **extra}
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def make_home(prefix: str) -> Path:
+    # Under /tmp with 0755 so the unprivileged postgres user can reach its data folder.
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    home.chmod(0o755)
+    return home
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    home = make_home("omnistream-test-")
+    env_bootstrap, env_db = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("DATABASE_URL")
+    if env_bootstrap and env_db:
+        yield Services(env_bootstrap, env_db, home, "environment")
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.postgres import PostgresContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kc, \
+                PostgresContainer("postgres:16", driver=None) as pc:
+            yield Services(kc.get_bootstrap_server(), pc.get_connection_url(), home, "testcontainers")
+        return
+    env = {"OMNISTREAM_HOME": str(home),
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+           "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/omnistream"}
+    proc = subprocess.run([OMNISTREAM, "infra", "up"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"could not start Kafka/PostgreSQL for the tests:\n{proc.stdout}\n{proc.stderr}",
+                    pytrace=False)
+    try:
+        yield Services(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_URL"], home, "launcher")
+    finally:
+        subprocess.run([OMNISTREAM, "infra", "down"], env={**os.environ, **env},
+                       capture_output=True, timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def _create_db(base_url: str, name: str) -> str:
+    admin = await asyncpg.connect(base_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return base_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def _drop_db(base_url: str, name: str) -> None:
+    admin = await asyncpg.connect(base_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def fresh_db(services: Services) -> Iterator[str]:
+    """An empty database of its own for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = asyncio.run(_create_db(services.database_url, name))
+    yield url
+    asyncio.run(_drop_db(services.database_url, name))
+
+
+@pytest.fixture
+def migrated_db(fresh_db: str) -> str:
+    from streams.migrate import migrate
+
+    asyncio.run(migrate(fresh_db, progress=lambda _: None))
+    return fresh_db
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> int:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s (last status {last})")
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    port: int
+    log_file: Path
+    app_id: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_lines(self) -> list[str]:
+        return self.log_file.read_text().splitlines() if self.log_file.exists() else []
+
+
+def start_worker(services: Services, migrated: str, app_id: str, tag: str = "w") -> Worker:
+    port = free_port()
+    log_file = services.home / f"{app_id}-{tag}.log"
+    env = services.env(DATABASE_URL=migrated, OMNISTREAM_WEB_PORT=str(port),
+                       OMNISTREAM_APP_ID=app_id, OMNISTREAM_LOG_FILE=str(log_file),
+                       OMNISTREAM_LOG_LEVEL="INFO")
+    proc = subprocess.Popen([OMNISTREAM, "worker"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = Worker(proc, port, log_file, app_id)
+    try:
+        wait_http(f"{worker.base}/health", 120, proc)
+    except Exception as exc:
+        stop_worker(worker)
+        tail = "\n".join(worker.log_lines()[-30:])
+        raise RuntimeError(f"worker did not become healthy:\n{tail}") from exc
+    return worker
+
+
+def stop_worker(worker: Worker) -> None:
+    if worker.proc.poll() is None:
+        worker.proc.terminate()
+        try:
+            worker.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def pipeline_db(services: Services) -> Iterator[str]:
+    from streams.migrate import migrate
+
+    name = f"pipeline_{uuid.uuid4().hex[:8]}"
+    url = asyncio.run(_create_db(services.database_url, name))
+    asyncio.run(migrate(url, progress=lambda _: None))
+    yield url
+    with contextlib.suppress(Exception):
+        asyncio.run(_drop_db(services.database_url, name))
+
+
+@pytest.fixture(scope="session")
+def worker(services: Services, pipeline_db: str) -> Iterator[Worker]:
+    """One worker with every agent, shared by the pipeline tests (they filter by correlation id)."""
+    w = start_worker(services, pipeline_db, f"omnistream-test-{uuid.uuid4().hex[:6]}")
+    yield w
+    stop_worker(w)

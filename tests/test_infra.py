@@ -1,0 +1,91 @@
+"""`omnistream infra` lifecycle against a stack of its own (not the session's)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+import orjson
+
+from streams.infra.proc import free_port, pid_alive
+from tests.conftest import OMNISTREAM, make_home
+
+
+def _cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([OMNISTREAM, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_up_twice_status_env_down():
+    home = make_home("omnistream-infra-")
+    kport, pport = free_port(), free_port()
+    env = {**os.environ, "OMNISTREAM_HOME": str(home),
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kport}",
+           "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pport}/omnistream"}
+    try:
+        first = _cli(env, "infra", "up")
+        assert first.returncode == 0, first.stderr
+        assert "kafka: started" in first.stdout and "postgres: started" in first.stdout
+
+        status = orjson.loads(_cli(env, "infra", "status", "--json").stdout)
+        assert status["kafka"]["answering"] and status["postgres"]["answering"]
+        kpid, ppid = status["kafka"]["pid"], status["postgres"]["pid"]
+        assert pid_alive(kpid) and pid_alive(ppid)
+        assert status["kafka"]["version"] == "4.1.1"
+        assert status["postgres"]["version"].startswith("1")
+
+        # Idempotent: the second `up` finds both services and starts nothing new.
+        env_no_vars = {k: v for k, v in env.items()
+                       if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+        second = _cli(env_no_vars, "infra", "up")
+        assert second.returncode == 0, second.stderr
+        assert "already running" in second.stdout and "started" not in second.stdout.replace(
+            "already running", "")
+        again = orjson.loads(_cli(env_no_vars, "infra", "status", "--json").stdout)
+        assert (again["kafka"]["pid"], again["postgres"]["pid"]) == (kpid, ppid)
+
+        lines = _cli(env_no_vars, "infra", "env").stdout.splitlines()
+        assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kport}" in lines
+        assert f"export DATABASE_URL=postgresql://postgres@127.0.0.1:{pport}/omnistream" in lines
+
+        down = _cli(env_no_vars, "infra", "down")
+        assert down.returncode == 0, down.stderr
+        assert not pid_alive(kpid) and not pid_alive(ppid)
+        after = _cli(env, "infra", "status")
+        assert after.returncode == 3 and "DOWN" in after.stdout
+    finally:
+        _cli(env, "infra", "down")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_missing_java_is_one_clear_sentence(tmp_path):
+    """With no cached jars and no java on PATH: a sentence and the command, no traceback."""
+    home = make_home("omnistream-nojava-")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    env = {"PATH": str(bindir), "HOME": str(tmp_path), "OMNISTREAM_HOME": str(home),
+           "OMNISTREAM_CACHE_DIR": str(tmp_path / "cache"),
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    proc = _cli(env, "infra", "up", timeout=60)
+    shutil.rmtree(home, ignore_errors=True)
+    assert proc.returncode == 2
+    assert "Java 17 or newer is needed" in proc.stderr
+    assert "command: java -version" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_port_taken_by_something_else_is_refused():
+    """A configured address where something that is not Kafka listens: refused, not replaced."""
+    home = make_home("omnistream-taken-")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = {**os.environ, "OMNISTREAM_HOME": str(home),
+               "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+        proc = _cli(env, "infra", "up", timeout=60)
+    shutil.rmtree(home, ignore_errors=True)
+    assert proc.returncode == 2
+    assert f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port} does not answer a metadata request" in proc.stderr
