@@ -144,6 +144,8 @@ class NodeTask(Envelope):
     node_index: StrictInt = Field(ge=0, lt=16)
     node_count: StrictInt = Field(ge=1, le=16)
     node: PrdNode
+    prd_nodes: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)
+    submitted_at: AwareDatetime | None = None
 
 
 class GeneratedFile(Model):
@@ -177,6 +179,10 @@ class GeneratedNode(Envelope):
     success: StrictBool = True
     failure_reason: Text | None = None
     worker: Name | None = None
+    prd_nodes: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)
+    submitted_at: AwareDatetime | None = None
+    cache_hits: StrictInt = Field(default=0, ge=0)
+    cache_misses: StrictInt = Field(default=0, ge=0)
 
 
 class CompletedNode(Model):
@@ -197,11 +203,12 @@ class PrdCompleted(Envelope):
     missing: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)
     failed: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)
     duration_ms: Millis
+    worker: Name | None = None
 
 
 class GenerationResult(Envelope):
     node_type: NodeType
-    mixins: Annotated[list[MixinName], Field(min_length=1, max_length=32)]
+    mixins: Annotated[list[MixinName], Field(max_length=32)]
     success: StrictBool
     failure_reason: Text | None = None
     source: Name = "pipeline"

@@ -1,18 +1,69 @@
-"""Faust agents. Each stays thin: decode (streams.dlq), call the domain code in agents/, send."""
+"""Faust agents. Each stays thin: decode (streams.dlq), call the domain code in agents/, send.
+
+PRD flow: prd.requests → prd-fanout → codegen.tasks → codegen-render → codegen.generated
+(+ codegen.results) → prd-assembler (table keyed by correlation id) → codegen.completed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+import faust
+import orjson
+
+from agents.codegen import assembler
+from agents.codegen.cache import TemplateCache
 from agents.codegen.fanout import fan_out, task_partition
+from agents.codegen.pipeline import generate_node
+from agents.codegen.render import CodeGenerator
+from agents.logging import log_context
 from schemas.codec import encode
-from schemas.events import PrdSubmitted
-from schemas.topics import CODEGEN_TASKS
-from streams.app import app, codegen_tasks, prd_requests
-from streams.dlq import correlation_headers, run_intake
+from schemas.events import GeneratedNode, NodeTask, PrdSubmitted
+from schemas.topics import CODEGEN_GENERATED, CODEGEN_TASKS
+from streams.app import (
+    app,
+    codegen_completed,
+    codegen_generated,
+    codegen_results,
+    codegen_tasks,
+    prd_requests,
+    settings,
+)
+from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header, run_intake
+from streams.sink import PgBatchSink
 
 log = logging.getLogger(__name__)
+
+WORKER_ID = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
+ASSEMBLY_DEADLINE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_DEADLINE_S", "120"))
+ASSEMBLY_PURGE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_PURGE_S", "3600"))
+KIND_HEADER = "omnistream.kind"
+
+template_cache = TemplateCache(
+    max_entries=int(os.environ.get("OMNISTREAM_TEMPLATE_CACHE_ENTRIES", "100")),
+    max_bytes=int(os.environ.get("OMNISTREAM_TEMPLATE_CACHE_BYTES", str(50 * 2**20))),
+    ttl_s=float(os.environ.get("OMNISTREAM_TEMPLATE_CACHE_TTL_S", "3600")),
+)
+generator = CodeGenerator(template_cache)
+
+# The assembler's inbox: deadline ticks from its timer and nodes that arrived under another key
+# (outside publishers may send no key), re-keyed by correlation id so the table stays
+# co-partitioned with codegen.generated.
+assembler_inbox = app.topic(f"{settings.app_id}-assembler-inbox", key_type=bytes, value_type=bytes,
+                            partitions=CODEGEN_GENERATED.partitions, internal=True,
+                            value_serializer="raw", key_serializer="raw")
+assembly_table = app.Table("codegen-assembly", default=None, partitions=CODEGEN_GENERATED.partitions,
+                           schema=faust.Schema(key_type=bytes, key_serializer="raw",
+                                               value_serializer="json"))
+
+
+# ---------------------------------------------------------------------------- fan-out
 
 
 @app.agent(prd_requests, name="prd-fanout")
@@ -27,3 +78,166 @@ async def prd_fanout(stream: Any) -> None:
         log.info("PRD fanned out", extra={"metadata": {"prd_id": prd.prd_id, "nodes": len(tasks)}})
 
     await run_intake(stream, PrdSubmitted, "prd-fanout", handle)
+
+
+# ---------------------------------------------------------------------------- render
+
+
+@app.task
+async def warm_template_cache() -> None:
+    count = generator.warm_up()
+    log.info("template cache warmed", extra={"metadata": {"templates": count}})
+
+
+@app.agent(codegen_tasks, name="codegen-render")
+async def codegen_render(stream: Any) -> None:
+    async def handle(task: NodeTask, event: Any) -> None:
+        node, result = generate_node(generator, task, WORKER_ID)
+        headers = correlation_headers(task.correlation_id)
+        await codegen_generated.send(key=str(task.correlation_id).encode(), value=encode(node),
+                                     headers=headers)
+        await codegen_results.send(key=task.node.node_type.encode(), value=encode(result),
+                                   headers=headers)
+        log.info("node generated", extra={"metadata": {
+            "node": task.node.name, "success": node.success, "files": len(node.files),
+            "quality": node.quality_score, "ms": node.duration_ms}})
+
+    await run_intake(stream, NodeTask, "codegen-render", handle)
+
+
+# ---------------------------------------------------------------------------- assembler
+
+
+async def _complete(key: bytes, state: dict, timed_out: bool) -> None:
+    now = time.time()
+    done = assembler.completed_event(state, key.decode(), now, WORKER_ID, timed_out=timed_out)
+    await codegen_completed.send(key=key, value=encode(done), headers=correlation_headers(key.decode()))
+    assembly_table[key] = assembler.mark_done(state, now)
+    log.info("PRD completed", extra={"metadata": {
+        "prd_id": done.prd_id, "status": done.status, "missing": done.missing,
+        "failed": done.failed, "ms": done.duration_ms}})
+
+
+async def _on_node(node: GeneratedNode, event: Any) -> None:
+    key = str(node.correlation_id).encode()
+    if event.key != key:  # repartition: state must live on the correlation id's partition
+        await assembler_inbox.send(key=key, value=event.value, headers={
+            **correlation_headers(node.correlation_id), KIND_HEADER: b"node"})
+        return
+    state = assembler.add_node(assembly_table.get(key), node, time.time(), ASSEMBLY_DEADLINE_S)
+    assembly_table[key] = state
+    if assembler.is_complete(state):
+        await _complete(key, state, timed_out=False)
+
+
+async def _on_tick(event: Any) -> None:
+    key = event.key
+    state = assembly_table.get(key)
+    if state is None:
+        return
+    action = orjson.loads(event.value).get("action")
+    with log_context(correlation_id=key.decode(), component="prd-assembler"):
+        if action == "expire" and assembler.is_overdue(state, time.time()):
+            await _complete(key, state, timed_out=True)
+        elif action == "purge" and state.get("done"):
+            del assembly_table[key]
+
+
+@app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,
+                     value_type=bytes, value_serializer="raw", key_serializer="raw"),
+           name="prd-assembler")
+async def prd_assembler(stream: Any) -> None:
+    async for event in stream.events():
+        if header(event, KIND_HEADER) == "tick":
+            await _on_tick(event)
+        else:
+            await handle_event(event, GeneratedNode, "prd-assembler", _on_node)
+
+
+_ticks_sent: dict[bytes, float] = {}
+
+
+@app.timer(interval=1.0)
+async def assembly_deadlines() -> None:
+    """Ask the assembler (in its own partition's context) to close overdue or old PRDs."""
+    now = time.time()
+    for key, state in list(assembly_table.items()):
+        if not state:
+            continue
+        if assembler.is_overdue(state, now):
+            action = "expire"
+        elif state.get("done") and now - state.get("completed_at", now) > ASSEMBLY_PURGE_S:
+            action = "purge"
+        else:
+            continue
+        if now - _ticks_sent.get(key, 0) < 10:
+            continue
+        _ticks_sent[key] = now
+        await assembler_inbox.send(key=key, value=orjson.dumps({"action": action}),
+                                   headers={KIND_HEADER: b"tick", CORRELATION_HEADER: key})
+    for key in [k for k, t in _ticks_sent.items() if now - t > 60]:
+        del _ticks_sent[key]
+
+
+# ---------------------------------------------------------------------------- sinks
+
+GENERATION_COLUMNS = ("id", "correlation_id", "node_type", "phase", "duration_ms", "cache_hit",
+                      "worker_id", "quality_score", "success", "metadata")
+
+
+def generation_row(node: GeneratedNode) -> tuple:
+    return (node.id, node.correlation_id, node.node_type, "render", node.duration_ms,
+            node.cache_misses == 0, node.worker, node.quality_score, node.success,
+            orjson.dumps({"prd_id": node.prd_id, "node_name": node.node_name,
+                          "files": len(node.files), "findings": len(node.findings),
+                          "failure_reason": node.failure_reason}).decode())
+
+
+@app.agent(codegen_generated, name="generation-metrics-sink")
+async def generation_metrics_sink(stream: Any) -> None:
+    """codegen.generated → generation_performance_metrics; an event is acked (its offset may
+    be committed) only after the batch holding its row has committed."""
+    sink = PgBatchSink(settings.database_url, "generation_performance_metrics", GENERATION_COLUMNS)
+    await sink.start()
+
+    async def handle(node: GeneratedNode, event: Any) -> None:
+        await sink.add(generation_row(node), on_commit=event.ack)
+
+    try:
+        async for event in stream.noack().events():
+            if not await handle_event(event, GeneratedNode, "generation-metrics-sink", handle):
+                event.ack()  # dead-lettered: nothing to write
+    finally:
+        await sink.stop()
+
+
+CACHE_COLUMNS = ("template_name", "template_type", "worker_id", "content_hash", "size_bytes",
+                 "load_time_ms", "access_count", "hit_count", "miss_count", "eviction_count",
+                 "last_accessed_at")
+_cache_sink: PgBatchSink | None = None
+
+
+@app.timer(interval=float(os.environ.get("OMNISTREAM_CACHE_STATS_INTERVAL_S", "5")))
+async def persist_template_cache_stats() -> None:
+    """Absolute counters per (template, worker): writing the same snapshot twice is harmless."""
+    global _cache_sink
+    if _cache_sink is None:
+        _cache_sink = await PgBatchSink(
+            settings.database_url, "template_cache_metadata", CACHE_COLUMNS,
+            on_conflict=(
+                "ON CONFLICT (template_name, worker_id) DO UPDATE SET "
+                "content_hash = EXCLUDED.content_hash, size_bytes = EXCLUDED.size_bytes, "
+                "load_time_ms = EXCLUDED.load_time_ms, access_count = EXCLUDED.access_count, "
+                "hit_count = EXCLUDED.hit_count, miss_count = EXCLUDED.miss_count, "
+                "eviction_count = EXCLUDED.eviction_count, "
+                "last_accessed_at = EXCLUDED.last_accessed_at"),
+            dedupe_key=lambda row: (row[0], row[2]), max_ms=1000).start()
+    for st in template_cache.snapshot():
+        await _cache_sink.add((
+            st.name, st.template_type, WORKER_ID, st.sha256, st.size_bytes,
+            round(st.load_time_ms, 3), st.hits + st.misses, st.hits, st.misses, st.evictions,
+            datetime.fromtimestamp(st.last_access or time.time(), UTC)))
+    try:
+        await asyncio.wait_for(_cache_sink.flush(), timeout=30)
+    except Exception:  # PostgreSQL away: the rows stay buffered, the next tick retries
+        log.warning("template cache statistics not persisted yet", exc_info=True)

@@ -11,11 +11,15 @@ from agents.logging import logging_config
 def run() -> None:
     from faust.worker import Worker
 
+    from schemas.topics import ALL, CODEGEN_GENERATED, TopicSpec
     from streams import agents, web  # noqa: F401 - registers agents and pages on the app
+    from streams.agents import assembler_inbox
     from streams.app import app, settings
     from streams.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, **settings.kafka_security))
+    inbox = TopicSpec(assembler_inbox.get_topic_name(), "correlation_id", CODEGEN_GENERATED.model,
+                      partitions=CODEGEN_GENERATED.partitions)
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, (*ALL, inbox), **settings.kafka_security))
     # mode's Worker wants argv it can own; it reads nothing from it that we need.
     sys.argv = sys.argv[:1]
     Worker(

@@ -19,6 +19,8 @@ def fan_out(prd: PrdSubmitted) -> list[NodeTask]:
             node_index=index,
             node_count=len(prd.nodes),
             node=node,
+            prd_nodes=[n.name for n in prd.nodes],
+            submitted_at=prd.occurred_at,
         )
         for index, node in enumerate(prd.nodes)
     ]

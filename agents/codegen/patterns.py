@@ -1,0 +1,263 @@
+"""AST pattern detectors run on generated code. Each finding carries a confidence in [0, 1].
+
+Detectors are small functions over a parsed module; `DETECTORS` lists them by name (the
+names are what pattern feedback refers to).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from schemas.events import PatternFinding
+
+
+@dataclass(frozen=True)
+class Hit:
+    line: int
+    message: str
+
+
+Detector = Callable[[ast.Module], Iterator[Hit]]
+
+
+@dataclass(frozen=True)
+class PatternSpec:
+    name: str
+    detect: Detector
+    confidence: float
+    severity: str  # info | warning | error
+
+
+def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node
+
+
+def _call_name(node: ast.Call) -> str:
+    """Dotted name of what is called: `time.sleep`, `open`, `self.fetch`."""
+    parts = []
+    target = node.func
+    while isinstance(target, ast.Attribute):
+        parts.append(target.attr)
+        target = target.value
+    if isinstance(target, ast.Name):
+        parts.append(target.id)
+    return ".".join(reversed(parts))
+
+
+def _own_body(fn: ast.AST) -> Iterator[ast.AST]:
+    """Nodes of a function's body, not descending into nested functions or lambdas."""
+    stack = list(ast.iter_child_nodes(fn))
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def bare_except(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler) and node.type is None:
+            yield Hit(node.lineno, "bare `except:` also catches KeyboardInterrupt and SystemExit")
+
+
+def broad_except_pass(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Name)
+                and node.type.id in {"Exception", "BaseException"}
+                and all(isinstance(s, ast.Pass) for s in node.body)):
+            yield Hit(node.lineno, f"`except {node.type.id}: pass` silently swallows every error")
+
+
+def mutable_default_argument(tree: ast.Module) -> Iterator[Hit]:
+    for fn in _functions(tree):
+        for default in [*fn.args.defaults, *fn.args.kw_defaults]:
+            if isinstance(default, ast.List | ast.Dict | ast.Set) or (
+                    isinstance(default, ast.Call) and _call_name(default) in {"list", "dict", "set"}):
+                yield Hit(default.lineno, f"mutable default argument in {fn.name}() is shared between calls")
+
+
+def eval_exec(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _call_name(node) in {"eval", "exec", "__import__", "compile"}:
+            yield Hit(node.lineno, f"{_call_name(node)}() runs code built at run time")
+
+
+BLOCKING = {"time.sleep", "requests.get", "requests.post", "requests.put", "requests.delete",
+            "requests.request", "urllib.request.urlopen", "urlopen", "subprocess.run",
+            "subprocess.call", "subprocess.check_output", "os.system", "input", "open",
+            "socket.create_connection"}
+
+
+def blocking_call_in_async(tree: ast.Module) -> Iterator[Hit]:
+    for fn in _functions(tree):
+        if isinstance(fn, ast.AsyncFunctionDef):
+            for node in _own_body(fn):
+                if isinstance(node, ast.Call) and _call_name(node) in BLOCKING:
+                    yield Hit(node.lineno, f"blocking {_call_name(node)}() inside async {fn.name}()")
+
+
+def missing_await(tree: ast.Module) -> Iterator[Hit]:
+    """A coroutine function of this module called as a bare statement, never awaited."""
+    coroutines = {fn.name for fn in _functions(tree) if isinstance(fn, ast.AsyncFunctionDef)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            name = _call_name(node.value).rsplit(".", 1)[-1]
+            if name in coroutines or _call_name(node.value) == "asyncio.sleep":
+                yield Hit(node.lineno, f"coroutine {name}() is called but never awaited")
+
+
+_SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api_?key|private_?key|credential)s?$", re.I)
+
+
+def hardcoded_secret(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        value = None
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        elif isinstance(node, ast.keyword) and node.arg:
+            if _SECRET_NAME.search(node.arg) and isinstance(node.value, ast.Constant) \
+                    and isinstance(node.value.value, str) and len(node.value.value) >= 4:
+                yield Hit(node.value.lineno, f"hard-coded secret passed as {node.arg}=")
+            continue
+        if not (isinstance(value, ast.Constant) and isinstance(value.value, str) and len(value.value) >= 4):
+            continue
+        for target in targets:
+            name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+            if name and _SECRET_NAME.search(name):
+                yield Hit(node.lineno, f"hard-coded secret assigned to {name}")
+
+
+_BUILTINS = {n for n in dir(builtins) if not n.startswith("_")} - {
+    "copyright", "credits", "license", "exit", "quit"}
+
+
+def shadowed_builtin(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        names: list[tuple[str, int]] = []
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args
+            names += [(a.arg, node.lineno) for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.append((node.id, node.lineno))
+        for name, line in names:
+            if name in _BUILTINS:
+                yield Hit(line, f"`{name}` shadows the builtin of that name")
+
+
+def unused_import(tree: ast.Module) -> Iterator[Hit]:
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    used |= {n.value.id for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    exported: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                 for t in node.targets):
+            exported |= {e.value for e in getattr(node.value, "elts", [])
+                         if isinstance(e, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+                continue
+            for alias in node.names:
+                bound = (alias.asname or alias.name).split(".")[0]
+                if bound != "*" and bound not in used and bound not in exported:
+                    yield Hit(node.lineno, f"`{bound}` is imported but never used")
+
+
+def wildcard_import(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            yield Hit(node.lineno, f"`from {node.module} import *` hides where names come from")
+
+
+def print_call(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _call_name(node) == "print":
+            yield Hit(node.lineno, "print() in library code; use logging")
+
+
+def global_statement(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            yield Hit(node.lineno, f"`global {', '.join(node.names)}` makes state hard to follow")
+
+
+def compare_to_none(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for op, right in zip(node.ops, node.comparators, strict=True):
+                if isinstance(op, ast.Eq | ast.NotEq) and isinstance(right, ast.Constant) \
+                        and right.value is None:
+                    yield Hit(node.lineno, "compare to None with `is` / `is not`")
+
+
+def shell_injection(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _call_name(node).startswith(("subprocess.", "os.popen")):
+            for kw in node.keywords:
+                if kw.arg == "shell" and isinstance(kw.value, ast.Constant) and kw.value.value is True:
+                    yield Hit(node.lineno, "subprocess with shell=True")
+
+
+def weak_hash(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _call_name(node) in {"hashlib.md5", "hashlib.sha1"}:
+            yield Hit(node.lineno, f"{_call_name(node)}() is not collision resistant")
+
+
+def unsafe_deserialization(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _call_name(node) in {
+                "pickle.loads", "pickle.load", "marshal.loads", "yaml.load"}:
+            yield Hit(node.lineno, f"{_call_name(node)}() can run code from its input")
+
+
+def assert_for_validation(tree: ast.Module) -> Iterator[Hit]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert):
+            yield Hit(node.lineno, "assert is stripped under -O; raise an exception to validate")
+
+
+DETECTORS: tuple[PatternSpec, ...] = (
+    PatternSpec("bare_except", bare_except, 0.95, "warning"),
+    PatternSpec("broad_except_pass", broad_except_pass, 0.9, "warning"),
+    PatternSpec("mutable_default_argument", mutable_default_argument, 0.95, "warning"),
+    PatternSpec("eval_exec", eval_exec, 0.98, "error"),
+    PatternSpec("blocking_call_in_async", blocking_call_in_async, 0.85, "error"),
+    PatternSpec("missing_await", missing_await, 0.8, "error"),
+    PatternSpec("hardcoded_secret", hardcoded_secret, 0.7, "error"),
+    PatternSpec("shadowed_builtin", shadowed_builtin, 0.75, "info"),
+    PatternSpec("unused_import", unused_import, 0.9, "info"),
+    PatternSpec("wildcard_import", wildcard_import, 0.95, "warning"),
+    PatternSpec("print_call", print_call, 0.6, "info"),
+    PatternSpec("global_statement", global_statement, 0.7, "info"),
+    PatternSpec("compare_to_none", compare_to_none, 0.9, "info"),
+    PatternSpec("shell_injection", shell_injection, 0.9, "error"),
+    PatternSpec("weak_hash", weak_hash, 0.6, "warning"),
+    PatternSpec("unsafe_deserialization", unsafe_deserialization, 0.85, "error"),
+    PatternSpec("assert_for_validation", assert_for_validation, 0.5, "info"),
+)
+BY_NAME = {p.name: p for p in DETECTORS}
+
+
+def scan(tree: ast.Module, file: str | None = None,
+         suppressed: frozenset[str] = frozenset()) -> list[PatternFinding]:
+    """Run every detector not suppressed (by pattern feedback) on one parsed module."""
+    findings = []
+    for spec in DETECTORS:
+        if spec.name in suppressed:
+            continue
+        for hit in spec.detect(tree):
+            findings.append(PatternFinding(pattern_name=spec.name, message=hit.message,
+                                           line=hit.line, confidence=spec.confidence,
+                                           severity=spec.severity, file=file))
+    return findings

@@ -1,0 +1,46 @@
+"""One node task → (GeneratedNode, GenerationResult): render, validate, score. No Kafka here."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from agents.codegen.render import CodeGenerator, GenerationFailed
+from agents.codegen.validate import ValidationFailed, validate
+from schemas.events import GeneratedNode, GenerationResult, NodeTask
+
+log = logging.getLogger(__name__)
+
+
+def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None = None,
+                  suppressed: frozenset[str] = frozenset()) -> tuple[GeneratedNode, GenerationResult]:
+    started = time.perf_counter()
+    before = generator.cache.totals()
+    files, findings, score, reason = [], [], 0.0, None
+    try:
+        rendered = generator.generate(task)
+        report = validate(rendered.files, suppressed)
+        files, findings, score = rendered.files, report.findings, report.quality_score
+    except (GenerationFailed, ValidationFailed) as exc:
+        reason = str(exc)
+        log.warning("node could not be built", extra={"metadata": {
+            "node": task.node.name, "reason": reason}})
+    after = generator.cache.totals()
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    common = {"correlation_id": task.correlation_id}
+    node = GeneratedNode(
+        **common, prd_id=task.prd_id, service_name=task.service_name,
+        node_type=task.node.node_type, node_name=task.node.name, node_index=task.node_index,
+        node_count=task.node_count, mixins=list(task.node.mixins), files=files,
+        findings=findings[:500], quality_score=score, duration_ms=duration_ms,
+        success=reason is None, failure_reason=reason, worker=worker,
+        prd_nodes=list(task.prd_nodes), submitted_at=task.submitted_at,
+        cache_hits=int(after["hits"] - before["hits"]),
+        cache_misses=int(after["misses"] - before["misses"]),
+    )
+    result = GenerationResult(
+        **common, node_type=task.node.node_type,
+        mixins=list(task.node.mixins), success=reason is None,
+        failure_reason=reason, source="pipeline", duration_ms=duration_ms,
+    )
+    return node, result

@@ -1,0 +1,133 @@
+"""Render a NodeTask into Python modules from the templates, through the template cache.
+
+PRD text never becomes code: identifiers are re-checked here (`ident` filter), free text only
+enters as `repr()` string literals (`pystr` filter), templates come only from the package
+folder, and the environment is jinja2's immutable sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import StrictUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from agents.codegen.cache import HashingLoader, TemplateCache
+from agents.codegen.catalogue import MIXINS
+from schemas.events import GeneratedFile, NodeTask
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+DEFAULT_OPERATIONS = {"effect": ["process"], "compute": ["transform"], "reducer": ["accumulate"],
+                      "orchestrator": ["coordinate"]}
+
+
+class GenerationFailed(Exception):
+    """The PRD was valid but this node cannot be built (e.g. a mixin no template knows)."""
+
+
+def ident(value: object) -> str:
+    text = str(value)
+    if not _IDENT.match(text) or keyword.iskeyword(text) or text.startswith("__"):
+        raise GenerationFailed(f"{text[:80]!r} is not a safe identifier")
+    return text
+
+
+def pystr(value: object) -> str:
+    """A Python string literal: repr() escapes quotes, backslashes and every non-printable
+    character (newlines, U+2028/2029, NUL), so the text cannot end the literal."""
+    return repr(str(value))
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z])(?=[a-z])", r"_\1\2", name).lower()
+
+
+def build_environment(cache: TemplateCache, root: Path = TEMPLATES_DIR) -> ImmutableSandboxedEnvironment:
+    loader = HashingLoader(root)
+    env = ImmutableSandboxedEnvironment(
+        loader=loader, undefined=StrictUndefined, autoescape=False, trim_blocks=True,
+        lstrip_blocks=True, keep_trailing_newline=True, auto_reload=False, cache_size=0)
+    cache.loader = loader
+    env.cache = cache  # every load, including {% extends %} parents, goes through the cache
+    env.filters["pystr"] = pystr
+    env.filters["ident"] = ident
+    return env
+
+
+@dataclass
+class RenderedNode:
+    class_name: str
+    files: list[GeneratedFile]
+    mixins: list[str]
+
+
+class CodeGenerator:
+    def __init__(self, cache: TemplateCache | None = None, root: Path = TEMPLATES_DIR):
+        self.cache = cache if cache is not None else TemplateCache()
+        self.env = build_environment(self.cache, root)
+
+    def warm_up(self) -> int:
+        """Compile every template once (at worker start) so the first PRD hits the cache."""
+        names = self.env.loader.list_templates()
+        for name in names:
+            self.env.get_template(name)
+        return len(names)
+
+    def render(self, name: str, **context: object) -> str:
+        return self.env.get_template(name).render(**context)
+
+    def generate(self, task: NodeTask) -> RenderedNode:
+        node = task.node
+        unknown = [m for m in node.mixins if m not in MIXINS]
+        if unknown:
+            raise GenerationFailed(
+                f"unknown mixin {', '.join(unknown)}: the templates know {len(MIXINS)} mixins "
+                "(see SPEC.md)")
+        name = ident(node.name)
+        class_name = f"Node{name}{node.node_type.capitalize()}"
+        operations = list(node.operations) or DEFAULT_OPERATIONS[node.node_type]
+        specs = [MIXINS[m] for m in node.mixins]
+        description = node.description or task.prd_description
+        ctx = {
+            "node_type": node.node_type, "node_name": name, "class_name": class_name,
+            "base_class": f"Node{node.node_type.capitalize()}Base",
+            "input_model": f"Model{name}Input", "output_model": f"Model{name}Output",
+            "mixins": list(node.mixins), "operations": operations,
+            "prd_id": task.prd_id, "service_name": task.service_name, "title": task.title,
+            "description": description,
+            "module_doc": f"{class_name}: {task.title}\n\n{description}".rstrip(),
+            "class_doc": description or f"{node.node_type.capitalize()} node {name}.",
+        }
+        mixin_ctx = {
+            **ctx, "logger_name": f"{task.service_name}.{snake(name)}",
+            "node_class": class_name,
+            "auth_env": f"{task.service_name.upper()}_AUTH_KEY",
+            "encryption_env": f"{task.service_name.upper()}_SEAL_KEY",
+            "config_prefix": f"{task.service_name.upper()}_{snake(name).upper()}_",
+        }
+        sources = {
+            "node.py": self.render(f"node/{node.node_type}.py.j2", **ctx),
+            "models.py": self.render("models.py.j2", **ctx),
+            "__init__.py": self.render("init.py.j2", **ctx),
+        }
+        if specs:
+            sources["mixins.py"] = self.render(
+                "mixins.py.j2", **ctx,
+                stdlib_imports=sorted({m for s in specs for m in s.stdlib}),
+                abc_imports=sorted({m for s in specs for m in s.abc}),
+                typing_imports=sorted({m for s in specs for m in s.typing}),
+                mixin_bodies="\n\n\n".join(
+                    self.render(f"mixins/{s.name}.py.j2", **mixin_ctx).strip() for s in specs),
+            )
+        folder = f"{task.service_name}/nodes/node_{snake(name)}_{node.node_type}/v1_0_0"
+        files = [
+            GeneratedFile(path=f"{folder}/{fname}", content=src,
+                          sha256=hashlib.sha256(src.encode()).hexdigest())
+            for fname, src in sources.items()
+        ]
+        return RenderedNode(class_name, files, list(node.mixins))
