@@ -14,7 +14,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
 import orjson
 
 from agents.codegen import assembler
@@ -59,8 +58,7 @@ assembler_inbox = app.topic(f"{settings.app_id}-assembler-inbox", key_type=bytes
                             partitions=CODEGEN_GENERATED.partitions, internal=True,
                             value_serializer="raw", key_serializer="raw")
 assembly_table = app.Table("codegen-assembly", default=None, partitions=CODEGEN_GENERATED.partitions,
-                           schema=faust.Schema(key_type=bytes, key_serializer="raw",
-                                               value_serializer="json"))
+                           key_type=str)  # json keys and values in the changelog
 
 
 # ---------------------------------------------------------------------------- fan-out
@@ -108,39 +106,39 @@ async def codegen_render(stream: Any) -> None:
 # ---------------------------------------------------------------------------- assembler
 
 
-async def _complete(key: bytes, state: dict, timed_out: bool) -> None:
+async def _complete(cid: str, state: dict, timed_out: bool) -> None:
     now = time.time()
-    done = assembler.completed_event(state, key.decode(), now, WORKER_ID, timed_out=timed_out)
-    await codegen_completed.send(key=key, value=encode(done), headers=correlation_headers(key.decode()))
-    assembly_table[key] = assembler.mark_done(state, now)
+    done = assembler.completed_event(state, cid, now, WORKER_ID, timed_out=timed_out)
+    await codegen_completed.send(key=cid.encode(), value=encode(done), headers=correlation_headers(cid))
+    assembly_table[cid] = assembler.mark_done(state, now)
     log.info("PRD completed", extra={"metadata": {
         "prd_id": done.prd_id, "status": done.status, "missing": done.missing,
         "failed": done.failed, "ms": done.duration_ms}})
 
 
 async def _on_node(node: GeneratedNode, event: Any) -> None:
-    key = str(node.correlation_id).encode()
-    if event.key != key:  # repartition: state must live on the correlation id's partition
-        await assembler_inbox.send(key=key, value=event.value, headers={
-            **correlation_headers(node.correlation_id), KIND_HEADER: b"node"})
+    cid = str(node.correlation_id)
+    if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
+        await assembler_inbox.send(key=cid.encode(), value=event.value, headers={
+            **correlation_headers(cid), KIND_HEADER: b"node"})
         return
-    state = assembler.add_node(assembly_table.get(key), node, time.time(), ASSEMBLY_DEADLINE_S)
-    assembly_table[key] = state
+    state = assembler.add_node(assembly_table.get(cid), node, time.time(), ASSEMBLY_DEADLINE_S)
+    assembly_table[cid] = state
     if assembler.is_complete(state):
-        await _complete(key, state, timed_out=False)
+        await _complete(cid, state, timed_out=False)
 
 
 async def _on_tick(event: Any) -> None:
-    key = event.key
-    state = assembly_table.get(key)
+    cid = event.key.decode()
+    state = assembly_table.get(cid)
     if state is None:
         return
     action = orjson.loads(event.value).get("action")
-    with log_context(correlation_id=key.decode(), component="prd-assembler"):
+    with log_context(correlation_id=cid, component="prd-assembler"):
         if action == "expire" and assembler.is_overdue(state, time.time()):
-            await _complete(key, state, timed_out=True)
+            await _complete(cid, state, timed_out=True)
         elif action == "purge" and state.get("done"):
-            del assembly_table[key]
+            del assembly_table[cid]
 
 
 @app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,
@@ -154,7 +152,7 @@ async def prd_assembler(stream: Any) -> None:
             await handle_event(event, GeneratedNode, "prd-assembler", _on_node)
 
 
-_ticks_sent: dict[bytes, float] = {}
+_ticks_sent: dict[str, float] = {}
 
 
 @app.timer(interval=1.0)
@@ -173,8 +171,8 @@ async def assembly_deadlines() -> None:
         if now - _ticks_sent.get(key, 0) < 10:
             continue
         _ticks_sent[key] = now
-        await assembler_inbox.send(key=key, value=orjson.dumps({"action": action}),
-                                   headers={KIND_HEADER: b"tick", CORRELATION_HEADER: key})
+        await assembler_inbox.send(key=key.encode(), value=orjson.dumps({"action": action}),
+                                   headers={KIND_HEADER: b"tick", CORRELATION_HEADER: key.encode()})
     for key in [k for k, t in _ticks_sent.items() if now - t > 60]:
         del _ticks_sent[key]
 

@@ -118,6 +118,43 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subscribe(args: argparse.Namespace) -> int:
+    from streams.client import OmnistreamClient
+    from streams.output import write_node
+
+    ids = set(args.correlation_id or [])
+    out = Path(args.out) if args.out else None
+
+    async def go() -> int:
+        seen = 0
+        async with OmnistreamClient() as client:
+            async for node in client.generated(
+                    correlation_ids=ids or None, count=args.count, timeout=args.timeout,
+                    from_beginning=bool(ids) or args.from_beginning):
+                seen += 1
+                paths = write_node(out, node) if out else []
+                print(orjson.dumps({
+                    "correlation_id": str(node.correlation_id), "prd_id": node.prd_id,
+                    "node": node.node_name, "node_type": node.node_type, "success": node.success,
+                    "failure_reason": node.failure_reason, "quality_score": node.quality_score,
+                    "findings": len(node.findings),
+                    "files": [str(p) for p in paths] if out else [f.path for f in node.files],
+                }).decode(), flush=True)
+        return seen
+
+    seen = asyncio.run(go())
+    if args.count is not None and seen < args.count:
+        print(f"omnistream: timed out after {seen} of {args.count} nodes", file=sys.stderr)
+        return 4
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(Path(args.examples), Path(args.out), serve=args.serve, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnistream", description="omnistream: PRDs to code on Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     prd = pub_sub.add_parser("prd", help="one PRD (JSON object) or many (JSON lines)")
     prd.add_argument("file", help="path, or - for stdin")
     prd.set_defaults(func=_publish)
+
+    subscribe = sub.add_parser("subscribe", help="stream generated code")
+    subscribe.add_argument("kind", choices=["generated"])
+    subscribe.add_argument("--correlation-id", action="append",
+                           help="only this PRD's nodes (repeatable); reads from the beginning")
+    subscribe.add_argument("--out", help="write the files under this folder, one tree per PRD")
+    subscribe.add_argument("--count", type=int, help="stop after this many nodes")
+    subscribe.add_argument("--timeout", type=float, help="stop after this many seconds")
+    subscribe.add_argument("--from-beginning", action="store_true",
+                           help="also read nodes generated before now")
+    subscribe.set_defaults(func=_subscribe)
+
+    demo = sub.add_parser("demo", help="infra up, migrate, worker, publish examples/, summary")
+    demo.add_argument("--examples", default="examples")
+    demo.add_argument("--out", default="generated")
+    demo.add_argument("--timeout", type=float, default=180)
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the worker running after the summary (Ctrl-C stops it)")
+    demo.set_defaults(func=_demo)
     return parser
 
 
