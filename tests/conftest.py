@@ -155,12 +155,13 @@ class Worker:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
 
 
-def start_worker(services: Services, migrated: str, app_id: str, tag: str = "w") -> Worker:
+def start_worker(services: Services, migrated: str, app_id: str, tag: str = "w",
+                 extra_env: dict[str, str] | None = None) -> Worker:
     port = free_port()
     log_file = services.home / f"{app_id}-{tag}.log"
     env = services.env(DATABASE_URL=migrated, OMNISTREAM_WEB_PORT=str(port),
                        OMNISTREAM_APP_ID=app_id, OMNISTREAM_LOG_FILE=str(log_file),
-                       OMNISTREAM_LOG_LEVEL="INFO")
+                       OMNISTREAM_LOG_LEVEL="INFO", **(extra_env or {}))
     proc = subprocess.Popen([OMNISTREAM, "worker"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     worker = Worker(proc, port, log_file, app_id)
