@@ -42,7 +42,9 @@ demo: setup
 	$(BIN)/omnistream demo
 
 bench: setup
-	$(BIN)/omnistream bench
+	$(BIN)/omnistream infra up
+	$(BIN)/omnistream migrate
+	$(BIN)/omnistream bench $(BENCH_ARGS)
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.export

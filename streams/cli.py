@@ -155,6 +155,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.examples), Path(args.out), serve=args.serve, timeout=args.timeout)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from streams.config import repo_root
+
+    root = repo_root()
+    if root is None:
+        raise UsageError("bench runs from a source checkout (bench/ is not installed)")
+    sys.path.insert(0, str(root))
+    from bench.run import main as bench_main
+
+    return bench_main(quick=args.quick, only=args.only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnistream", description="omnistream: PRDs to code on Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--serve", action="store_true",
                       help="keep the worker running after the summary (Ctrl-C stops it)")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks beside their baselines (needs infra up)")
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--only", choices=["cache", "pipeline"])
+    bench.set_defaults(func=_bench)
     return parser
 
 

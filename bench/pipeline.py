@@ -1,0 +1,187 @@
+"""PRD → codegen.completed latency at fixed offered loads, beside a bare aiokafka relay
+through the same three hops (the floor), and the highest sustained PRD/s, in one run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas.codec import decode
+from schemas.events import PrdCompleted, PrdSubmitted
+from schemas.topics import CODEGEN_COMPLETED
+from streams.client import OmnistreamClient
+from streams.config import Settings, omnistream_home
+from streams.infra.proc import free_port
+
+PRD = {"title": "Bench", "service_name": "bench", "description": "load",
+       "nodes": [{"node_type": "effect", "name": "BenchWriter", "mixins": ["MixinRetry", "MixinLogging"]},
+                 {"node_type": "compute", "name": "BenchCompute", "mixins": ["MixinCaching"]},
+                 {"node_type": "reducer", "name": "BenchReducer"}]}
+
+
+def pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def summarise(latencies: list[float], offered: int, sent: int, wall: float) -> dict:
+    return {"offered_per_s": offered, "sent": sent, "completed": len(latencies),
+            "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
+            "achieved_per_s": len(latencies) / wall if wall else 0.0}
+
+
+async def _paced(rate: int, seconds: float, send) -> int:
+    total = int(rate * seconds)
+    started = time.monotonic()
+    for i in range(total):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send(i)
+    return total
+
+
+async def pipeline_load(bootstrap: str, rate: int, seconds: float) -> dict:
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    consumer = AIOKafkaConsumer(CODEGEN_COMPLETED.name, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="latest")
+    await consumer.start()
+    await asyncio.sleep(1)
+
+    async def collect() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    done = decode(PrdCompleted, r.value)
+                    t0 = sent_at.pop(str(done.correlation_id), None)
+                    if t0 is not None:
+                        latencies.append((now - t0) * 1000)
+
+    collector = asyncio.ensure_future(collect())
+    started = time.monotonic()
+    async with OmnistreamClient(bootstrap) as client:
+        async def send(i: int) -> None:
+            prd = PrdSubmitted.model_validate({**PRD, "prd_id": f"bench-{uuid.uuid4().hex[:10]}"})
+            sent_at[str(prd.correlation_id)] = time.perf_counter()
+            await client.publish_prd(prd)
+        sent = await _paced(rate, seconds, send)
+    deadline = time.monotonic() + 30
+    while sent_at and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    wall = time.monotonic() - started
+    collector.cancel()
+    await consumer.stop()
+    return summarise(latencies, rate, sent, wall)
+
+
+async def relay_load(bootstrap: str, rate: int, seconds: float, hops: int = 3) -> dict:
+    """The floor: the same payload through `hops` bare aiokafka consume→produce relays."""
+    run_id = uuid.uuid4().hex[:6]
+    topics = [f"bench.relay.{run_id}.{i}" for i in range(hops + 1)]
+    from schemas.topics import TopicSpec
+    from streams.topics import ensure_topics
+    await ensure_topics(bootstrap, tuple(TopicSpec(t, "k", PrdSubmitted) for t in topics))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+
+    async def relay(src: str, dst: str) -> None:
+        c = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"relay-{src}",
+                             auto_offset_reset="earliest")
+        await c.start()
+        try:
+            async for r in c:
+                await producer.send(dst, r.value, key=r.key)
+        finally:
+            await c.stop()
+
+    relays = [asyncio.ensure_future(relay(topics[i], topics[i + 1])) for i in range(hops)]
+    sent_at: dict[bytes, float] = {}
+    latencies: list[float] = []
+    sink = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap, group_id=None,
+                            auto_offset_reset="earliest")
+    await sink.start()
+
+    async def collect() -> None:
+        async for r in sink:
+            t0 = sent_at.pop(r.key, None)
+            if t0 is not None:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    collector = asyncio.ensure_future(collect())
+    await asyncio.sleep(3)  # let the relays join
+    payload = PrdSubmitted.model_validate(PRD).model_dump_json().encode()
+    started = time.monotonic()
+
+    async def send(i: int) -> None:
+        key = f"k{i}".encode()
+        sent_at[key] = time.perf_counter()
+        await producer.send(topics[0], payload, key=key)
+
+    sent = await _paced(rate, seconds, send)
+    deadline = time.monotonic() + 20
+    while sent_at and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    wall = time.monotonic() - started
+    for task in [*relays, collector]:
+        task.cancel()
+    await asyncio.gather(*relays, collector, return_exceptions=True)
+    await sink.stop()
+    await producer.stop()
+    return summarise(latencies, rate, sent, wall)
+
+
+def start_worker() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    log = omnistream_home() / "bench-worker.log"
+    env = {**os.environ, "OMNISTREAM_WEB_PORT": str(port), "OMNISTREAM_LOG_FILE": str(log),
+           "OMNISTREAM_LOG_LEVEL": "WARNING",
+           "OMNISTREAM_APP_ID": f"omnistream-bench-{uuid.uuid4().hex[:6]}"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "omnistream"), "worker"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc, port
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("bench: the worker did not become healthy")
+
+
+def run(quick: bool = False) -> dict:
+    settings = Settings.from_env()
+    seconds = 5 if quick else 15
+    rates = [2, 5, 10] if quick else [2, 5, 10, 20, 40]
+    worker, _ = start_worker()
+    try:
+        asyncio.run(pipeline_load(settings.kafka_bootstrap, 1, 3))  # warm-up, not reported
+        rows = []
+        for rate in rates:
+            floor = asyncio.run(relay_load(settings.kafka_bootstrap, rate, seconds))
+            pipe = asyncio.run(pipeline_load(settings.kafka_bootstrap, rate, seconds))
+            rows.append({"rate": rate, "pipeline": pipe, "relay_floor": floor,
+                         "p95_ratio_vs_floor": pipe["p95_ms"] / floor["p95_ms"]})
+            print(f"  {rate:>3} PRD/s  pipeline p50 {pipe['p50_ms']:7.1f} p95 {pipe['p95_ms']:7.1f} "
+                  f"p99 {pipe['p99_ms']:7.1f} ms ({pipe['completed']}/{pipe['sent']})  |  relay floor "
+                  f"p50 {floor['p50_ms']:6.1f} p95 {floor['p95_ms']:6.1f} ms", flush=True)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    sustained = [r["rate"] for r in rows
+                 if r["pipeline"]["completed"] == r["pipeline"]["sent"] and r["pipeline"]["p95_ms"] < 2000]
+    return {"seconds_per_rate": seconds, "rows": rows,
+            "max_sustained_prd_per_s": max(sustained) if sustained else 0}
