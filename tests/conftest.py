@@ -89,21 +89,21 @@ def services() -> Iterator[Services]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-async def _create_db(base_url: str, name: str) -> str:
+async def _admin(base_url: str, sql: str) -> None:
     admin = await asyncpg.connect(base_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(sql)
     finally:
         await admin.close()
+
+
+async def _create_db(base_url: str, name: str) -> str:
+    await _admin(base_url, f'CREATE DATABASE "{name}"')
     return base_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def _drop_db(base_url: str, name: str) -> None:
-    admin = await asyncpg.connect(base_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
