@@ -21,7 +21,8 @@ class Hit:
     message: str
 
 
-Detector = Callable[[ast.Module], Iterator[Hit]]
+# A detector gets every node of one module (walked once by scan(); nodes[0] is the Module).
+Detector = Callable[[list[ast.AST]], Iterator[Hit]]
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class PatternSpec:
     severity: str  # info | warning | error
 
 
-def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
-    for node in ast.walk(tree):
+def _functions(nodes: list[ast.AST]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    for node in nodes:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             yield node
 
@@ -60,30 +61,30 @@ def _own_body(fn: ast.AST) -> Iterator[ast.AST]:
             stack.extend(ast.iter_child_nodes(node))
 
 
-def bare_except(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def bare_except(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.ExceptHandler) and node.type is None:
             yield Hit(node.lineno, "bare `except:` also catches KeyboardInterrupt and SystemExit")
 
 
-def broad_except_pass(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def broad_except_pass(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if (isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Name)
                 and node.type.id in {"Exception", "BaseException"}
                 and all(isinstance(s, ast.Pass) for s in node.body)):
             yield Hit(node.lineno, f"`except {node.type.id}: pass` silently swallows every error")
 
 
-def mutable_default_argument(tree: ast.Module) -> Iterator[Hit]:
-    for fn in _functions(tree):
+def mutable_default_argument(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for fn in _functions(nodes):
         for default in [*fn.args.defaults, *fn.args.kw_defaults]:
             if isinstance(default, ast.List | ast.Dict | ast.Set) or (
                     isinstance(default, ast.Call) and _call_name(default) in {"list", "dict", "set"}):
                 yield Hit(default.lineno, f"mutable default argument in {fn.name}() is shared between calls")
 
 
-def eval_exec(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def eval_exec(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Call) and _call_name(node) in {"eval", "exec", "__import__", "compile"}:
             yield Hit(node.lineno, f"{_call_name(node)}() runs code built at run time")
 
@@ -94,18 +95,18 @@ BLOCKING = {"time.sleep", "requests.get", "requests.post", "requests.put", "requ
             "socket.create_connection"}
 
 
-def blocking_call_in_async(tree: ast.Module) -> Iterator[Hit]:
-    for fn in _functions(tree):
+def blocking_call_in_async(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for fn in _functions(nodes):
         if isinstance(fn, ast.AsyncFunctionDef):
             for node in _own_body(fn):
                 if isinstance(node, ast.Call) and _call_name(node) in BLOCKING:
                     yield Hit(node.lineno, f"blocking {_call_name(node)}() inside async {fn.name}()")
 
 
-def missing_await(tree: ast.Module) -> Iterator[Hit]:
+def missing_await(nodes: list[ast.AST]) -> Iterator[Hit]:
     """A coroutine function of this module called as a bare statement, never awaited."""
-    coroutines = {fn.name for fn in _functions(tree) if isinstance(fn, ast.AsyncFunctionDef)}
-    for node in ast.walk(tree):
+    coroutines = {fn.name for fn in _functions(nodes) if isinstance(fn, ast.AsyncFunctionDef)}
+    for node in nodes:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
             name = _call_name(node.value).rsplit(".", 1)[-1]
             if name in coroutines or _call_name(node.value) == "asyncio.sleep":
@@ -115,8 +116,8 @@ def missing_await(tree: ast.Module) -> Iterator[Hit]:
 _SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api_?key|private_?key|credential)s?$", re.I)
 
 
-def hardcoded_secret(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def hardcoded_secret(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         targets: list[ast.expr] = []
         value = None
         if isinstance(node, ast.Assign):
@@ -140,8 +141,8 @@ _BUILTINS = {n for n in dir(builtins) if not n.startswith("_")} - {
     "copyright", "credits", "license", "exit", "quit"}
 
 
-def shadowed_builtin(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def shadowed_builtin(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         names: list[tuple[str, int]] = []
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             args = node.args
@@ -153,17 +154,17 @@ def shadowed_builtin(tree: ast.Module) -> Iterator[Hit]:
                 yield Hit(line, f"`{name}` shadows the builtin of that name")
 
 
-def unused_import(tree: ast.Module) -> Iterator[Hit]:
-    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    used |= {n.value.id for n in ast.walk(tree)
+def unused_import(nodes: list[ast.AST]) -> Iterator[Hit]:
+    used = {n.id for n in nodes if isinstance(n, ast.Name)}
+    used |= {n.value.id for n in nodes
              if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
     exported: set[str] = set()
-    for node in tree.body:
+    for node in nodes[0].body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
                                                  for t in node.targets):
             exported |= {e.value for e in getattr(node.value, "elts", [])
                          if isinstance(e, ast.Constant)}
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import | ast.ImportFrom):
             if isinstance(node, ast.ImportFrom) and node.module == "__future__":
                 continue
@@ -173,26 +174,26 @@ def unused_import(tree: ast.Module) -> Iterator[Hit]:
                     yield Hit(node.lineno, f"`{bound}` is imported but never used")
 
 
-def wildcard_import(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def wildcard_import(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
             yield Hit(node.lineno, f"`from {node.module} import *` hides where names come from")
 
 
-def print_call(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def print_call(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Call) and _call_name(node) == "print":
             yield Hit(node.lineno, "print() in library code; use logging")
 
 
-def global_statement(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def global_statement(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Global):
             yield Hit(node.lineno, f"`global {', '.join(node.names)}` makes state hard to follow")
 
 
-def compare_to_none(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def compare_to_none(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Compare):
             for op, right in zip(node.ops, node.comparators, strict=True):
                 if isinstance(op, ast.Eq | ast.NotEq) and isinstance(right, ast.Constant) \
@@ -200,29 +201,29 @@ def compare_to_none(tree: ast.Module) -> Iterator[Hit]:
                     yield Hit(node.lineno, "compare to None with `is` / `is not`")
 
 
-def shell_injection(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def shell_injection(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Call) and _call_name(node).startswith(("subprocess.", "os.popen")):
             for kw in node.keywords:
                 if kw.arg == "shell" and isinstance(kw.value, ast.Constant) and kw.value.value is True:
                     yield Hit(node.lineno, "subprocess with shell=True")
 
 
-def weak_hash(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def weak_hash(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Call) and _call_name(node) in {"hashlib.md5", "hashlib.sha1"}:
             yield Hit(node.lineno, f"{_call_name(node)}() is not collision resistant")
 
 
-def unsafe_deserialization(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def unsafe_deserialization(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Call) and _call_name(node) in {
                 "pickle.loads", "pickle.load", "marshal.loads", "yaml.load"}:
             yield Hit(node.lineno, f"{_call_name(node)}() can run code from its input")
 
 
-def assert_for_validation(tree: ast.Module) -> Iterator[Hit]:
-    for node in ast.walk(tree):
+def assert_for_validation(nodes: list[ast.AST]) -> Iterator[Hit]:
+    for node in nodes:
         if isinstance(node, ast.Assert):
             yield Hit(node.lineno, "assert is stripped under -O; raise an exception to validate")
 
@@ -253,10 +254,11 @@ def scan(tree: ast.Module, file: str | None = None,
          suppressed: frozenset[str] = frozenset()) -> list[PatternFinding]:
     """Run every detector not suppressed (by pattern feedback) on one parsed module."""
     findings = []
+    nodes = list(ast.walk(tree))
     for spec in DETECTORS:
         if spec.name in suppressed:
             continue
-        for hit in spec.detect(tree):
+        for hit in spec.detect(nodes):
             findings.append(PatternFinding(pattern_name=spec.name, message=hit.message,
                                            line=hit.line, confidence=spec.confidence,
                                            severity=spec.severity, file=file))

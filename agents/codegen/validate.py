@@ -50,9 +50,9 @@ def c3_linearize(name: str, bases: dict[str, list[str]], _stack: tuple[str, ...]
 def validate(files: list[GeneratedFile], suppressed: frozenset[str] = frozenset()) -> ValidationReport:
     trees: dict[str, ast.Module] = {}
     for f in files:
-        try:
-            compile(f.content, f.path, "exec", dont_inherit=True)
+        try:  # compiling the AST checks what parsing alone does not (e.g. `return` outside def)
             trees[f.path] = ast.parse(f.content, f.path)
+            compile(trees[f.path], f.path, "exec", dont_inherit=True)
         except SyntaxError as exc:
             raise ValidationFailed(f"{f.path}:{exc.lineno}: does not compile: {exc.msg}") from None
     bases: dict[str, list[str]] = {}
