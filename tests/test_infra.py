@@ -89,3 +89,10 @@ def test_port_taken_by_something_else_is_refused():
     shutil.rmtree(home, ignore_errors=True)
     assert proc.returncode == 2
     assert f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port} does not answer a metadata request" in proc.stderr
+
+
+def test_cluster_ids_never_look_like_a_flag():
+    from streams.infra.kafka import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

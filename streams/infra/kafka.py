@@ -62,7 +62,11 @@ def ensure_jars(cache: Path, progress=print) -> Path:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """22 base64url characters; never starting with '-', which the tool's parser takes for a flag."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def write_config(folder: Path, port: int, controller_port: int) -> Path:
@@ -114,7 +118,7 @@ def start(folder: Path, cache: Path, port: int, controller_port: int, progress=p
         id_file.write_text(cluster_id)
     classpath = f"{lib}/*"
     run(
-        ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
          "-c", str(config), "--ignore-formatted"],
         "formatting the Kafka data folder",
     )
