@@ -143,7 +143,7 @@ def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 18
         print(f"files written       {summary['files']} under {out.resolve()}/<prd_id>/")
         print(f"PRD latency         p50 {summary['p50_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms")
         print(f"template cache      {summary['cache_hit_rate']:.1%} hit rate")
-        print(f"worker              http://127.0.0.1:{port}/health  /metrics  (dashboard: /dashboard)")
+        print(f"worker              http://127.0.0.1:{port}/health and /metrics")
         ok = summary["completed"] == summary["prds"] and summary["dead_lettered"] == summary["invalid"]
         if serve:
             print("worker keeps running; Ctrl-C stops it")
