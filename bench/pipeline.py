@@ -148,6 +148,8 @@ def start_worker() -> tuple[subprocess.Popen, int]:
     log = omnistream_home() / "bench-worker.log"
     env = {**os.environ, "OMNISTREAM_WEB_PORT": str(port), "OMNISTREAM_LOG_FILE": str(log),
            "OMNISTREAM_LOG_LEVEL": "WARNING",
+           # a new consumer group: start at the end, not at every PRD ever published
+           "OMNISTREAM_AUTO_OFFSET_RESET": "latest",
            "OMNISTREAM_APP_ID": f"omnistream-bench-{uuid.uuid4().hex[:6]}"}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "omnistream"), "worker"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -70,6 +70,7 @@ class Settings:
     log_file: str | None = None
     app_id: str = "omnistream"
     partitions: int = 4
+    auto_offset_reset: str = "earliest"
     kafka_security: dict = field(default_factory=dict)
 
     @classmethod
@@ -88,6 +89,7 @@ class Settings:
             log_file=os.environ.get("OMNISTREAM_LOG_FILE") or None,
             app_id=os.environ.get("OMNISTREAM_APP_ID", "omnistream"),
             partitions=_int_env("OMNISTREAM_PARTITIONS", 4),
+            auto_offset_reset=os.environ.get("OMNISTREAM_AUTO_OFFSET_RESET", "earliest"),
             kafka_security=kafka_security_from_env(),
         )
 
