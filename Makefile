@@ -42,8 +42,6 @@ demo: setup
 	$(BIN)/omnistream demo
 
 bench: setup
-	$(BIN)/omnistream infra up
-	$(BIN)/omnistream migrate
 	$(BIN)/omnistream bench $(BENCH_ARGS)
 
 schemas: $(STAMP)

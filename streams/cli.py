@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the worker running after the summary (Ctrl-C stops it)")
     demo.set_defaults(func=_demo)
 
-    bench = sub.add_parser("bench", help="benchmarks beside their baselines (needs infra up)")
+    bench = sub.add_parser("bench", help="benchmarks beside their baselines (on a throwaway stack)")
     bench.add_argument("--quick", action="store_true")
     bench.add_argument("--only", choices=["cache", "pipeline"])
     bench.set_defaults(func=_bench)
