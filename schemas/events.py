@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import keyword
 import math
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
@@ -274,5 +273,3 @@ class DeadLetter(Envelope):
     error: Annotated[str, StringConstraints(max_length=4000)]
     agent: Name | None = None
 
-
-IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -50,6 +49,11 @@ class OmnistreamClient:
         await self._producer.send_and_wait(
             topic.name, encode(event), key=key.encode() if key else None,
             headers=[("correlation_id", str(event.correlation_id).encode())])
+
+    async def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Send bytes as they are (what a non-Python publisher would send); no validation."""
+        assert self._producer is not None, "use `async with OmnistreamClient()`"
+        await self._producer.send_and_wait(topic, value, key=key)
 
     async def publish_prd(self, prd: PrdSubmitted) -> uuid.UUID:
         await self.publish(spec.PRD_REQUESTS, prd, key=prd.prd_id)
@@ -101,6 +105,3 @@ class OmnistreamClient:
     def completed(self, **kw) -> AsyncIterator[PrdCompleted]:
         return self.subscribe(spec.CODEGEN_COMPLETED, PrdCompleted, **kw)
 
-
-def run(coro):
-    return asyncio.run(coro)

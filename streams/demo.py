@@ -71,7 +71,7 @@ async def _run(examples: Path, out: Path, timeout: float) -> dict:
         for name, raw, reason in invalid:
             # Sent raw, as a non-Python publisher would, to show the dead-letter path.
             key = f"demo-invalid-{time.time_ns()}".encode()
-            await client._producer.send_and_wait(PRD_REQUESTS.name, raw, key=key)
+            await client.publish_raw(PRD_REQUESTS.name, raw, key=key)
             print(f"published {name} unvalidated (the CLI would refuse it: {reason[:90]}…)")
         ids = {str(p.correlation_id) for p in valid}
         completed: dict[str, PrdCompleted] = {}

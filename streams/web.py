@@ -15,6 +15,17 @@ from streams.metrics import CONSUMER_LAG
 MAX_HEALTHY_LAG = 10_000
 
 
+def assignment() -> dict[str, list[int]]:
+    """Partitions this worker holds now, by topic (several workers split them)."""
+    consumer = getattr(app, "consumer", None)
+    out: dict[str, list[int]] = {}
+    if consumer is None:
+        return out
+    for tp in consumer.assignment():
+        out.setdefault(tp.topic, []).append(tp.partition)
+    return {topic: sorted(parts) for topic, parts in sorted(out.items())}
+
+
 async def consumer_lag() -> int | None:
     consumer = getattr(app, "consumer", None)
     if consumer is None:
@@ -63,6 +74,7 @@ async def health_report() -> dict[str, Any]:
         "postgres": {"ok": pg_version is not None, "version": pg_version},
         "agents": agents,
         "consumer_lag": lag,
+        "assignment": assignment(),
         "check_ms": round((time.perf_counter() - started) * 1000, 1),
     }
 
