@@ -4,23 +4,20 @@ through the same three hops (the floor), and the highest sustained PRD/s, in one
 from __future__ import annotations
 
 import asyncio
-import os
-import statistics
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from agents.stats import percentile
 from schemas.codec import decode
 from schemas.events import PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_COMPLETED
 from streams.client import OmnistreamClient
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port
+from streams.workerproc import spawn_worker, stop_worker, wait_healthy
 
 PRD = {"title": "Bench", "service_name": "bench", "description": "load",
        "nodes": [{"node_type": "effect", "name": "BenchWriter", "mixins": ["MixinRetry", "MixinLogging"]},
@@ -29,14 +26,13 @@ PRD = {"title": "Bench", "service_name": "bench", "description": "load",
 
 
 def pct(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+    return percentile(values, q, empty=float("nan"))
 
 
 def summarise(latencies: list[float], offered: int, sent: int, wall: float) -> dict:
     return {"offered_per_s": offered, "sent": sent, "completed": len(latencies),
-            "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
+            "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95),
+            "p99_ms": pct(latencies, 99),
             "achieved_per_s": len(latencies) / wall if wall else 0.0}
 
 
@@ -143,32 +139,26 @@ async def relay_load(bootstrap: str, rate: int, seconds: float, hops: int = 3) -
     return summarise(latencies, rate, sent, wall)
 
 
-def start_worker() -> tuple[subprocess.Popen, int]:
+def start_worker() -> subprocess.Popen:
     port = free_port()
-    log = omnistream_home() / "bench-worker.log"
-    env = {**os.environ, "OMNISTREAM_WEB_PORT": str(port), "OMNISTREAM_LOG_FILE": str(log),
-           "OMNISTREAM_LOG_LEVEL": "WARNING",
-           # a new consumer group: start at the end, not at every PRD ever published
-           "OMNISTREAM_AUTO_OFFSET_RESET": "latest",
-           "OMNISTREAM_APP_ID": f"omnistream-bench-{uuid.uuid4().hex[:6]}"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "omnistream"), "worker"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return proc, port
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("bench: the worker did not become healthy")
+    proc = spawn_worker(
+        port, omnistream_home() / "bench-worker.log", OMNISTREAM_LOG_LEVEL="WARNING",
+        # a new consumer group: start at the end, not at every PRD ever published
+        OMNISTREAM_AUTO_OFFSET_RESET="latest",
+        OMNISTREAM_APP_ID=f"omnistream-bench-{uuid.uuid4().hex[:6]}")
+    try:
+        wait_healthy(port, proc)
+    except SystemExit:
+        stop_worker(proc)
+        raise
+    return proc
 
 
 def run(quick: bool = False) -> dict:
     settings = Settings.from_env()
     seconds = 5 if quick else 15
     rates = [2, 5, 10] if quick else [2, 5, 10, 20, 40]
-    worker, _ = start_worker()
+    worker = start_worker()
     try:
         asyncio.run(pipeline_load(settings.kafka_bootstrap, 1, 3))  # warm-up, not reported
         rows = []
@@ -181,8 +171,7 @@ def run(quick: bool = False) -> dict:
                   f"p99 {pipe['p99_ms']:7.1f} ms ({pipe['completed']}/{pipe['sent']})  |  relay floor "
                   f"p50 {floor['p50_ms']:6.1f} p95 {floor['p95_ms']:6.1f} ms", flush=True)
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop_worker(worker)
     sustained = [r["rate"] for r in rows
                  if r["pipeline"]["completed"] == r["pipeline"]["sent"] and r["pipeline"]["p95_ms"] < 2000]
     return {"seconds_per_rate": seconds, "rows": rows,

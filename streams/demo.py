@@ -4,51 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 
+from agents.stats import percentile
 from schemas.codec import DecodeError, validate
 from schemas.events import DeadLetter, GeneratedNode, PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_COMPLETED as CODEGEN_COMPLETED_SPEC
 from schemas.topics import CODEGEN_GENERATED, DLQ, PRD_REQUESTS
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port, port_is_free
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
-def _start_worker(port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMNISTREAM_WEB_PORT": str(port), "OMNISTREAM_LOG_FILE": str(log)}
-    exe = Path(sys.executable).parent / "omnistream"
-    return subprocess.Popen([str(exe), "worker"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"omnistream: the worker exited ({proc.returncode}); see its log")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("omnistream: the worker did not become healthy in time")
+from streams.workerproc import spawn_worker, stop_worker, wait_healthy
 
 
 async def _run(examples: Path, out: Path, timeout: float) -> dict:
@@ -104,7 +72,7 @@ async def _run(examples: Path, out: Path, timeout: float) -> dict:
         "prds": len(valid), "completed": len(completed), "invalid": len(invalid),
         "dead_lettered": len(letters), "nodes": len(unique),
         "failed_nodes": sum(1 for n in unique.values() if not n.success),
-        "files": files, "p50_ms": _percentile(latencies, 50), "p95_ms": _percentile(latencies, 95),
+        "files": files, "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
         "cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
         "statuses": {s: sum(1 for c in completed.values() if c.status == s)
                      for s in ("complete", "partial", "failed", "timed_out")},
@@ -128,9 +96,9 @@ def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 18
     port = settings.web_port if port_is_free(settings.web_port) else free_port()
     log = omnistream_home() / "demo-worker.log"
     print(f"== worker (http://127.0.0.1:{port}/health, log {log})")
-    worker = _start_worker(port, log)
+    worker = spawn_worker(port, log)
     try:
-        _wait_healthy(port, worker)
+        wait_healthy(port, worker)
         print(f"== publishing {examples}/")
         summary = asyncio.run(_run(examples, out, timeout))
         print("\n== summary")
@@ -150,9 +118,4 @@ def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 18
             worker.wait()
         return 0 if ok else 1
     finally:
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_worker(worker)
