@@ -163,6 +163,28 @@ class PatternFinding(Model):
     file: str | None = None
 
 
+class MixinConflict(Model):
+    pair: Annotated[list[MixinName], Field(min_length=2, max_length=2)]
+    p_pair: Score
+    p_a: Score
+    p_b: Score
+    pair_weight: StrictFloat | StrictInt
+    observations: StrictInt = Field(ge=0)
+    context: Annotated[list[MixinName], Field(max_length=4)] = Field(default_factory=list)
+
+
+class Compatibility(Model):
+    """What the mixin model says about a node's combination when it was generated."""
+    score: Score
+    confidence: Score
+    evidence: StrictInt = Field(ge=0)
+    conflicts: Annotated[list[MixinConflict], Field(max_length=300)] = Field(default_factory=list)
+    unseen_mixins: Annotated[list[MixinName], Field(max_length=32)] = Field(default_factory=list)
+    risky: StrictBool
+    model_version: StrictInt = Field(ge=0)
+    updates: StrictInt = Field(ge=0)
+
+
 class GeneratedNode(Envelope):
     prd_id: PrdId
     service_name: SnakeIdent
@@ -182,6 +204,7 @@ class GeneratedNode(Envelope):
     submitted_at: AwareDatetime | None = None
     cache_hits: StrictInt = Field(default=0, ge=0)
     cache_misses: StrictInt = Field(default=0, ge=0)
+    compatibility: Compatibility | None = None
 
 
 class CompletedNode(Model):
@@ -226,6 +249,7 @@ class PatternFeedback(Envelope):
     is_correct: StrictBool | None = None
     confidence: Score | None = None
     comment: Text | None = None
+    source: Name | None = None  # who sent it: each source's influence on a pattern is bounded
 
 
 class MetricEvent(Envelope):

@@ -7,6 +7,8 @@ services without any `export` (run `omnistream infra env` to get those lines for
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,3 +118,29 @@ def kafka_security_from_env() -> dict:
             ctx.load_cert_chain(certfile, keyfile)
         out["ssl_context"] = ctx
     return out
+
+
+def model_key() -> bytes:
+    """Key that signs model snapshots. OMNISTREAM_MODEL_KEY (same on every worker and on the
+    machine running `replay`), else a random key kept in the stack's home (created once, 0600):
+    enough when all workers share one machine, as the local stack does."""
+    env = os.environ.get("OMNISTREAM_MODEL_KEY")
+    if env:
+        if len(env) < 16:
+            raise ValueError("OMNISTREAM_MODEL_KEY must be at least 16 characters")
+        return env.encode()
+    path = omnistream_home() / "model.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    for _ in range(50):  # another process may be between creating and writing the file
+        key = path.read_text().strip()
+        if key:
+            return key.encode()
+        time.sleep(0.05)
+    raise RuntimeError(f"{path} is empty: delete it and start again")

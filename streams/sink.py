@@ -45,7 +45,8 @@ class PgBatchSink:
                  dedupe_key: Callable[[tuple], Any] | None = None,
                  max_rows: int = 500, max_ms: float = 250, max_pending: int = 20_000,
                  on_reject: Callable[[tuple, str], Any] | None = None,
-                 backoff_max_s: float = 5.0):
+                 backoff_max_s: float = 5.0, apply_sql: str | None = None,
+                 stage_ddl: str | None = None):
         self.dsn, self.table, self.columns = dsn, table, list(columns)
         self.on_conflict, self.dedupe_key = on_conflict, dedupe_key
         self.max_rows, self.max_ms, self.max_pending = max_rows, max_ms, max_pending
@@ -62,6 +63,13 @@ class PgBatchSink:
         self.written = 0
         self.rejected = 0
         self._stage = f"_stage_{table}"
+        # How staged rows reach the table: by default INSERT … SELECT … {on_conflict}; a sink that
+        # goes through an SQL function passes its own statement ({stage} names the staging table).
+        cols = ", ".join(self.columns)
+        self.apply_sql = (apply_sql or
+                          f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {{stage}} {on_conflict}"
+                          ).format(stage=self._stage)
+        self.stage_ddl = stage_ddl or f"(LIKE {table} INCLUDING DEFAULTS)"
 
     async def start(self) -> PgBatchSink:
         self._task = asyncio.ensure_future(self._timer())
@@ -154,14 +162,11 @@ class PgBatchSink:
 
     async def _write(self, rows: list[tuple]) -> None:
         pool = await self._connect()
-        cols = ", ".join(self.columns)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} "
-                f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} {self.stage_ddl} ON COMMIT DELETE ROWS")
             await conn.copy_records_to_table(self._stage, records=rows, columns=self.columns)
-            await conn.execute(
-                f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self._stage} {self.on_conflict}")
+            await conn.execute(self.apply_sql)
         self.written += len(rows)
         SINK_ROWS.labels(self.table).inc(len(rows))
 

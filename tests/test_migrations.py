@@ -11,7 +11,7 @@ import pytest
 
 from streams.migrate import MigrationError, migrate, migrations_dir
 
-TABLES = {"mixin_compatibility_matrix", "pattern_feedback_log", "generation_performance_metrics",
+TABLES = {"mixin_compatibility_matrix", "mixin_results_log", "pattern_feedback_log", "generation_performance_metrics",
           "template_cache_metadata", "event_processing_metrics", "metric_window_aggregates",
           "alerts", "schema_migrations"}
 VIEWS = {"mixin_compatibility_summary", "pattern_feedback_analysis", "performance_metrics_summary",
@@ -52,7 +52,7 @@ def test_objects_exist(migrated_db):
 
 def test_rerun_is_a_noop(migrated_db):
     before = q(migrated_db, "SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1")
-    assert [r["version"] for r in before] == [1, 2, 3]
+    assert [r["version"] for r in before] == [1, 2, 3, 4]
     applied = asyncio.run(migrate(migrated_db, progress=lambda _: None))
     assert applied == []
     after = q(migrated_db, "SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1")
@@ -65,23 +65,23 @@ def test_changed_file_is_refused(fresh_db, tmp_path):
     asyncio.run(migrate(fresh_db, folder, progress=lambda _: None))
     target = folder / "002_views_and_functions.sql"
     target.write_text(target.read_text() + "\n-- edited after it was applied\n")
-    (folder / "004_more.sql").write_text("CREATE TABLE should_not_exist (id int);")
+    (folder / "005_more.sql").write_text("CREATE TABLE should_not_exist (id int);")
     with pytest.raises(MigrationError, match="002_views_and_functions.sql was changed"):
         asyncio.run(migrate(fresh_db, folder, progress=lambda _: None))
-    # Refused before anything else ran: 004 did not apply.
+    # Refused before anything else ran: 005 did not apply.
     assert not q(fresh_db, "SELECT 1 FROM pg_tables WHERE tablename='should_not_exist'")
 
 
 def test_failed_migration_rolls_back(fresh_db, tmp_path):
     folder = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), folder)
-    (folder / "004_broken.sql").write_text(
+    (folder / "005_broken.sql").write_text(
         "CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;")
-    with pytest.raises(MigrationError, match="004_broken.sql failed"):
+    with pytest.raises(MigrationError, match="005_broken.sql failed"):
         asyncio.run(migrate(fresh_db, folder, progress=lambda _: None))
     assert not q(fresh_db, "SELECT 1 FROM pg_tables WHERE tablename='half_done'")
     versions = [r[0] for r in q(fresh_db, "SELECT version FROM schema_migrations ORDER BY 1")]
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
 
 
 def test_concurrent_runs_apply_once(fresh_db):
@@ -89,14 +89,13 @@ def test_concurrent_runs_apply_once(fresh_db):
         return await asyncio.gather(*(migrate(fresh_db, progress=lambda _: None) for _ in range(3)))
 
     results = asyncio.run(both())
-    assert sorted(len(r) for r in results) == [0, 0, 3]
+    assert sorted(len(r) for r in results) == [0, 0, 4]
 
 
 @pytest.mark.parametrize("sql", [
     "INSERT INTO mixin_compatibility_matrix (node_type, mixin_combination) VALUES ('widget', '{MixinRetry}')",
     "INSERT INTO mixin_compatibility_matrix (node_type, mixin_combination, compatibility_score) "
     "VALUES ('effect', '{MixinRetry}', 1.5)",
-    "INSERT INTO mixin_compatibility_matrix (node_type, mixin_combination) VALUES ('effect', '{}')",
     "INSERT INTO pattern_feedback_log (pattern_name, feedback_type) VALUES ('p', 'maybe')",
     "INSERT INTO pattern_feedback_log (pattern_name, feedback_type, user_weight) "
     "VALUES ('p', 'true_positive', -0.1)",

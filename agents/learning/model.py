@@ -1,0 +1,290 @@
+"""Per-node-type mixin compatibility model, learned one result at a time.
+
+The learner is river's LogisticRegression over single mixins and mixin pairs (see features.py)
+with a learning rate of 0.2 (river's default 0.01 is far too slow for this stream; 0.2 beat
+0.1, 0.3, AdaGrad, Adam and RMSProp on the benchmark stream). Around it:
+
+- evidence: how often each feature was seen, so a prediction's confidence says how much data
+  stands behind that combination, not only how far the probability is from 0.5;
+- drift: ADWIN watches the champion's 0/1 error; when it fires *and* the error went up (ADWIN
+  also fires when error falls, e.g. during warm-up), a challenger starts: a copy of the champion
+  that learns with a boosted rate, so rules that still hold are kept while changed ones are
+  re-learnt quickly. Both learn every event; predictions come from whichever has the lower
+  recent error, and the challenger replaces the champion once it has been better for long
+  enough (or is dropped when it never is);
+- conflicts: pairs the model says fail together although each mixin can succeed without the
+  other, found by probing the model in each mixin's best context (see `find_conflicts`);
+- bounded size: at most `max_mixins` distinct names are learnt (outside systems may send any
+  name); later unknown names are reported as unseen and carry no weight.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from river import drift, linear_model, optim
+
+from agents.learning.features import PAIR_SEP, canonical, featurize, pair_key
+
+P_MIN = 1e-6
+
+
+def new_learner(lr: float = 0.2) -> linear_model.LogisticRegression:
+    return linear_model.LogisticRegression(optimizer=optim.SGD(lr), intercept_lr=lr)
+
+
+@dataclass
+class Conflict:
+    pair: tuple[str, str]
+    p_pair: float
+    p_a: float
+    p_b: float
+    pair_weight: float
+    observations: int
+    context: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pair": list(self.pair), "p_pair": round(self.p_pair, 4), "p_a": round(self.p_a, 4),
+                "p_b": round(self.p_b, 4), "pair_weight": round(self.pair_weight, 4),
+                "observations": self.observations, "context": list(self.context)}
+
+
+@dataclass
+class Prediction:
+    node_type: str
+    mixins: list[str]
+    score: float
+    confidence: float
+    evidence: int
+    conflicts: list[dict[str, Any]]
+    unseen: list[str]
+    risky: bool
+    model_version: int
+    updates: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"node_type": self.node_type, "mixins": self.mixins, "score": round(self.score, 4),
+                "confidence": round(self.confidence, 4), "evidence": self.evidence,
+                "conflicts": self.conflicts, "unseen_mixins": self.unseen, "risky": self.risky,
+                "model_version": self.model_version, "updates": self.updates}
+
+
+@dataclass
+class Progressive:
+    """Test-then-train score: each event is predicted before the model learns from it."""
+    n: int = 0
+    correct: int = 0
+    log_loss_sum: float = 0.0
+
+    def update(self, p: float, y: bool) -> None:
+        self.n += 1
+        self.correct += (p >= 0.5) == y
+        q = min(max(p if y else 1 - p, P_MIN), 1.0)
+        self.log_loss_sum -= math.log(q)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    @property
+    def log_loss(self) -> float:
+        return self.log_loss_sum / self.n if self.n else 0.0
+
+
+@dataclass
+class DriftConfig:
+    enabled: bool = True
+    adwin_delta: float = 0.002
+    boost_lr: float = 0.5          # the challenger's learning rate
+    fast_alpha: float = 0.02       # EWMA of recent error, compared between the two learners
+    slow_alpha: float = 0.002      # long-run error: "did the error go up?"
+    lead_after: int = 30           # challenger may answer once it has learnt this many events
+    promote_after: int = 100       # ... and replaces the champion if still better after these
+    give_up_after: int = 3000
+
+
+@dataclass
+class MixinModel:
+    node_type: str
+    lr: float = 0.2
+    max_mixins: int = 128
+    confidence_k: float = 10.0     # evidence at which support reaches 1/2
+    drift_cfg: DriftConfig = field(default_factory=DriftConfig)
+
+    def __post_init__(self) -> None:
+        self.champion = new_learner(self.lr)
+        self.challenger: linear_model.LogisticRegression | None = None
+        self.counts: dict[str, int] = {}
+        self.n_mixins = 0
+        self.updates = 0
+        self.version = 1
+        self.progressive = Progressive()
+        self.adwin = drift.ADWIN(delta=self.drift_cfg.adwin_delta)
+        self.err_champ_fast = 0.5
+        self.err_champ_slow = 0.5
+        self.err_chall_fast = 0.5
+        self.chall_n = 0
+        self.chall_better_for = 0
+        self.drifts: list[int] = []
+        self.promotions: list[int] = []
+        self.conflicts: list[Conflict] = []
+
+    # -------------------------------------------------------------- learning
+
+    def _known(self, combo: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+        known = tuple(m for m in combo if m in self.counts)
+        unseen = [m for m in combo if m not in self.counts]
+        return known, unseen
+
+    @property
+    def mixins(self) -> list[str]:
+        return sorted(k for k in self.counts if PAIR_SEP not in k)
+
+    def _active(self) -> linear_model.LogisticRegression:
+        if (self.challenger is not None and self.chall_n >= self.drift_cfg.lead_after
+                and self.err_chall_fast < self.err_champ_fast):
+            return self.challenger
+        return self.champion
+
+    def learn_one(self, mixins: list[str] | tuple[str, ...], success: bool) -> float:
+        """Learn one result; returns the probability predicted before learning (progressive)."""
+        combo = canonical(mixins)
+        fresh = [m for m in combo if m not in self.counts]
+        if fresh and self.n_mixins + len(fresh) > self.max_mixins:  # names beyond the cap are ignored
+            keep = set(fresh[:max(0, self.max_mixins - self.n_mixins)])
+            fresh = [m for m in fresh if m in keep]
+            combo = tuple(m for m in combo if m in self.counts or m in keep)
+        self.n_mixins += len(fresh)
+        x = featurize(combo)
+        y = bool(success)
+        p_active = self._active().predict_proba_one(x)[True]
+        self.progressive.update(p_active, y)
+
+        p_champ = p_active if self.challenger is None else self.champion.predict_proba_one(x)[True]
+        self._watch_drift((p_champ >= 0.5) != y)
+        if self.challenger is not None:
+            p_chall = self.challenger.predict_proba_one(x)[True]
+            self.challenger.learn_one(x, y)
+            self.champion.learn_one(x, y)
+            self._race((p_chall >= 0.5) != y, (p_champ >= 0.5) != y)
+        else:
+            self.champion.learn_one(x, y)
+        for k in x:
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.updates += 1
+        return p_active
+
+    def _watch_drift(self, err: bool) -> None:
+        cfg = self.drift_cfg
+        e = float(err)
+        self.err_champ_fast += cfg.fast_alpha * (e - self.err_champ_fast)
+        self.err_champ_slow += cfg.slow_alpha * (e - self.err_champ_slow)
+        if not cfg.enabled:
+            return
+        self.adwin.update(e)
+        if self.adwin.drift_detected and self.err_champ_fast > self.err_champ_slow:
+            self.drifts.append(self.updates)
+            if self.challenger is None:
+                self.challenger = copy.deepcopy(self.champion)
+                self.challenger.optimizer = optim.SGD(cfg.boost_lr)
+                self.challenger.intercept_lr = optim.schedulers.Constant(cfg.boost_lr)
+                self.err_chall_fast = self.err_champ_fast
+                self.chall_n = 0
+                self.chall_better_for = 0
+
+    def _race(self, err_chall: bool, err_champ: bool) -> None:
+        cfg = self.drift_cfg
+        self.err_chall_fast += cfg.fast_alpha * (float(err_chall) - self.err_chall_fast)
+        self.chall_n += 1
+        self.chall_better_for = self.chall_better_for + 1 if self.err_chall_fast < self.err_champ_fast else 0
+        if self.chall_better_for >= cfg.promote_after:
+            # The challenger wins: it becomes the champion, back at the normal learning rate.
+            self.champion = self.challenger
+            self.champion.optimizer = optim.SGD(self.lr)
+            self.champion.intercept_lr = optim.schedulers.Constant(self.lr)
+            self.err_champ_fast = self.err_champ_slow = self.err_chall_fast
+            self.challenger = None
+            self.promotions.append(self.updates)
+        elif self.chall_n >= cfg.give_up_after and self.chall_better_for == 0:
+            self.challenger = None
+
+    # -------------------------------------------------------------- prediction
+
+    def predict_proba(self, mixins: list[str] | tuple[str, ...]) -> float:
+        known, _ = self._known(canonical(mixins))
+        return self._p(known)
+
+    def _p(self, known: tuple[str, ...]) -> float:
+        return self._active().predict_proba_one(featurize(known))[True]
+
+    def evidence(self, known: tuple[str, ...]) -> int:
+        """Least-seen feature of the combination: the evidence behind its weakest part."""
+        keys = list(known) + [a + PAIR_SEP + b for a, b in combinations(known, 2)]
+        return min((self.counts.get(k, 0) for k in keys), default=0)
+
+    def predict(self, mixins: list[str] | tuple[str, ...]) -> Prediction:
+        combo = canonical(mixins)
+        known, unseen = self._known(combo)
+        p = self._p(known)
+        n = 0 if unseen else self.evidence(known)
+        support = n / (n + self.confidence_k)
+        certainty = abs(2 * p - 1)
+        confidence = support * (0.5 + 0.5 * certainty)
+        pairs = {pair_key(a, b) for a, b in combinations(combo, 2)}
+        found = [c.as_dict() for c in self.conflicts if pair_key(*c.pair) in pairs]
+        return Prediction(
+            node_type=self.node_type, mixins=list(combo), score=p, confidence=confidence,
+            evidence=n, conflicts=found, unseen=unseen, risky=p < 0.5 or bool(found),
+            model_version=self.version, updates=self.updates)
+
+    # -------------------------------------------------------------- conflicts
+
+    def find_conflicts(self, min_observations: int = 3, threshold: float = 0.5,
+                       min_weight: float = 1.0) -> list[Conflict]:
+        """Pairs that fail together although each mixin succeeds without the other.
+
+        Probing with {a}, {b}, {a,b} alone misses pairs whose members need a companion (a mixin
+        that fails alone looks 'bad' and hides its conflicts), so each mixin is probed in its
+        best context: alone or with the one companion that makes it most likely to succeed.
+        """
+        names = self.mixins
+        best: dict[str, tuple[float, tuple[str, ...]]] = {}
+        for a in names:
+            alone = self._p((a,))
+            if alone > threshold:
+                best[a] = (alone, ())
+                continue
+            best[a] = max(((self._p(canonical((a, c))), (c,)) for c in names if c != a),
+                          key=lambda t: t[0], default=(alone, ()))
+        weights = self._active().weights
+        found = []
+        for a, b in combinations(names, 2):
+            key = pair_key(a, b)
+            observations = self.counts.get(key, 0)
+            if observations < min_observations:
+                continue
+            (p_a, ctx_a), (p_b, ctx_b) = best[a], best[b]
+            if p_a <= threshold or p_b <= threshold:
+                continue
+            weight = float(weights.get(key, 0.0))
+            if weight > -min_weight:  # the pair itself must carry the failure
+                continue
+            # Each mixin in the context where it succeeds: none when it succeeds alone.
+            ctx = tuple(c for c in dict.fromkeys(ctx_a + ctx_b) if c not in (a, b))
+            p_ab = self._p(canonical((a, b) + ctx))
+            if p_ab < threshold:
+                found.append(Conflict((a, b), p_ab, p_a, p_b, weight,
+                                      observations, ctx))
+        self.conflicts = found
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return {"node_type": self.node_type, "model_version": self.version, "updates": self.updates,
+                "mixins": len(self.mixins), "progressive_accuracy": round(self.progressive.accuracy, 4),
+                "progressive_log_loss": round(self.progressive.log_loss, 4),
+                "drifts": len(self.drifts), "challenger": self.challenger is not None,
+                "conflicts": len(self.conflicts)}
