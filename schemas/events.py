@@ -237,6 +237,12 @@ class GenerationResult(Envelope):
     duration_ms: Millis | None = None
 
 
+class PredictRequest(Model):
+    """One question to the mixin model (GET/POST /api/predict, `omnistream predict`)."""
+    node_type: NodeType
+    mixins: Annotated[list[MixinName], Field(max_length=32)]
+
+
 # ---------------------------------------------------------------- feedback, metrics, alerts
 
 FeedbackType = Literal["true_positive", "false_positive", "false_negative", "user_override"]

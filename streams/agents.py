@@ -23,8 +23,9 @@ from agents.codegen.pipeline import generate_node
 from agents.codegen.render import CodeGenerator
 from agents.logging import log_context
 from schemas.codec import encode
-from schemas.events import GeneratedNode, NodeTask, PrdSubmitted
+from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdSubmitted
 from schemas.topics import CODEGEN_GENERATED, CODEGEN_TASKS
+from streams import tables
 from streams.app import (
     app,
     codegen_completed,
@@ -35,14 +36,15 @@ from streams.app import (
     settings,
 )
 from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header, run_intake
+from streams.learning import models, patterns
 from streams.sink import PgBatchSink
+from streams.tables import KIND_HEADER
 
 log = logging.getLogger(__name__)
 
 WORKER_ID = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
 ASSEMBLY_DEADLINE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_DEADLINE_S", "120"))
 ASSEMBLY_PURGE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_PURGE_S", "3600"))
-KIND_HEADER = "omnistream.kind"
 
 template_cache = TemplateCache(
     max_entries=int(os.environ.get("OMNISTREAM_TEMPLATE_CACHE_ENTRIES", "100")),
@@ -54,10 +56,10 @@ generator = CodeGenerator(template_cache)
 # The assembler's inbox: deadline ticks from its timer and nodes that arrived under another key
 # (outside publishers may send no key), re-keyed by correlation id so the table stays
 # co-partitioned with codegen.generated.
-assembler_inbox = app.topic(f"{settings.app_id}-assembler-inbox", key_type=bytes, value_type=bytes,
+assembler_inbox = app.topic(tables.assembler_inbox(settings.app_id), key_type=bytes, value_type=bytes,
                             partitions=CODEGEN_GENERATED.partitions, internal=True,
                             value_serializer="raw", key_serializer="raw")
-assembly_table = app.Table("codegen-assembly", default=None, partitions=CODEGEN_GENERATED.partitions,
+assembly_table = app.Table(tables.ASSEMBLY_TABLE, default=None, partitions=CODEGEN_GENERATED.partitions,
                            key_type=str)  # json keys and values in the changelog
 
 
@@ -90,7 +92,9 @@ async def warm_template_cache() -> None:
 @app.agent(codegen_tasks, name="codegen-render")
 async def codegen_render(stream: Any) -> None:
     async def handle(task: NodeTask, event: Any) -> None:
-        node, result = generate_node(generator, task, WORKER_ID)
+        prediction = models.predict(task.node.node_type, list(task.node.mixins))
+        node, result = generate_node(generator, task, WORKER_ID, patterns.suppressed,
+                                     Compatibility(**prediction.compatibility()))
         headers = correlation_headers(task.correlation_id)
         await codegen_generated.send(key=str(task.correlation_id).encode(), value=encode(node),
                                      headers=headers)

@@ -149,6 +149,95 @@ def _subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback(args: argparse.Namespace) -> int:
+    import getpass
+
+    from schemas import topics as spec
+    from schemas.events import PatternFeedback
+    from streams.client import OmnistreamClient
+
+    events = _validated(args.file, PatternFeedback)
+    who = args.source or f"cli:{getpass.getuser()}"
+    # Without a source all unnamed feedback would share one source's bounded influence.
+    events = [e if e.source else e.model_copy(update={"source": who}) for e in events]
+
+    async def go() -> None:
+        async with OmnistreamClient() as client:
+            for event in events:
+                await client.publish(spec.PATTERN_FEEDBACK, event)
+                print(f"{event.id}\t{event.pattern_name}\t{event.feedback_type}")
+
+    asyncio.run(go())
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from schemas.events import PredictRequest
+    from streams.config import Settings, model_key
+    from streams.replay import current_models
+
+    mixins = [m.strip() for m in args.mixins.split(",") if m.strip()]
+    try:
+        req = PredictRequest(node_type=args.node_type, mixins=mixins)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    settings = Settings.from_env()
+    registry = asyncio.run(current_models(settings, model_key()))
+    prediction = registry.predict(req.node_type, list(req.mixins)).as_dict()
+    if registry.refused:
+        prediction["snapshots_refused"] = registry.refused
+    print(orjson.dumps(prediction, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from streams.config import Settings
+    from streams.replay import ReplayError, replay
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise UsageError(f"--since {args.since!r} is not an ISO-8601 date/time") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    try:
+        report = asyncio.run(replay(Settings.from_env(), args.topic, since, swap=not args.no_swap,
+                                    wait_s=args.wait, progress=not args.quiet))
+    except ReplayError as exc:
+        raise UsageError(str(exc)) from None
+    rate = report.events / report.seconds if report.seconds else 0.0
+    print(f"replayed {report.events} events ({report.invalid} invalid, skipped) in "
+          f"{report.seconds:.1f}s, {rate:,.0f} events/s")
+    print("old: the model in use, scored on the replayed events (it may have learnt from them); "
+          "new: the rebuilt model, progressive (each event scored before it is learnt)")
+    print(f"{'node type':13} {'events':>7}  {'old acc':>8} {'old logloss':>11}  "
+          f"{'new acc':>8} {'new logloss':>11}  version")
+    for row in report.rows():
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4f}"
+        version = (f"{row['old_version']} -> {row['new_version']}" if row["new_version"]
+                   else f"{row['old_version']} (not swapped)")
+        print(f"{row['node_type']:13} {row['events']:>7}  {f(row['old_accuracy']):>8} "
+              f"{f(row['old_log_loss']):>11}  {f(row['new_accuracy']):>8} {f(row['new_log_loss']):>11}"
+              f"  {version}")
+    if args.json:
+        print(orjson.dumps({"events": report.events, "invalid": report.invalid,
+                            "seconds": round(report.seconds, 3), "swapped": report.swapped,
+                            "models": report.rows()}).decode())
+    if not args.no_swap and not report.swapped:
+        print("omnistream: the new models were sent but no worker swapped them in within "
+              f"{args.wait:.0f}s (is `omnistream worker` running?)", file=sys.stderr)
+        return 5
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -195,6 +284,27 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--from-beginning", action="store_true",
                            help="also read nodes generated before now")
     subscribe.set_defaults(func=_subscribe)
+
+    fb = sub.add_parser("feedback", help="publish pattern-feedback events (JSON object or lines)")
+    fb.add_argument("file", help="path, or - for stdin")
+    fb.add_argument("--source", help="who gives the feedback (default cli:<user>) when events lack one")
+    fb.set_defaults(func=_feedback)
+
+    pred = sub.add_parser("predict", help="score a mixin combination with the current model")
+    pred.add_argument("--node-type", required=True, help="effect, compute, reducer or orchestrator")
+    pred.add_argument("--mixins", required=True, help="comma-separated, e.g. MixinRetry,MixinTimeout")
+    pred.set_defaults(func=_predict)
+
+    rp = sub.add_parser("replay", help="rebuild the mixin models from a retained topic and swap them in")
+    rp.add_argument("--topic", required=True, help="codegen.results")
+    when = rp.add_mutually_exclusive_group(required=True)
+    when.add_argument("--from-beginning", action="store_true")
+    when.add_argument("--since", help="ISO-8601 time (UTC when no offset is given)")
+    rp.add_argument("--no-swap", action="store_true", help="only compare old and new models")
+    rp.add_argument("--wait", type=float, default=60, help="seconds to wait for the workers' swap")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.add_argument("--json", action="store_true", help="also print the report as one JSON line")
+    rp.set_defaults(func=_replay)
 
     demo = sub.add_parser("demo", help="infra up, migrate, worker, publish examples/, summary")
     demo.add_argument("--examples", default="examples")

@@ -50,10 +50,12 @@ class OmnistreamClient:
             topic.name, encode(event), key=key.encode() if key else None,
             headers=[("correlation_id", str(event.correlation_id).encode())])
 
-    async def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    async def publish_raw(self, topic: str, value: bytes, key: bytes | None = None,
+                          headers: dict[str, bytes] | None = None) -> None:
         """Send bytes as they are (what a non-Python publisher would send); no validation."""
         assert self._producer is not None, "use `async with OmnistreamClient()`"
-        await self._producer.send_and_wait(topic, value, key=key)
+        await self._producer.send_and_wait(topic, value, key=key,
+                                           headers=list((headers or {}).items()) or None)
 
     async def publish_prd(self, prd: PrdSubmitted) -> uuid.UUID:
         await self.publish(spec.PRD_REQUESTS, prd, key=prd.prd_id)

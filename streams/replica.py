@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ChangelogReplica:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> ChangelogReplica:
-        self._task = asyncio.ensure_future(self._run())
+        self._task = asyncio.ensure_future(self.run())
         return self
 
     async def stop(self) -> None:
@@ -43,24 +44,31 @@ class ChangelogReplica:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        while True:  # the changelog appears when its table first starts: wait for it
-            await consumer.topics()  # refreshes metadata
-            parts = consumer.partitions_for_topic(self.topic)
-            if parts:
-                return [TopicPartition(self.topic, p) for p in sorted(parts)]
-            if not self.wait_for_topic:
-                return []
-            await asyncio.sleep(1.0)
+    async def _partitions(self) -> list[TopicPartition]:
+        # All topics' metadata, filtered here: asking for one topic by name may auto-create it
+        # (with the wrong partition count) on brokers that allow auto-creation.
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
+        await admin.start()
+        try:
+            while True:  # the changelog appears when its table first starts: wait for it
+                for topic in await admin.describe_topics():
+                    if topic["topic"] == self.topic and topic["error_code"] == 0 and topic["partitions"]:
+                        return [TopicPartition(self.topic, p["partition"])
+                                for p in sorted(topic["partitions"], key=lambda p: p["partition"])]
+                if not self.wait_for_topic:
+                    return []
+                await asyncio.sleep(1.0)
+        finally:
+            await admin.close()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     **self.security)
         self._consumer = consumer
         await consumer.start()
         try:
-            tps = await self._partitions(consumer)
+            tps = await self._partitions()
             if not tps:  # nothing written yet, and the caller does not want to wait for it
                 self.ready.set()
                 return

@@ -107,6 +107,15 @@ class PgBatchSink:
         if len(self._rows) >= self.max_rows:
             await self.flush()
 
+    def add_nowait(self, row: tuple, on_commit: Callback | None = None) -> None:
+        """Buffer a row without waiting (no backpressure); the timer writes it. For callers
+        outside a stream, e.g. a model's latest conflicts after a snapshot."""
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        self._rows.append(row)
+        if on_commit is not None:
+            self._callbacks.append(on_commit)
+
     async def _timer(self) -> None:
         while True:
             await asyncio.sleep(self.max_ms / 1000 / 2)

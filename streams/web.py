@@ -1,4 +1,4 @@
-"""HTTP views on the worker's web port: /health and /metrics."""
+"""HTTP views on the worker's web port: /health, /metrics, /api/predict, /api/patterns."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
+from faust.web import View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
+from schemas.events import PredictRequest
 from streams.app import app, settings
 from streams.infra import kafka, postgres
+from streams.learning import models, patterns
 from streams.metrics import CONSUMER_LAG
 
 MAX_HEALTHY_LAG = 10_000
@@ -88,3 +93,55 @@ async def health(web: Any, request: Any) -> Any:
 @app.page("/metrics")
 async def metrics(web: Any, request: Any) -> Any:
     return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+def _predict(item: dict[str, Any]) -> dict[str, Any]:
+    req = PredictRequest.model_validate(item)
+    return models.predict(req.node_type, list(req.mixins)).as_dict()
+
+
+@app.page("/api/predict")
+class PredictView(View):
+    """GET ?node_type=T&mixins=A,B → one prediction; POST [{node_type, mixins}, …] → a list."""
+
+    async def get(self, request: Any) -> Any:
+        query = request.query
+        mixins = [m for m in query.get("mixins", "").split(",") if m]
+        return self._answer(lambda: _predict({"node_type": query.get("node_type", ""), "mixins": mixins}))
+
+    async def post(self, request: Any) -> Any:
+        raw = await request.read()
+
+        def run() -> Any:
+            body = orjson.loads(raw)
+            if not isinstance(body, list) or len(body) > 1000:
+                raise ValueError("POST a JSON list of at most 1000 {node_type, mixins} objects")
+            return [_predict(item) for item in body]
+
+        return self._answer(run)
+
+    def _answer(self, compute: Any) -> Any:
+        try:
+            return self.json(compute())
+        except orjson.JSONDecodeError as exc:
+            return self.json({"error": f"body is not JSON: {exc}"}, status=400)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return self.json({"error": f"{where}: {first['msg']}"}, status=400)
+        except ValueError as exc:
+            return self.json({"error": str(exc)}, status=400)
+
+
+@app.page("/api/patterns")
+async def pattern_report(web: Any, request: Any) -> Any:
+    return web.json({"patterns": patterns.summaries(), "suppressed": sorted(patterns.suppressed),
+                     "policy": {"precision_floor": patterns.policy.floor,
+                                "suppress_when_p_below_floor_exceeds": patterns.policy.suppress_at,
+                                "resume_when_p_below_floor_under": patterns.policy.resume_at,
+                                "source_cap": patterns.policy.source_cap}})
+
+
+@app.page("/api/models")
+async def model_report(web: Any, request: Any) -> Any:
+    return web.json(models.status())

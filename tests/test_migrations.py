@@ -11,9 +11,9 @@ import pytest
 
 from streams.migrate import MigrationError, migrate, migrations_dir
 
-TABLES = {"mixin_compatibility_matrix", "mixin_results_log", "pattern_feedback_log", "generation_performance_metrics",
-          "template_cache_metadata", "event_processing_metrics", "metric_window_aggregates",
-          "alerts", "schema_migrations"}
+TABLES = {"mixin_compatibility_matrix", "mixin_results_log", "pattern_feedback_log",
+          "generation_performance_metrics", "template_cache_metadata", "event_processing_metrics",
+          "metric_window_aggregates", "alerts", "schema_migrations"}
 VIEWS = {"mixin_compatibility_summary", "pattern_feedback_analysis", "performance_metrics_summary",
          "template_cache_efficiency", "event_processing_health"}
 

@@ -7,13 +7,16 @@ import time
 
 from agents.codegen.render import CodeGenerator, GenerationFailed
 from agents.codegen.validate import ValidationFailed, validate
-from schemas.events import GeneratedNode, GenerationResult, NodeTask
+from schemas.events import Compatibility, GeneratedNode, GenerationResult, NodeTask
 
 log = logging.getLogger(__name__)
 
 
 def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None = None,
-                  suppressed: frozenset[str] = frozenset()) -> tuple[GeneratedNode, GenerationResult]:
+                  suppressed: frozenset[str] = frozenset(),
+                  compatibility: Compatibility | None = None) -> tuple[GeneratedNode, GenerationResult]:
+    """`suppressed`: patterns feedback has shown to be bad (not reported); `compatibility`: the
+    mixin model's view of this node's combination, attached to the GeneratedNode as is."""
     started = time.perf_counter()
     before = generator.cache.totals()
     files, findings, score, reason = [], [], 0.0, None
@@ -37,6 +40,7 @@ def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None =
         prd_nodes=list(task.prd_nodes), submitted_at=task.submitted_at,
         cache_hits=int(after["hits"] - before["hits"]),
         cache_misses=int(after["misses"] - before["misses"]),
+        compatibility=compatibility,
     )
     result = GenerationResult(
         **common, node_type=task.node.node_type,

@@ -66,6 +66,12 @@ class Prediction:
     model_version: int
     updates: int
 
+    def compatibility(self) -> dict[str, Any]:
+        """The fields of schemas.events.Compatibility."""
+        out = self.as_dict()
+        del out["node_type"], out["mixins"]
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {"node_type": self.node_type, "mixins": self.mixins, "score": round(self.score, 4),
                 "confidence": round(self.confidence, 4), "evidence": self.evidence,

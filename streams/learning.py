@@ -1,0 +1,369 @@
+"""Learning agents: the mixin model per node type, the compatibility matrix, pattern feedback.
+
+Mixin flow: codegen.results → results-intake (decode, DLQ) → {app}-mixin-results, keyed by
+node type (outside publishers may send no key) → mixin-learner (the live model, snapshotted
+into the `mixin-models` table) and mixin-matrix-sink (mixin_results_log +
+update_mixin_compatibility()). Every worker reads the table's changelog (streams.replica) into
+a ModelRegistry and predicts from it.
+
+Feedback flow: pattern.feedback → feedback-intake → {app}-pattern-feedback keyed by pattern
+→ pattern-feedback-learner (posterior per pattern in the `pattern-feedback` table) and
+pattern-feedback-sink (pattern_feedback_log through record_pattern_feedback()).
+
+The learner acks an event only once a snapshot holding it is in the table, so a crash replays
+(at most SNAPSHOT_EVERY) events rather than losing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from agents.learning import feedback, snapshot
+from agents.learning.features import canonical
+from agents.learning.model import MixinModel
+from agents.learning.registry import ModelRegistry, PatternRegistry
+from schemas.codec import encode
+from schemas.events import GenerationResult, PatternFeedback
+from schemas.topics import CODEGEN_RESULTS, PATTERN_FEEDBACK
+from streams import tables
+from streams.app import app, codegen_results, pattern_feedback, settings
+from streams.config import model_key
+from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header, run_intake
+from streams.replica import ChangelogReplica
+from streams.sink import PgBatchSink
+from streams.tables import (
+    FEEDBACK_TABLE,
+    KIND_HEADER,
+    MODEL_TABLE,
+    SOURCE_HEADER,
+    TRAINED_HEADER,
+)
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_EVERY = int(os.environ.get("OMNISTREAM_MODEL_SNAPSHOT_EVERY", "100"))
+SNAPSHOT_INTERVAL_S = float(os.environ.get("OMNISTREAM_MODEL_SNAPSHOT_INTERVAL_S", "2"))
+RECENT_EVENTS = 20_000  # kept per node type so an installed (replayed) model can catch up
+
+MODEL_UPDATES = Counter("omnistream_model_updates_total", "Results learnt", ["node_type"])
+MODEL_SNAPSHOTS = Counter("omnistream_model_snapshots_total", "Model snapshots written", ["node_type"])
+SNAPSHOTS_REFUSED = Counter("omnistream_model_snapshots_refused_total",
+                            "Model snapshots refused (bad authentication tag or format)", ["where"])
+MODEL_VERSION = Gauge("omnistream_model_version", "Model version in use on this worker", ["node_type"])
+MODEL_ACCURACY = Gauge("omnistream_model_progressive_accuracy",
+                       "Test-then-train accuracy of the model in use", ["node_type"])
+SNAPSHOT_BYTES = Gauge("omnistream_model_snapshot_bytes", "Size of the last snapshot", ["node_type"])
+LEARN_SECONDS = Histogram("omnistream_model_learn_seconds", "learn_one time",
+                          buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
+PATTERN_SUPPRESSED = Gauge("omnistream_pattern_suppressed", "1 when a pattern is suppressed", ["pattern"])
+
+KEY = model_key()
+
+
+def _internal(name: str, partitions: int) -> Any:
+    return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions, internal=True,
+                     value_serializer="raw", key_serializer="raw")
+
+
+results_inbox = _internal(tables.results_inbox(settings.app_id), CODEGEN_RESULTS.partitions)
+feedback_inbox = _internal(tables.feedback_inbox(settings.app_id), PATTERN_FEEDBACK.partitions)
+model_table = app.Table(MODEL_TABLE, default=None, partitions=CODEGEN_RESULTS.partitions,
+                        key_type=bytes, value_type=bytes)  # raw bytes in the changelog
+feedback_table = app.Table(FEEDBACK_TABLE, default=None, partitions=PATTERN_FEEDBACK.partitions,
+                           key_type=str)  # json keys and values
+
+models = ModelRegistry(KEY)
+patterns = PatternRegistry()
+
+
+def _apply_model(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
+    if not models.apply(key, value):
+        SNAPSHOTS_REFUSED.labels("replica").inc()
+        return
+    for node_type, model in models.models.items():
+        MODEL_VERSION.labels(node_type).set(model.version)
+        MODEL_ACCURACY.labels(node_type).set(model.progressive.accuracy)
+
+
+def _apply_pattern(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
+    patterns.apply(key, value)
+    for name, state in patterns.states.items():
+        PATTERN_SUPPRESSED.labels(name).set(1 if state.get("suppressed") else 0)
+
+
+@app.task
+async def model_replica() -> None:
+    topic = tables.changelog_topic(settings.app_id, MODEL_TABLE)
+    await ChangelogReplica(settings.kafka_bootstrap, topic, _apply_model,
+                           security=settings.kafka_security).run()
+
+
+@app.task
+async def pattern_replica() -> None:
+    topic = tables.changelog_topic(settings.app_id, FEEDBACK_TABLE)
+    await ChangelogReplica(settings.kafka_bootstrap, topic, _apply_pattern,
+                           security=settings.kafka_security).run()
+
+
+# ---------------------------------------------------------------------------- intake
+
+
+@app.agent(codegen_results, name="results-intake")
+async def results_intake(stream: Any) -> None:
+    async def handle(result: GenerationResult, event: Any) -> None:
+        # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream.
+        await results_inbox.send(key=result.node_type.encode(), value=encode(result), headers={
+            **correlation_headers(result.correlation_id), KIND_HEADER: b"result",
+            SOURCE_HEADER: f"{event.message.partition}:{event.message.offset}".encode()})
+
+    await run_intake(stream, GenerationResult, "results-intake", handle)
+
+
+@app.agent(pattern_feedback, name="feedback-intake")
+async def feedback_intake(stream: Any) -> None:
+    async def handle(fb: PatternFeedback, event: Any) -> None:
+        await feedback_inbox.send(key=fb.pattern_name.encode(), value=encode(fb),
+                                  headers=correlation_headers(fb.correlation_id))
+
+    await run_intake(stream, PatternFeedback, "feedback-intake", handle)
+
+
+# ---------------------------------------------------------------------------- mixin learner
+
+
+class Learner:
+    """The live models of the node types whose partitions this worker holds."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, MixinModel] = {}
+        self.base: dict[str, tuple[int, int]] = {}     # (version, updates) of the last snapshot
+        self.pending: dict[str, list[Any]] = defaultdict(list)  # events not yet in a snapshot
+        self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT_EVENTS))
+        self.conflicts_written: dict[str, bytes] = {}
+        self.conflict_sink: PgBatchSink | None = None
+
+    def reset(self) -> None:
+        """After a rebalance unacked events come again: forget what was learnt from them."""
+        self.live.clear()
+        self.base.clear()
+        self.pending.clear()
+
+    def model_for(self, node_type: str) -> MixinModel:
+        blob = model_table.get(node_type.encode())
+        live = self.live.get(node_type)
+        if blob is None:
+            if live is None:
+                live = self.live[node_type] = MixinModel(node_type)
+                self.base[node_type] = (live.version, 0)
+            return live
+        try:
+            head = snapshot.read_header(blob)
+            if live is not None and self.base.get(node_type) == (head.version, head.updates):
+                return live
+            _, model = snapshot.loads(blob, KEY)
+        except snapshot.SnapshotRejected as exc:
+            SNAPSHOTS_REFUSED.labels("learner").inc()
+            log.error("stored model snapshot refused; starting a fresh model", extra={"metadata": {
+                "node_type": node_type, "reason": str(exc)}})
+            model = MixinModel(node_type)
+        self.live[node_type] = model
+        self.base[node_type] = (model.version, model.updates)
+        return model
+
+    async def learn(self, result: GenerationResult, event: Any) -> None:
+        model = self.model_for(result.node_type)
+        started = time.perf_counter()
+        model.learn_one(result.mixins, result.success)
+        LEARN_SECONDS.observe(time.perf_counter() - started)
+        MODEL_UPDATES.labels(result.node_type).inc()
+        src = header(event, SOURCE_HEADER)
+        if src:
+            part, _, off = src.partition(":")
+            self.recent[result.node_type].append((int(part), int(off), tuple(result.mixins), result.success))
+        self.pending[result.node_type].append(event)
+        if model.updates - self.base[result.node_type][1] >= SNAPSHOT_EVERY:
+            self.snapshot(result.node_type)
+
+    def snapshot(self, node_type: str) -> None:
+        """Write the live model to the table (in the current event's partition context) and ack
+        the events it holds."""
+        model = self.live.get(node_type)
+        if model is None:
+            return
+        model.find_conflicts()
+        head = snapshot.SnapshotHeader(node_type, model.version, model.updates, time.time())
+        blob = snapshot.dumps(model, head, KEY)
+        model_table[node_type.encode()] = blob
+        self.base[node_type] = (model.version, model.updates)
+        MODEL_SNAPSHOTS.labels(node_type).inc()
+        SNAPSHOT_BYTES.labels(node_type).set(len(blob))
+        for event in self.pending.pop(node_type, []):
+            event.ack()
+        conflicts = orjson.dumps([c.as_dict() for c in model.conflicts])
+        if self.conflict_sink is not None and self.conflicts_written.get(node_type) != conflicts:
+            self.conflicts_written[node_type] = conflicts
+            self.conflict_sink.add_nowait((node_type, conflicts.decode()))
+
+    def install(self, node_type: str, blob: bytes, trained_through: dict[int, int]) -> MixinModel:
+        """Swap in a model trained elsewhere (replay): verify it, let it learn what arrived after
+        the replay stopped reading, give it the next version number, snapshot it."""
+        head, model = snapshot.loads(blob, KEY)
+        if not isinstance(model, MixinModel) or head.node_type != node_type:
+            raise snapshot.SnapshotRejected("install message holds another node type's model")
+        current = self.model_for(node_type)
+        caught_up = 0
+        for part, off, mixins, success in self.recent[node_type]:
+            if off >= trained_through.get(part, 0):
+                model.learn_one(mixins, success)
+                caught_up += 1
+        model.version = current.version + 1  # versions only go up, whatever the sender wrote
+        self.live[node_type] = model
+        self.snapshot(node_type)
+        log.info("model swapped in", extra={"metadata": {
+            "node_type": node_type, "model_version": model.version, "updates": model.updates,
+            "caught_up": caught_up}})
+        return model
+
+
+learner = Learner()
+
+
+@app.on_partitions_revoked.connect
+async def _forget_unacked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    learner.reset()
+
+
+@app.agent(results_inbox, name="mixin-learner")
+async def mixin_learner(stream: Any) -> None:
+    learner.conflict_sink = await PgBatchSink(
+        settings.database_url, "mixin_conflicts", ("node_type", "conflicts"),
+        stage_ddl="(node_type text, conflicts jsonb)",
+        apply_sql="SELECT replace_mixin_conflicts(node_type, conflicts) FROM {stage} ORDER BY node_type",
+        dedupe_key=lambda row: row[0], max_ms=1000).start()
+    try:
+        async for event in stream.noack().events():
+            kind = header(event, KIND_HEADER)
+            node_type = (event.key or b"").decode("utf-8", "replace")
+            if kind == "tick":
+                if learner.pending.get(node_type):
+                    learner.snapshot(node_type)
+                event.ack()
+            elif kind == "install":
+                try:
+                    trained = {int(k): int(v) for k, v in
+                               orjson.loads(header(event, TRAINED_HEADER) or "{}").items()}
+                    learner.install(node_type, event.value, trained)
+                except (snapshot.SnapshotRejected, ValueError, orjson.JSONDecodeError) as exc:
+                    SNAPSHOTS_REFUSED.labels("install").inc()
+                    log.error("model install refused", extra={"metadata": {
+                        "node_type": node_type, "reason": str(exc)}})
+                    from streams.dlq import send_to_dlq
+                    await send_to_dlq(event, "model_install_refused", str(exc), "mixin-learner")
+                event.ack()
+            elif not await handle_event(event, GenerationResult, "mixin-learner", learner.learn):
+                event.ack()  # dead-lettered
+    finally:
+        await learner.conflict_sink.stop()
+
+
+@app.timer(interval=SNAPSHOT_INTERVAL_S)
+async def snapshot_ticks() -> None:
+    """Snapshot models with unsaved updates (a quiet stream must not hold acks forever); the
+    tick goes through the inbox so the table write happens in the partition's context."""
+    for node_type, events in list(learner.pending.items()):
+        if events:
+            await results_inbox.send(key=node_type.encode(), value=b"{}", headers={
+                KIND_HEADER: b"tick", CORRELATION_HEADER: b""})
+
+
+# ---------------------------------------------------------------------------- matrix sink
+
+RESULT_COLUMNS = ("id", "node_type", "mixin_combination", "success", "source", "failure_reason",
+                  "correlation_id", "occurred_at")
+_COLS = ", ".join(RESULT_COLUMNS)
+# Only rows new to mixin_results_log are counted, so a replayed batch changes nothing.
+MATRIX_SQL = f"""
+WITH fresh AS (
+    INSERT INTO mixin_results_log ({_COLS}) SELECT {_COLS} FROM {{stage}}
+    ON CONFLICT (id) DO NOTHING
+    RETURNING node_type, mixin_combination, success)
+SELECT update_mixin_compatibility(node_type, mixin_combination,
+                                  (count(*) FILTER (WHERE success))::int,
+                                  (count(*) FILTER (WHERE NOT success))::int)
+FROM fresh GROUP BY node_type, mixin_combination ORDER BY node_type, mixin_combination"""
+
+
+@app.agent(results_inbox, name="mixin-matrix-sink")
+async def mixin_matrix_sink(stream: Any) -> None:
+    sink = await PgBatchSink(settings.database_url, "mixin_results_log", RESULT_COLUMNS,
+                             apply_sql=MATRIX_SQL, dedupe_key=lambda row: row[0]).start()
+
+    async def handle(r: GenerationResult, event: Any) -> None:
+        await sink.add((r.id, r.node_type, list(canonical(r.mixins)), r.success, r.source[:100],
+                        r.failure_reason, r.correlation_id, r.occurred_at), on_commit=event.ack)
+
+    try:
+        async for event in stream.noack().events():
+            if header(event, KIND_HEADER) != "result":
+                event.ack()
+            elif not await handle_event(event, GenerationResult, "mixin-matrix-sink", handle):
+                event.ack()
+    finally:
+        await sink.stop()
+
+
+# ---------------------------------------------------------------------------- pattern feedback
+
+POLICY = feedback.FeedbackPolicy(
+    floor=float(os.environ.get("OMNISTREAM_PATTERN_PRECISION_FLOOR", "0.8")),
+    source_cap=float(os.environ.get("OMNISTREAM_FEEDBACK_SOURCE_CAP", "20")))
+patterns.policy = POLICY
+
+
+@app.agent(feedback_inbox, name="pattern-feedback-learner")
+async def pattern_feedback_learner(stream: Any) -> None:
+    async def handle(fb: PatternFeedback, event: Any) -> None:
+        state = feedback_table.get(fb.pattern_name) or feedback.new_state(fb.pattern_name)
+        was = state["suppressed"]
+        state = feedback.apply(state, fb.feedback_type, float(fb.user_weight), fb.is_correct,
+                               fb.source or "anonymous", time.time(), POLICY)
+        feedback_table[fb.pattern_name] = state
+        if state["suppressed"] != was:
+            log.warning("pattern %s", "suppressed" if state["suppressed"] else "reported again",
+                        extra={"metadata": feedback.summary(state, POLICY)})
+
+    await run_intake(stream, PatternFeedback, "pattern-feedback-learner", handle)
+
+
+FEEDBACK_COLUMNS = ("id", "pattern_name", "feedback_type", "user_weight", "is_correct",
+                    "confidence_score", "metadata", "correlation_id")
+FEEDBACK_SQL = """
+SELECT record_pattern_feedback(id, pattern_name, feedback_type, user_weight, is_correct,
+                               confidence_score, metadata, correlation_id)
+FROM {stage} ORDER BY id"""
+
+
+@app.agent(feedback_inbox, name="pattern-feedback-sink")
+async def pattern_feedback_sink(stream: Any) -> None:
+    sink = await PgBatchSink(settings.database_url, "pattern_feedback_log", FEEDBACK_COLUMNS,
+                             apply_sql=FEEDBACK_SQL, dedupe_key=lambda row: row[0]).start()
+
+    async def handle(fb: PatternFeedback, event: Any) -> None:
+        meta = {k: v for k, v in {"source": fb.source, "comment": fb.comment}.items() if v is not None}
+        await sink.add((fb.id, fb.pattern_name, fb.feedback_type, fb.user_weight, fb.is_correct,
+                        fb.confidence, orjson.dumps(meta).decode(), fb.correlation_id),
+                       on_commit=event.ack)
+
+    try:
+        async for event in stream.noack().events():
+            if not await handle_event(event, PatternFeedback, "pattern-feedback-sink", handle):
+                event.ack()
+    finally:
+        await sink.stop()

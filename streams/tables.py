@@ -1,0 +1,31 @@
+"""Names of the Faust tables, their changelogs and the internal topics around them.
+
+Kept apart from the app so CLI commands (predict, replay) can find the changelogs and inboxes
+without building a Faust app.
+"""
+
+from __future__ import annotations
+
+MODEL_TABLE = "mixin-models"          # node type → signed model snapshot (raw bytes)
+FEEDBACK_TABLE = "pattern-feedback"   # pattern name → posterior state (JSON)
+ASSEMBLY_TABLE = "codegen-assembly"   # correlation id → assembly state (JSON)
+
+KIND_HEADER = "omnistream.kind"                # result | tick | install | node
+SOURCE_HEADER = "omnistream.source"            # partition:offset of the event on codegen.results
+TRAINED_HEADER = "omnistream.trained-through"  # install: next offset per codegen.results partition
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"  # Faust's naming
+
+
+def results_inbox(app_id: str) -> str:
+    return f"{app_id}-mixin-results"
+
+
+def feedback_inbox(app_id: str) -> str:
+    return f"{app_id}-pattern-feedback"
+
+
+def assembler_inbox(app_id: str) -> str:
+    return f"{app_id}-assembler-inbox"
