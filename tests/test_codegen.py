@@ -47,8 +47,11 @@ def test_every_node_type_and_mixin_compiles_with_a_clean_mro(generator):
         mro = report.mro[rendered.class_name]
         assert mro[1:1 + len(task.node.mixins)] == task.node.mixins
         assert mro[-2:] == [f"Node{task.node.node_type.capitalize()}Base", "object"]
-        assert report.findings == [], [f.message for f in report.findings]
-        assert report.quality_score == 1.0
+        # Clean code; effect and orchestrator operations are scaffolds by design and say so.
+        stubs = len(task.node.operations) if task.node.node_type in ("effect", "orchestrator") else 0
+        assert [f.pattern_name for f in report.findings] == ["stub_operation"] * stubs, \
+            [f.message for f in report.findings]
+        assert report.quality_score == round(1.0 - 0.01 * stubs, 3)
         assert {f.path.rsplit("/", 1)[1] for f in rendered.files} == {
             "node.py", "models.py", "mixins.py", "__init__.py"}
 
@@ -280,6 +283,8 @@ POSITIVE = {
     "weak_hash": "import hashlib\nhashlib.md5(b'x')\n",
     "unsafe_deserialization": "import pickle\npickle.loads(b'')\n",
     "assert_for_validation": "def f(x):\n    assert x > 0\n",
+    "stub_operation": ("import asyncio\nasync def f(p):\n    'Doc.'\n    await asyncio.sleep(0)\n"
+                       "    return {'ok': True}\n"),
 }
 NEGATIVE = {
     "bare_except": "try:\n    x = 1\nexcept ValueError:\n    x = 2\n",
@@ -300,6 +305,8 @@ NEGATIVE = {
     "weak_hash": "import hashlib\nhashlib.sha256(b'x')\n",
     "unsafe_deserialization": "import json\njson.loads('1')\n",
     "assert_for_validation": "def f(x):\n    if x <= 0:\n        raise ValueError(x)\n",
+    "stub_operation": ("import asyncio\nasync def f(c):\n    await asyncio.sleep(0)\n"
+                       "    return {'n': await c.fetch()}\n"),
 }
 
 

@@ -51,7 +51,8 @@ async def test_prd_to_completed_with_compiling_code(services, worker):
     assert [n.node_name for n in done.nodes] == [n.name for n in prd.nodes]
     assert {n.node_name for n in nodes} == {n.name for n in prd.nodes}
     for node in nodes:
-        assert node.success and node.quality_score == 1.0 and node.findings == []
+        assert node.success
+        assert {f.pattern_name for f in node.findings} <= {"stub_operation"}  # scaffolds only
         for f in node.files:
             compile(f.content, f.path, "exec")
         expected = next(n for n in prd.nodes if n.name == node.node_name)

@@ -228,6 +228,28 @@ def assert_for_validation(nodes: list[ast.AST]) -> Iterator[Hit]:
             yield Hit(node.lineno, "assert is stripped under -O; raise an exception to validate")
 
 
+def _is_sleep_zero(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Await)
+            and isinstance(stmt.value.value, ast.Call) and _call_name(stmt.value.value) == "asyncio.sleep"
+            and len(stmt.value.value.args) == 1 and isinstance(stmt.value.value.args[0], ast.Constant)
+            and stmt.value.value.args[0].value == 0)
+
+
+def stub_operation(nodes: list[ast.AST]) -> Iterator[Hit]:
+    """A scaffold left as is: the body only yields to the loop and returns a literal. Generated
+    effect operations start like this on purpose; teams that find the reminder noisy say so
+    through pattern feedback, which is how it gets suppressed."""
+    for fn in _functions(nodes):
+        body = list(fn.body)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:]
+        if (len(body) == 2 and _is_sleep_zero(body[0]) and isinstance(body[1], ast.Return)
+                and isinstance(body[1].value, ast.Dict)
+                and not any(isinstance(n, ast.Call | ast.Await) for n in ast.walk(body[1].value))):
+            yield Hit(fn.lineno, f"`{fn.name}` is still a placeholder: write the real call")
+
+
 DETECTORS: tuple[PatternSpec, ...] = (
     PatternSpec("bare_except", bare_except, 0.95, "warning"),
     PatternSpec("broad_except_pass", broad_except_pass, 0.9, "warning"),
@@ -246,6 +268,7 @@ DETECTORS: tuple[PatternSpec, ...] = (
     PatternSpec("weak_hash", weak_hash, 0.6, "warning"),
     PatternSpec("unsafe_deserialization", unsafe_deserialization, 0.85, "error"),
     PatternSpec("assert_for_validation", assert_for_validation, 0.5, "info"),
+    PatternSpec("stub_operation", stub_operation, 0.5, "info"),
 )
 BY_NAME = {p.name: p for p in DETECTORS}
 
