@@ -58,12 +58,17 @@ def rules_before() -> dict[str, Rules]:
 
 
 def rules_after(before: dict[str, Rules]) -> dict[str, Rules]:
+    """A dependency upgrade: three conflicts go away, four new ones appear, a requirement is
+    dropped and another added, and one mixin breaks everywhere."""
+    gone = _pairs(("Caching", "Transaction"), ("Streaming", "Batching"), ("RateLimit", "Scheduling"))
+    new = _pairs(("Logging", "Encryption"), ("Validation", "Batching"), ("Metrics", "Tracing"),
+                 ("Retry", "Idempotency"))
     after = {}
     for node_type, r in before.items():
-        forbidden = set(r.forbidden) - _pairs(("Caching", "Transaction"), ("Streaming", "Batching"))
-        forbidden |= _pairs(("Logging", "Encryption"), ("Validation", "Batching"))
         requires = {k: v for k, v in r.requires.items() if k != _m("CircuitBreaker")}
-        after[node_type] = Rules(forbidden, requires, set(r.banned) | {_m("Compression")})
+        requires[_m("Caching")] = _m("Serialization")
+        after[node_type] = Rules((set(r.forbidden) - gone) | new, requires,
+                                 set(r.banned) | {_m("Compression")})
     return after
 
 

@@ -8,7 +8,7 @@
   on its own. Sources beyond `max_sources` share one bucket (that bucket is capped too).
 - Weighted counts are turned into an effective sample size n_eff = (Σw)²/Σw² (fractional or
   uneven weights are less evidence than their sum suggests); the posterior is then
-  Beta(α0 + p̂·n_eff, β0 + (1-p̂)·n_eff).
+  Beta(α0 + p̂·n_eff, β0 + (1-p̂)·n_eff), with a prior worth 10 votes at precision .9.
 - Suppression only when confident the pattern is bad: P(precision < floor) > suppress_at;
   reported again once P(precision < floor) < resume_at (hysteresis, no flapping).
 
@@ -30,8 +30,10 @@ class FeedbackPolicy:
     floor: float = 0.8
     suppress_at: float = 0.95
     resume_at: float = 0.5
-    prior_alpha: float = 1.0
-    prior_beta: float = 1.0
+    # Prior: a shipped detector is presumed good (mean .9) with the weight of 10 votes. A flat
+    # prior would put P(precision < .8) at .96 after one false positive, so suppress at once.
+    prior_mean: float = 0.9
+    prior_strength: float = 10.0
     source_cap: float = 20.0
     max_sources: int = 200
     interval: float = 0.95
@@ -97,8 +99,8 @@ def summary(state: dict[str, Any], policy: FeedbackPolicy = FeedbackPolicy()) ->
     total = tp + fp
     n_eff = total * total / w2 if w2 > 0 else 0.0
     share = tp / total if total > 0 else 0.5
-    a = policy.prior_alpha + share * n_eff
-    b = policy.prior_beta + (1 - share) * n_eff
+    a = policy.prior_mean * policy.prior_strength + share * n_eff
+    b = (1 - policy.prior_mean) * policy.prior_strength + (1 - share) * n_eff
     tail = (1 - policy.interval) / 2
     recall_n = tp + fn
     return {
