@@ -16,6 +16,7 @@ The learner acks an event only once a snapshot holding it is in the table, so a 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -147,6 +148,7 @@ class Learner:
         self.pending: dict[str, list[Any]] = defaultdict(list)  # events not yet in a snapshot
         self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT_EVENTS))
         self.conflicts_written: dict[str, bytes] = {}
+        self.refused: dict[str, bytes] = {}  # start of a stored record that failed verification
         self.conflict_sink: PgBatchSink | None = None
 
     def reset(self) -> None:
@@ -163,16 +165,29 @@ class Learner:
                 live = self.live[node_type] = MixinModel(node_type)
                 self.base[node_type] = (live.version, 0)
             return live
+        if live is not None and self.refused.get(node_type) == blob[:256]:
+            return live  # the record we already refused is still the latest
         try:
             head = snapshot.read_header(blob)
             if live is not None and self.base.get(node_type) == (head.version, head.updates):
                 return live
             _, model = snapshot.loads(blob, KEY)
         except snapshot.SnapshotRejected as exc:
+            # Someone wrote into the changelog. Go on from the newest verified model this worker
+            # knows (the replica refused the same record), else from a fresh one.
             SNAPSHOTS_REFUSED.labels("learner").inc()
-            log.error("stored model snapshot refused; starting a fresh model", extra={"metadata": {
-                "node_type": node_type, "reason": str(exc)}})
-            model = MixinModel(node_type)
+            if live is not None:
+                model = live
+            elif node_type in models.models:
+                model = copy.deepcopy(models.models[node_type])
+            else:
+                model = MixinModel(node_type)
+            log.error("stored model snapshot refused", extra={"metadata": {
+                "node_type": node_type, "reason": str(exc), "continuing_from_updates": model.updates}})
+            self.live[node_type] = model
+            self.base[node_type] = (model.version, model.updates)
+            self.refused[node_type] = blob[:256]
+            return model
         self.live[node_type] = model
         self.base[node_type] = (model.version, model.updates)
         return model

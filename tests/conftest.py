@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from streams.infra.proc import free_port
@@ -182,6 +183,26 @@ def stop_worker(worker: Worker) -> None:
         except subprocess.TimeoutExpired:
             worker.proc.kill()
             worker.proc.wait()
+
+
+def http_json(url: str, body: object = None, timeout: float = 10) -> object:
+    data = None if body is None else orjson.dumps(body)
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return orjson.loads(resp.read())
+
+
+async def wait_split(workers: list[Worker], topic: str, partitions: int, timeout: float = 90) -> None:
+    """Until the rebalance has given each worker part of `topic` and all of it is held."""
+    deadline = time.monotonic() + timeout
+    held: list[list[int]] = []
+    while time.monotonic() < deadline:
+        held = [http_json(f"{w.base}/health")["assignment"].get(topic, []) for w in workers]
+        if all(held) and sorted(p for parts in held for p in parts) == list(range(partitions)):
+            return
+        await asyncio.sleep(0.5)
+    pytest.fail(f"{topic} was not split between the workers: {held}")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from schemas.codec import encode
 from schemas.events import GeneratedNode, GenerationResult, PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_COMPLETED, CODEGEN_GENERATED, CODEGEN_RESULTS
 from streams.client import OmnistreamClient
-from tests.conftest import OMNISTREAM, ROOT, start_worker, stop_worker
+from tests.conftest import OMNISTREAM, ROOT, start_worker, stop_worker, wait_split
 
 
 def _example(name: str, **changes) -> PrdSubmitted:
@@ -142,29 +142,12 @@ async def test_statistics_reach_postgresql(services, worker, pipeline_db):
     assert cache_rows and cache_rows[0]["hit_count"] >= 1 and cache_rows[0]["size_bytes"] > 0
 
 
-async def _wait_split(workers, topic: str, partitions: int, timeout: float = 90) -> None:
-    """Until the rebalance has given each worker part of `topic` and all of it is held."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    held: list[list[int]] = []
-    while time.monotonic() < deadline:
-        held = []
-        for w in workers:
-            with urllib.request.urlopen(f"{w.base}/health", timeout=5) as resp:
-                held.append(orjson.loads(resp.read())["assignment"].get(topic, []))
-        if all(held) and sorted(p for parts in held for p in parts) == list(range(partitions)):
-            return
-        await asyncio.sleep(0.5)
-    pytest.fail(f"{topic} was not split between the workers: {held}")
-
-
 @pytest.mark.slow
 async def test_two_workers_share_codegen_tasks(services, pipeline_db):
     app_id = f"omnistream-pair-{uuid.uuid4().hex[:6]}"
     workers = [start_worker(services, pipeline_db, app_id, tag) for tag in ("a", "b")]
     try:
-        await _wait_split(workers, "codegen.tasks", partitions=4)
+        await wait_split(workers, "codegen.tasks", partitions=4)
         prds = [_example("orders.json") for _ in range(6)]
         async with OmnistreamClient(services.bootstrap) as client:
             cids = {str(await client.publish_prd(p)) for p in prds}
