@@ -61,7 +61,7 @@ def isolated_stack():
 
 
 def main(quick: bool = False, only: str | None = None) -> int:
-    from bench import pipeline, template_cache
+    from bench import learning, pipeline, template_cache
 
     if only in (None, "cache"):
         print("== template cache (5)")
@@ -72,11 +72,17 @@ def main(quick: bool = False, only: str | None = None) -> int:
               f"(cached is {tc['speedup_cached_vs_uncached']:.1f}x faster)")
         print(f"  one node generated   {tc['node_generate_ms']:8.3f} ms")
         print(f"  -> {_write('template_cache', tc)}")
-    if only in (None, "pipeline"):
-        print("== PRD -> codegen.completed latency (2), floor = bare aiokafka relay, 3 hops")
+    if only in (None, "pipeline", "learning"):
         print("  starting a throwaway Kafka + PostgreSQL for the load runs")
         with isolated_stack():
-            pl = pipeline.run(quick)
-        print(f"  max sustained: {pl['max_sustained_prd_per_s']} PRD/s (all completed, p95 < 2 s)")
-        print(f"  -> {_write('pipeline', pl)}")
+            if only in (None, "pipeline"):
+                print("== PRD -> codegen.completed latency (2), floor = bare aiokafka relay, 3 hops")
+                pl = pipeline.run(quick)
+                print(f"  max sustained: {pl['max_sustained_prd_per_s']} PRD/s (all completed, p95 < 2 s)")
+                print(f"  -> {_write('pipeline', pl)}")
+            if only in (None, "learning"):
+                print("== mixin model (4): drifting synthetic stream, baseline = LEARNING.md's best")
+                lr = learning.run(quick)
+                learning.print_report(lr)
+                print(f"  -> {_write('learning', lr)}")
     return 0
