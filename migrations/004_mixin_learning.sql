@@ -59,6 +59,29 @@ BEGIN
 END;
 $$;
 
+-- The single-event form (migration 002) becomes a call to the batch form, so the counting and
+-- scoring rule lives in one place; it still appends one conflict object when given.
+CREATE OR REPLACE FUNCTION update_mixin_compatibility(
+    p_node_type TEXT,
+    p_mixins    TEXT[],
+    p_success   BOOLEAN,
+    p_conflict  JSONB DEFAULT NULL,
+    p_weight    NUMERIC DEFAULT 1.0
+) RETURNS UUID
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id UUID := update_mixin_compatibility(p_node_type, p_mixins, p_success::int, (NOT p_success)::int,
+                                            p_weight);
+BEGIN
+    IF p_conflict IS NOT NULL THEN
+        UPDATE mixin_compatibility_matrix
+        SET conflict_patterns = conflict_patterns || jsonb_build_array(p_conflict)
+        WHERE id = v_id AND NOT conflict_patterns @> jsonb_build_array(p_conflict);
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
 -- The model's current conflicts for one node type (a JSON array of objects with "pair": [a, b]
 -- and the evidence). Every combination of that node type holding a pair gets exactly the
 -- conflicts it holds; pairs no longer in conflict disappear. The pair's own row is created

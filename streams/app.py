@@ -43,6 +43,10 @@ def create_app(settings: Settings | None = None) -> faust.App:
         web_in_thread=False,
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # Agents hold events unacked on purpose (sinks until their batch commits, the learner
+        # until a snapshot holds them); waiting for those at a rebalance would stall it. Unacked
+        # events are simply delivered again, and every consumer of them is idempotent.
+        stream_wait_empty=False,
         autodiscover=False,
     )
 

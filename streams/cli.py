@@ -240,8 +240,12 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
+    from streams.migrate import MigrationError
 
-    return run_demo(Path(args.examples), Path(args.out), serve=args.serve, timeout=args.timeout)
+    try:
+        return run_demo(Path(args.examples), Path(args.out), serve=args.serve, timeout=args.timeout)
+    except MigrationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -79,7 +79,25 @@ async def _run(examples: Path, out: Path, timeout: float) -> dict:
         "wall_s": time.monotonic() - started,
         "failures": [f"{n.prd_id}/{n.node_name}: {n.failure_reason}" for n in unique.values()
                      if not n.success],
+        "risky": sum(1 for n in unique.values() if n.compatibility and n.compatibility.risky),
     }
+
+
+def _learnt(report: dict) -> int:
+    return sum(m["updates"] for m in report["models"].values())
+
+
+def _models(port: int, at_least: int = 0, timeout: float = 10) -> dict:
+    """The worker's model report, once it has learnt from this run's results (snapshots lag)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=5) as resp:
+            report = orjson.loads(resp.read())
+        if _learnt(report) >= at_least or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
 
 
 def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 180) -> int:
@@ -99,6 +117,7 @@ def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 18
     worker = spawn_worker(port, log)
     try:
         wait_healthy(port, worker)
+        learnt_before = _learnt(_models(port, timeout=0))
         print(f"== publishing {examples}/")
         summary = asyncio.run(_run(examples, out, timeout))
         print("\n== summary")
@@ -111,7 +130,11 @@ def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 18
         print(f"files written       {summary['files']} under {out.resolve()}/<prd_id>/")
         print(f"PRD latency         p50 {summary['p50_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms")
         print(f"template cache      {summary['cache_hit_rate']:.1%} hit rate")
-        print(f"worker              http://127.0.0.1:{port}/health and /metrics")
+        models = _models(port, learnt_before + summary["nodes"])["models"]
+        learnt = ", ".join(f"{t} v{m['model_version']} ({m['updates']} results)" for t, m in models.items())
+        print(f"mixin models        {learnt or 'none yet'}; {summary['risky']} node(s) flagged risky")
+        print(f"worker              http://127.0.0.1:{port}/health, /metrics, /api/predict, "
+              "/api/patterns, /api/models")
         ok = summary["completed"] == summary["prds"] and summary["dead_lettered"] == summary["invalid"]
         if serve:
             print("worker keeps running; Ctrl-C stops it")

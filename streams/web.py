@@ -70,7 +70,11 @@ async def health_report() -> dict[str, Any]:
     )
     agents = agent_states()
     lag = await consumer_lag()
-    healthy = (kafka_ok and pg_version is not None and bool(agents)
+    # Not ready while partitions move or tables replay their changelogs: events wait meanwhile.
+    recovery = getattr(getattr(app, "tables", None), "recovery", None)
+    ready = (not getattr(app, "rebalancing", False) and not getattr(app, "in_recovery", False)
+             and recovery is not None and recovery.completed.is_set())
+    healthy = (kafka_ok and pg_version is not None and bool(agents) and ready
                and all(s == "running" for s in agents.values())
                and (lag is None or lag < MAX_HEALTHY_LAG))
     return {
@@ -78,6 +82,7 @@ async def health_report() -> dict[str, Any]:
         "kafka": {"ok": kafka_ok, "bootstrap": settings.kafka_bootstrap},
         "postgres": {"ok": pg_version is not None, "version": pg_version},
         "agents": agents,
+        "ready": ready,
         "consumer_lag": lag,
         "assignment": assignment(),
         "check_ms": round((time.perf_counter() - started) * 1000, 1),

@@ -142,3 +142,29 @@ def test_functions_and_updated_at(migrated_db):
     assert (analysis["true_positives"], analysis["false_positives"]) == (1, 1)
     # Beta(1,1) prior: (0.5 + 1) / (1.5 + 2)
     assert float(analysis["precision_posterior_mean"]) == pytest.approx(1.5 / 3.5, abs=1e-3)
+
+
+def test_batch_counts_and_conflict_replacement(migrated_db):
+    q(migrated_db, "SELECT update_mixin_compatibility('reducer', ARRAY['MixinB','MixinA','MixinA'], 3, 1)")
+    q(migrated_db, "SELECT update_mixin_compatibility('reducer', ARRAY['MixinA','MixinB'], 1, 0)")
+    q(migrated_db, "SELECT update_mixin_compatibility('reducer', ARRAY['MixinA','MixinB','MixinC'], 0, 2)")
+    q(migrated_db, "SELECT update_mixin_compatibility('reducer', ARRAY[]::text[], 1, 0)")  # no mixin
+    rows = {tuple(r["mixin_combination"]): r
+            for r in q(migrated_db, "SELECT * FROM mixin_compatibility_matrix")}
+    ab = rows[("MixinA", "MixinB")]
+    assert (ab["success_count"], ab["failure_count"]) == (4, 1)
+    assert float(ab["compatibility_score"]) == pytest.approx(5 / 7, abs=1e-3)
+    assert () in rows
+    with pytest.raises(Exception, match="must not be negative"):
+        q(migrated_db, "SELECT update_mixin_compatibility('reducer', ARRAY['MixinA'], -1, 0)")
+
+    conflict = '[{"pair": ["MixinB", "MixinC"], "p_pair": 0.1}]'
+    touched = q(migrated_db, f"SELECT replace_mixin_conflicts('reducer', '{conflict}'::jsonb)")[0][0]
+    rows = {tuple(r["mixin_combination"]): r
+            for r in q(migrated_db, "SELECT * FROM mixin_compatibility_matrix")}
+    assert touched == 2  # {A,B,C} and the pair's own new row {B,C}
+    assert rows[("MixinA", "MixinB", "MixinC")]["conflict_patterns"] == conflict
+    assert rows[("MixinB", "MixinC")]["success_count"] == 0
+    assert rows[("MixinA", "MixinB")]["conflict_patterns"] == "[]"
+    q(migrated_db, "SELECT replace_mixin_conflicts('reducer', '[]'::jsonb)")  # no longer in conflict
+    assert not q(migrated_db, "SELECT 1 FROM mixin_compatibility_matrix WHERE conflict_patterns <> '[]'")
