@@ -185,12 +185,19 @@ def stop_worker(worker: Worker) -> None:
             worker.proc.wait()
 
 
-def http_json(url: str, body: object = None, timeout: float = 10) -> object:
+def http_json(url: str, body: object = None, timeout: float = 10, any_status: bool = False) -> object:
+    """GET (or POST `body`) and parse JSON; `any_status`: also parse a 4xx/5xx answer's body
+    (/health answers 503 while a rebalance runs)."""
     data = None if body is None else orjson.dumps(body)
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return orjson.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if not any_status:
+            raise
+        return orjson.loads(exc.read())
 
 
 async def wait_split(workers: list[Worker], topic: str, partitions: int, timeout: float = 90) -> None:
@@ -198,7 +205,8 @@ async def wait_split(workers: list[Worker], topic: str, partitions: int, timeout
     deadline = time.monotonic() + timeout
     held: list[list[int]] = []
     while time.monotonic() < deadline:
-        held = [http_json(f"{w.base}/health")["assignment"].get(topic, []) for w in workers]
+        held = [http_json(f"{w.base}/health", any_status=True)["assignment"].get(topic, [])
+                for w in workers]
         if all(held) and sorted(p for parts in held for p in parts) == list(range(partitions)):
             return
         await asyncio.sleep(0.5)

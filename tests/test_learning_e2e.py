@@ -182,7 +182,7 @@ async def test_02_bad_results_and_feedback_go_to_the_dead_letter_topic(cluster):
     assert {x.agent for x in letters} == {"results-intake", "feedback-intake"}
     assert all(x.error for x in letters)
     for w in cluster.workers:  # and the agents are still running
-        assert all(s == "running" for s in http_json(f"{w.base}/health")["agents"].values())
+        assert all(s == "running" for s in http_json(f"{w.base}/health", any_status=True)["agents"].values())
 
 
 async def test_03_tampered_snapshot_is_refused_by_every_worker(cluster):
