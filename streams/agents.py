@@ -102,7 +102,8 @@ async def codegen_render(stream: Any) -> None:
                                    headers=headers)
         log.info("node generated", extra={"metadata": {
             "node": task.node.name, "success": node.success, "files": len(node.files),
-            "quality": node.quality_score, "ms": node.duration_ms}})
+            "quality": node.quality_score, "ms": node.duration_ms,
+            "compatibility": prediction.score, "risky": prediction.risky}})
 
     await run_intake(stream, NodeTask, "codegen-render", handle)
 

@@ -321,7 +321,16 @@ async def test_06_a_flood_from_one_source_cannot_flip_a_pattern(cluster):
             for i in range(60)]
     flood = [PatternFeedback(pattern_name=name, feedback_type="false_positive", source="angry-bot")
              for _ in range(1500)]
-    await _feedback(cluster, team + flood)
+    # The team's feedback goes through the CLI (JSON lines on stdin), the flood through a client.
+    lines = "\n".join(orjson.dumps(e.model_dump(mode="json", exclude_none=True)).decode() for e in team)
+    cli = subprocess.run([OMNISTREAM, "feedback", "-"], input=lines, env=cluster.env(),
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert len(cli.stdout.strip().splitlines()) == len(team)
+    bad = subprocess.run([OMNISTREAM, "feedback", "-"], input='{"pattern_name": "x", "feedback_type": "meh"}',
+                         env=cluster.env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "feedback_type" in bad.stderr and not bad.stdout
+    await _feedback(cluster, flood)
     state = await _until(lambda: (p := _pattern(cluster, cluster.workers[0], name)) and p["events"] == 1560
                          and p, 90, "all feedback folded in")
     assert not state["suppressed"]
