@@ -12,6 +12,9 @@ Contract (what callers rely on):
   `add` blocks once `max_pending` rows wait (backpressure): nothing is dropped or duplicated.
 - A row PostgreSQL rejects (CHECK violation, bad value) is isolated by writing the batch row
   by row; it goes to `on_reject` and is counted, and the other rows land.
+- Every committed batch writes one row to `event_processing_metrics` in the same transaction
+  (event_type `sink:<table>`, batch size, write time, how long its oldest row waited, retries),
+  so the record exists exactly when the batch does.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class PgBatchSink:
                  max_rows: int = 500, max_ms: float = 250, max_pending: int = 20_000,
                  on_reject: Callable[[tuple, str], Any] | None = None,
                  backoff_max_s: float = 5.0, apply_sql: str | None = None,
-                 stage_ddl: str | None = None):
+                 stage_ddl: str | None = None, source_topic: str | None = None,
+                 record_batches: bool = True):
         self.dsn, self.table, self.columns = dsn, table, list(columns)
         self.on_conflict, self.dedupe_key = on_conflict, dedupe_key
         self.max_rows, self.max_ms, self.max_pending = max_rows, max_ms, max_pending
@@ -70,6 +74,7 @@ class PgBatchSink:
                           f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {{stage}} {on_conflict}"
                           ).format(stage=self._stage)
         self.stage_ddl = stage_ddl or f"(LIKE {table} INCLUDING DEFAULTS)"
+        self.source_topic, self.record_batches = source_topic, record_batches
 
     async def start(self) -> PgBatchSink:
         self._task = asyncio.ensure_future(self._timer())
@@ -129,11 +134,11 @@ class PgBatchSink:
         async with self._lock:
             if not self._rows:
                 return 0
-            rows, callbacks = self._rows, self._callbacks
+            rows, callbacks, oldest = self._rows, self._callbacks, self._oldest
             self._rows, self._callbacks, self._oldest = [], [], None
             if self.dedupe_key is not None:
                 rows = list({self.dedupe_key(r): r for r in rows}.values())
-            await self._write_with_retry(rows)
+            await self._write_with_retry(rows, oldest)
             self._room.set()
             for callback in callbacks:
                 callback()
@@ -145,16 +150,17 @@ class PgBatchSink:
                                                    command_timeout=60)
         return self._pool
 
-    async def _write_with_retry(self, rows: list[tuple]) -> None:
-        delay = 0.1
+    async def _write_with_retry(self, rows: list[tuple], oldest: float | None = None) -> None:
+        delay, retries = 0.1, 0
         while True:
             try:
                 started = time.perf_counter()
-                await self._write(rows)
+                await self._write(rows, retries, oldest)
                 SINK_FLUSH_SECONDS.labels(self.table).observe(time.perf_counter() - started)
                 return
             except _RETRYABLE as exc:
                 SINK_RETRIES.labels(self.table).inc()
+                retries += 1
                 log.warning("PostgreSQL unavailable, retrying batch", extra={"metadata": {
                     "table": self.table, "rows": len(rows), "retry_in_s": delay, "error": str(exc)}})
                 if self._pool is not None:
@@ -166,23 +172,33 @@ class PgBatchSink:
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 log.warning("batch refused, isolating bad rows", extra={"metadata": {
                     "table": self.table, "error": str(exc)}})
-                await self._write_one_by_one(rows)
+                await self._write_one_by_one(rows, retries, oldest)
                 return
 
-    async def _write(self, rows: list[tuple]) -> None:
+    async def _write(self, rows: list[tuple], retries: int = 0, oldest: float | None = None) -> None:
         pool = await self._connect()
         async with pool.acquire() as conn, conn.transaction():
+            started = time.monotonic()
             await conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} {self.stage_ddl} ON COMMIT DELETE ROWS")
             await conn.copy_records_to_table(self._stage, records=rows, columns=self.columns)
             await conn.execute(self.apply_sql)
+            if self.record_batches:
+                await conn.execute(
+                    "INSERT INTO event_processing_metrics (event_type, topic, processing_duration_ms, "
+                    "queue_wait_time_ms, success, retry_count, batch_size, metadata) "
+                    "VALUES ($1, $2, $3, $4, true, $5, $6, $7)",
+                    f"sink:{self.table}", self.source_topic,
+                    round((time.monotonic() - started) * 1000, 3),
+                    round(max(0.0, started - oldest) * 1000, 3) if oldest else 0.0,
+                    retries, len(rows), '{"sink": "PgBatchSink"}')
         self.written += len(rows)
         SINK_ROWS.labels(self.table).inc(len(rows))
 
-    async def _write_one_by_one(self, rows: list[tuple]) -> None:
+    async def _write_one_by_one(self, rows: list[tuple], retries: int, oldest: float | None) -> None:
         for row in rows:
             try:
-                await self._write([row])
+                await self._write([row], retries, oldest)
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 self.rejected += 1
                 SINK_REJECTED.labels(self.table).inc()
