@@ -29,3 +29,9 @@ def feedback_inbox(app_id: str) -> str:
 
 def assembler_inbox(app_id: str) -> str:
     return f"{app_id}-assembler-inbox"
+
+WINDOW_TABLE = "metric-windows"       # series|size|start → open window aggregate (JSON)
+
+
+def metrics_inbox(app_id: str) -> str:
+    return f"{app_id}-metric-series"

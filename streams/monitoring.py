@@ -1,0 +1,188 @@
+"""Metric windows: metrics.events → per-series tumbling and hopping windows → PostgreSQL.
+
+metrics-intake decodes (bad events to the DLQ) and re-keys each sample by its series (name +
+labels) onto <app>-metric-series, so one partition owns a series' windows. metrics-aggregator
+folds samples into in-memory windows (agents/monitoring/windows.py) and, at least every
+second, writes the windows that changed into the `metric-windows` table (changelog-backed) and
+only then acks the samples: a crash replays samples onto the last written state, never loses
+them. Windows past their end (plus lateness) are upserted into metric_window_aggregates through
+the batched sink and removed from the table only after that batch committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge
+
+from agents.monitoring.windows import Aggregate, Windows, WindowSpec, series_key
+from schemas.codec import encode
+from schemas.events import MetricEvent
+from schemas.topics import METRICS_EVENTS
+from streams import tables
+from streams.app import app, metrics_events, settings
+from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, run_intake
+from streams.sink import PgBatchSink
+from streams.tables import KIND_HEADER
+
+log = logging.getLogger(__name__)
+
+TUMBLING_S = float(os.environ.get("OMNISTREAM_METRIC_WINDOW_S", "60"))
+HOPPING_S = float(os.environ.get("OMNISTREAM_METRIC_HOPPING_WINDOW_S", "300"))
+HOP_STEP_S = float(os.environ.get("OMNISTREAM_METRIC_HOPPING_STEP_S", "60"))
+LATENESS_S = float(os.environ.get("OMNISTREAM_METRIC_LATENESS_S", "5"))
+FLUSH_S = float(os.environ.get("OMNISTREAM_METRIC_FLUSH_S", "1"))
+IDLE_CLOSE_S = float(os.environ.get("OMNISTREAM_METRIC_IDLE_CLOSE_S", "10"))
+SPECS = [WindowSpec(TUMBLING_S)] + ([WindowSpec(HOPPING_S, HOP_STEP_S)] if HOPPING_S > 0 else [])
+
+SAMPLES = Counter("omnistream_metric_samples_total", "Metric samples folded into windows")
+LATE = Counter("omnistream_metric_samples_late_total", "Samples for windows already closed")
+WINDOWS_CLOSED = Counter("omnistream_metric_windows_closed_total", "Windows written to PostgreSQL")
+OPEN_WINDOWS = Gauge("omnistream_metric_windows_open", "Open metric windows on this worker")
+
+metrics_inbox = app.topic(tables.metrics_inbox(settings.app_id), key_type=bytes, value_type=bytes,
+                          partitions=METRICS_EVENTS.partitions, internal=True,
+                          value_serializer="raw", key_serializer="raw")
+window_table = app.Table(tables.WINDOW_TABLE, default=None, partitions=METRICS_EVENTS.partitions,
+                         key_type=bytes, value_type=bytes)  # raw bytes in the changelog
+
+
+@app.agent(metrics_events, name="metrics-intake")
+async def metrics_intake(stream: Any) -> None:
+    async def handle(m: MetricEvent, event: Any) -> None:
+        await metrics_inbox.send(key=series_key(m.name, m.labels).encode(), value=encode(m),
+                                 headers={**correlation_headers(m.correlation_id), KIND_HEADER: b"sample"})
+
+    await run_intake(stream, MetricEvent, "metrics-intake", handle)
+
+
+WINDOW_COLUMNS = ("metric_name", "metric_type", "labels", "labels_hash", "window_start", "window_end",
+                  "sample_count", "value_sum", "value_min", "value_max", "p50", "p95", "p99")
+_UPSERT = ("ON CONFLICT (metric_name, labels_hash, window_start, window_end) DO UPDATE SET "
+           + ", ".join(f"{c} = EXCLUDED.{c}" for c in WINDOW_COLUMNS[5:]))
+
+
+class Aggregator:
+    """Windows of the partitions this worker holds, with what is not yet in the table."""
+
+    def __init__(self) -> None:
+        self.by_partition: dict[int, Windows] = {}
+        self.pending: dict[int, list[Any]] = defaultdict(list)   # samples not yet in the table
+        self.closing: dict[int, set[bytes]] = defaultdict(set)   # sunk, delete once committed
+        self.committed: dict[int, set[bytes]] = defaultdict(set)
+        self.sink: PgBatchSink | None = None
+        self.last_sample: dict[int, float] = {}  # monotonic time of each partition's last sample
+
+    def reset(self) -> None:
+        self.by_partition.clear()
+        self.pending.clear()
+        self.closing.clear()
+        self.committed.clear()
+
+    def windows(self, partition: int) -> Windows:
+        w = self.by_partition.get(partition)
+        if w is None:  # first event since start or a rebalance: reload this partition's state
+            w = self.by_partition[partition] = Windows(SPECS, LATENESS_S)
+            prefix = f"{partition}|".encode()
+            for key, raw in list(window_table.items()):
+                if raw is not None and key.startswith(prefix):
+                    agg = Aggregate.from_json(raw)
+                    w.open[key[len(prefix):].decode()] = agg
+                    w.watermark = max(w.watermark, agg.start)
+        return w
+
+    def add(self, m: MetricEvent, event: Any) -> None:
+        partition = event.message.partition
+        w = self.windows(partition)
+        ts = min(m.occurred_at.timestamp(), time.time() + LATENESS_S)  # no closing from the future
+        late_before = w.late
+        w.add(m.name, m.metric_type, dict(m.labels), float(m.value), ts)
+        SAMPLES.inc()
+        if w.late > late_before:
+            LATE.inc(w.late - late_before)
+        self.pending[partition].append(event)
+        self.last_sample[partition] = time.monotonic()
+
+    def flush(self, partition: int) -> None:
+        """In partition context: write changed windows, close due ones, ack what is safe."""
+        w = self.by_partition.get(partition)
+        if w is None:
+            return
+        for key in self.committed.pop(partition, set()):
+            window_table.pop(key, None)
+        for key in list(w.dirty):
+            window_table[_table_key(partition, key)] = w.open[key].to_json()
+        w.dirty.clear()
+        idle = time.monotonic() - self.last_sample.get(partition, 0.0) >= IDLE_CLOSE_S
+        for key in w.due(time.time() if idle else None):
+            agg = w.pop(key)
+            bkey = _table_key(partition, key)
+            self.closing[partition].add(bkey)
+            self.sink.add_nowait(_row(agg), on_commit=lambda p=partition, k=bkey: self._closed(p, k))
+        for event in self.pending.pop(partition, []):
+            event.ack()
+        OPEN_WINDOWS.set(sum(len(x.open) for x in self.by_partition.values()))
+
+    def _closed(self, partition: int, key: bytes) -> None:
+        if key in self.closing.get(partition, set()):
+            self.closing[partition].discard(key)
+            self.committed[partition].add(key)
+            WINDOWS_CLOSED.inc()
+
+
+def _table_key(partition: int, key: str) -> bytes:
+    """The partition leads the key: after a restart each partition reloads only its windows."""
+    return f"{partition}|{key}".encode()
+
+
+def _row(agg: Aggregate) -> tuple:
+    r = agg.row()
+    return (r["metric_name"], r["metric_type"], orjson.dumps(r["labels"]).decode(), r["labels_hash"],
+            datetime.fromtimestamp(r["window_start"], UTC), datetime.fromtimestamp(r["window_end"], UTC),
+            r["sample_count"], r["value_sum"], r["value_min"], r["value_max"], r["p50"], r["p95"], r["p99"])
+
+
+aggregator = Aggregator()
+
+
+@app.on_partitions_revoked.connect
+async def _forget_windows(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    aggregator.reset()
+
+
+@app.agent(metrics_inbox, name="metrics-aggregator")
+async def metrics_aggregator(stream: Any) -> None:
+    aggregator.sink = await PgBatchSink(
+        settings.database_url, "metric_window_aggregates", WINDOW_COLUMNS, on_conflict=_UPSERT,
+        dedupe_key=lambda row: (row[0], row[3], row[4], row[5]), max_ms=500,
+        source_topic=METRICS_EVENTS.name).start()
+
+    async def handle(m: MetricEvent, event: Any) -> None:
+        aggregator.add(m, event)
+
+    try:
+        async for event in stream.noack().events():
+            from streams.dlq import header
+
+            if header(event, KIND_HEADER) == "tick":
+                aggregator.flush(event.message.partition)
+                event.ack()
+            elif not await handle_event(event, MetricEvent, "metrics-aggregator", handle):
+                event.ack()
+    finally:
+        await aggregator.sink.stop()
+
+
+@app.timer(interval=FLUSH_S)
+async def metric_window_ticks() -> None:
+    """One tick per partition this worker holds windows for: flushes run in partition context."""
+    for partition, w in list(aggregator.by_partition.items()):
+        if aggregator.pending.get(partition) or w.open or aggregator.committed.get(partition):
+            await metrics_inbox.send(key=b"tick", value=b"{}", partition=partition,
+                                     headers={KIND_HEADER: b"tick", CORRELATION_HEADER: b""})
