@@ -36,6 +36,7 @@ from streams.app import (
     settings,
 )
 from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header, run_intake
+from streams.emit import emitter
 from streams.learning import models, patterns
 from streams.sink import PgBatchSink
 from streams.tables import KIND_HEADER
@@ -100,6 +101,10 @@ async def codegen_render(stream: Any) -> None:
                                      headers=headers)
         await codegen_results.send(key=task.node.node_type.encode(), value=encode(result),
                                    headers=headers)
+        emitter.emit("codegen_node_duration_ms", node.duration_ms, "histogram",
+                     node_type=node.node_type, success=str(node.success).lower())
+        emitter.emit("codegen_quality_score", node.quality_score, "histogram", node_type=node.node_type)
+        emitter.emit("mixin_compatibility_score", prediction.score, "histogram", node_type=node.node_type)
         log.info("node generated", extra={"metadata": {
             "node": task.node.name, "success": node.success, "files": len(node.files),
             "quality": node.quality_score, "ms": node.duration_ms,
@@ -116,6 +121,7 @@ async def _complete(cid: str, state: dict, timed_out: bool) -> None:
     done = assembler.completed_event(state, cid, now, WORKER_ID, timed_out=timed_out)
     await codegen_completed.send(key=cid.encode(), value=encode(done), headers=correlation_headers(cid))
     assembly_table[cid] = assembler.mark_done(state, now)
+    emitter.emit("prd_completion_ms", done.duration_ms, "histogram", status=done.status)
     log.info("PRD completed", extra={"metadata": {
         "prd_id": done.prd_id, "status": done.status, "missing": done.missing,
         "failed": done.failed, "ms": done.duration_ms}})

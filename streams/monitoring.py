@@ -28,6 +28,7 @@ from schemas.topics import METRICS_EVENTS
 from streams import tables
 from streams.app import app, metrics_events, settings
 from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, run_intake
+from streams.emit import emitter
 from streams.sink import PgBatchSink
 from streams.tables import KIND_HEADER
 
@@ -177,6 +178,31 @@ async def metrics_aggregator(stream: Any) -> None:
                 event.ack()
     finally:
         await aggregator.sink.stop()
+
+
+EMIT_S = float(os.environ.get("OMNISTREAM_METRIC_EMIT_S", "1"))
+COLLECT_S = float(os.environ.get("OMNISTREAM_METRIC_COLLECT_S", "10"))
+
+
+@app.timer(interval=EMIT_S)
+async def send_metric_samples() -> None:
+    try:
+        await emitter.flush(metrics_events)
+    except Exception:  # Kafka away: samples stay buffered (bounded) for the next round
+        log.warning("metric samples not sent yet", exc_info=True)
+
+
+@app.timer(interval=COLLECT_S)
+async def collect_worker_metrics() -> None:
+    from streams.agents import template_cache
+    from streams.web import consumer_lag
+
+    totals = template_cache.totals()
+    lookups = totals["hits"] + totals["misses"]
+    if lookups:
+        emitter.emit("template_cache_hit_rate", totals["hits"] / lookups)
+    await consumer_lag()  # refreshes omnistream_consumer_lag, collected below
+    emitter.collect_registry()
 
 
 @app.timer(interval=FLUSH_S)

@@ -1,0 +1,70 @@
+"""Components' metrics onto metrics.events (besides the Prometheus collectors at /metrics).
+
+`emit()` never blocks the caller: samples are buffered (bounded; the oldest are dropped and
+counted when Kafka cannot keep up) and sent once a second. `collect_registry()` turns the
+worker's own omnistream_* counters and gauges into samples, so cache, model, pattern, sink,
+DLQ and consumer figures reach the windows and the alert rules without each component
+publishing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+
+from prometheus_client import REGISTRY, Counter
+from pydantic import ValidationError
+
+from schemas.codec import encode
+from schemas.events import MetricEvent
+
+log = logging.getLogger(__name__)
+
+DROPPED = Counter("omnistream_metric_samples_dropped_total", "Samples dropped (buffer full or invalid)")
+SKIP = ("omnistream_metric_samples", "omnistream_metric_windows")  # the windows' own counters
+
+
+class MetricEmitter:
+    def __init__(self, source: str, max_buffer: int = 20_000):
+        self.source = source
+        self.buffer: deque[MetricEvent] = deque()
+        self.max_buffer = max_buffer
+
+    def emit(self, name: str, value: float, metric_type: str = "gauge", **labels: str) -> None:
+        try:
+            event = MetricEvent(name=name, value=float(value), metric_type=metric_type,
+                                labels={"worker": self.source, **{k: str(v) for k, v in labels.items()}})
+        except (ValidationError, TypeError, ValueError):  # e.g. NaN: a bad sample must not hurt
+            DROPPED.inc()
+            log.debug("metric sample dropped", extra={"metadata": {"name": name}})
+            return
+        if len(self.buffer) >= self.max_buffer:
+            self.buffer.popleft()
+            DROPPED.inc()
+        self.buffer.append(event)
+
+    def collect_registry(self) -> int:
+        n = 0
+        for family in REGISTRY.collect():
+            if not family.name.startswith("omnistream_") or family.name.startswith(SKIP):
+                continue
+            if family.type not in ("counter", "gauge"):
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                self.emit(sample.name, sample.value, family.type, **sample.labels)
+                n += 1
+        return n
+
+    async def flush(self, topic) -> int:
+        sent = 0
+        while self.buffer:
+            event = self.buffer.popleft()
+            await topic.send(key=event.name.encode(), value=encode(event))
+            sent += 1
+        return sent
+
+
+emitter = MetricEmitter(os.environ.get("OMNISTREAM_APP_ID", "omnistream") + f":{os.getpid()}")
