@@ -1,0 +1,222 @@
+"""The alert lifecycle, after Prometheus rules + Alertmanager, plus acknowledgement and escalation.
+
+- Each (rule, severity, identifying labels) is one alert, named by a fingerprint (SHA-256 of
+  those, never of the value). inactive → pending when a closed window breaches the threshold →
+  firing once the breach has lasted `for_s` → resolved when a window no longer breaches (after
+  `keep_firing_for_s`), or when the series stops reporting for `stale_s`.
+- Notifications go out per group (`group_by` labels): the first after `group_wait_s`, changes
+  after `group_interval_s`, an unchanged firing group again after `repeat_interval_s`, and a
+  resolve notification once. Silenced and inhibited alerts (a firing critical inhibits the
+  warning of the same rule and labels) are not notified.
+- Acknowledgement is a suppression tied to the fingerprint that ends when the alert resolves; it
+  cancels the escalation chain (levels after `escalate_after_s` of unacknowledged firing).
+- All state is one JSON-able dict, so it lives in a changelogged table and timers survive a
+  rebalance: `observe()` and `command()` change it, `tick(now)` runs the timers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from agents.monitoring.rules import Grouping, Rule
+
+
+def fingerprint(rule: str, severity: str, labels: dict[str, str]) -> str:
+    return hashlib.sha256(orjson.dumps({"rule": rule, "severity": severity, "labels": labels},
+                                       option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class Change:
+    """Something to publish: an alert that changed state, or a group notification."""
+    kind: str            # "alert" | "notification"
+    payload: dict[str, Any]
+
+
+def new_state() -> dict[str, Any]:
+    return {"alerts": {}, "groups": {}, "silences": {}}
+
+
+def stat_value(stats: dict[str, float | None], stat: str) -> float | None:
+    if stat == "avg":
+        return stats["sum"] / stats["count"] if stats.get("count") else None
+    if stat == "increase":
+        return (stats["max"] - stats["min"]) if stats.get("max") is not None else None
+    return stats.get(stat)
+
+
+class AlertEngine:
+    def __init__(self, rules: list[Rule], grouping: Grouping, stale_s: float = 600.0):
+        self.rules, self.grouping, self.stale_s = rules, grouping, stale_s
+        self.by_metric: dict[str, list[Rule]] = {}
+        for r in rules:
+            self.by_metric.setdefault(r.metric, []).append(r)
+        self.rule_for = {(r.name, r.severity): r for r in rules}
+
+    # ------------------------------------------------------------------ inputs
+
+    def observe(self, state: dict, metric: str, stats: dict[str, float | None],
+                labels: dict[str, str], now: float) -> list[Change]:
+        """One closed window of `metric` for a series with `labels`."""
+        changes: list[Change] = []
+        for rule in self.by_metric.get(metric, []):
+            value = stat_value(stats, rule.stat)
+            if value is None:
+                continue
+            ident = {k: labels[k] for k in rule.identify_by if k in labels}
+            fp = fingerprint(rule.name, rule.severity, ident)
+            alert = state["alerts"].get(fp)
+            if rule.breached(value):
+                if alert is None or alert["state"] == "resolved":
+                    alert = state["alerts"][fp] = {
+                        "id": str(uuid.uuid4()), "fingerprint": fp, "rule": rule.name,
+                        "severity": rule.severity, "state": "pending", "value": value,
+                        "threshold": rule.threshold, "labels": {"rule": rule.name, "severity": rule.severity,
+                                                                **ident},
+                        "annotations": dict(rule.annotations), "active_since": now, "started_at": None,
+                        "last_breach": now, "last_seen": now, "ended_at": None, "escalation_level": 0,
+                        "acked_by": None, "silenced": False, "notified": False}
+                alert.update(value=value, last_breach=now, last_seen=now)
+                if alert["state"] == "pending" and now - alert["active_since"] >= rule.for_s:
+                    alert["state"], alert["started_at"] = "firing", now
+                    changes.append(self._changed(state, alert, now))
+            elif alert is not None and alert["state"] != "resolved":
+                alert.update(value=value, last_seen=now)
+                if alert["state"] == "pending":
+                    del state["alerts"][fp]  # never fired: nothing to tell anyone
+                elif now - alert["last_breach"] >= rule.keep_firing_for_s:
+                    changes.append(self._resolve(state, alert, now))
+        return changes
+
+    def command(self, state: dict, action: str, target: str, now: float, by: str | None = None,
+                duration_s: float | None = None) -> list[Change]:
+        """ack / resolve / silence one alert, by alert id or fingerprint."""
+        alert = next((a for a in state["alerts"].values()
+                      if target in (a["id"], a["fingerprint"]) and a["state"] != "resolved"), None)
+        if alert is None:
+            raise KeyError(f"no open alert with id or fingerprint {target!r}")
+        if action == "ack":
+            if alert["state"] == "pending":
+                raise ValueError("a pending alert cannot be acknowledged yet")
+            alert["state"], alert["acked_by"], alert["acked_at"] = "acknowledged", by, now
+            return [self._changed(state, alert, now)]
+        if action == "resolve":
+            return [self._resolve(state, alert, now, by=by)]
+        if action == "silence":
+            sid = str(uuid.uuid4())
+            matchers = {k: re.escape(v) for k, v in alert["labels"].items()}
+            state["silences"][sid] = {"id": sid, "matchers": matchers,
+                                      "ends_at": now + (duration_s or 3600), "by": by}
+            return self._apply_silences(state, now)
+        raise ValueError(f"unknown action {action!r}")
+
+    # ------------------------------------------------------------------ timers
+
+    def tick(self, state: dict, now: float) -> list[Change]:
+        changes: list[Change] = []
+        for sid in [s for s, v in state["silences"].items() if v["ends_at"] <= now]:
+            del state["silences"][sid]
+        changes += self._apply_silences(state, now)
+        for alert in list(state["alerts"].values()):
+            if alert["state"] in ("firing", "acknowledged") and now - alert["last_seen"] >= self.stale_s:
+                changes.append(self._resolve(state, alert, now))  # the series stopped reporting
+            elif alert["state"] == "firing" and not alert["silenced"]:
+                rule = self.rule_for.get((alert["rule"], alert["severity"]))
+                level = alert["escalation_level"]
+                if rule and level < len(rule.escalate_after_s) \
+                        and now - alert["started_at"] >= rule.escalate_after_s[level]:
+                    alert["escalation_level"] = level + 1
+                    changes.append(self._changed(state, alert, now))
+                    changes.append(Change("notification", self._notification(
+                        [alert], f"{alert['rule']}", "escalated", now)))
+        changes += self._notify_groups(state, now)
+        for fp in [fp for fp, a in state["alerts"].items() if a["state"] == "resolved" and a["notified"]]:
+            del state["alerts"][fp]
+        return changes
+
+    # ------------------------------------------------------------------ helpers
+
+    def _changed(self, state: dict, alert: dict, now: float) -> Change:
+        key = self._group_key(alert)
+        group = state["groups"].setdefault(key, {"first_seen": now, "last_notified": None,
+                                                 "last_digest": None})
+        group.setdefault("first_seen", now)
+        return Change("alert", dict(alert))
+
+    def _resolve(self, state: dict, alert: dict, now: float, by: str | None = None) -> Change:
+        alert.update(state="resolved", ended_at=now, resolved_by=by)
+        return self._changed(state, alert, now)
+
+    def _inhibited(self, state: dict, alert: dict) -> bool:
+        if alert["severity"] != "warning":
+            return False
+        ident = {k: v for k, v in alert["labels"].items() if k not in ("rule", "severity")}
+        critical = state["alerts"].get(fingerprint(alert["rule"], "critical", ident))
+        return critical is not None and critical["state"] in ("firing", "acknowledged")
+
+    def _apply_silences(self, state: dict, now: float) -> list[Change]:
+        changes = []
+        for alert in state["alerts"].values():
+            if alert["state"] == "resolved":
+                continue
+            silenced = any(all(re.fullmatch(p, alert["labels"].get(k, "")) for k, p in s["matchers"].items())
+                           for s in state["silences"].values())
+            if silenced != alert["silenced"]:
+                alert["silenced"] = silenced
+                view = dict(alert)
+                if silenced:
+                    view["state"] = "silenced"
+                changes.append(Change("alert", view))
+        return changes
+
+    def _group_key(self, alert: dict) -> str:
+        return "|".join(f"{k}={alert['labels'].get(k, '')}" for k in self.grouping.group_by)
+
+    def _notification(self, alerts: list[dict], group: str, reason: str, now: float) -> dict:
+        return {"group": group, "reason": reason, "at": now,
+                "alerts": [{k: a[k] for k in ("id", "fingerprint", "rule", "severity", "state", "value",
+                                              "threshold", "labels", "escalation_level")} for a in alerts]}
+
+    def _notify_groups(self, state: dict, now: float) -> list[Change]:
+        g = self.grouping
+        members: dict[str, list[dict]] = {}
+        for alert in state["alerts"].values():
+            if alert["state"] == "pending":
+                continue
+            members.setdefault(self._group_key(alert), []).append(alert)
+        changes = []
+        for key, alerts in members.items():
+            group = state["groups"].setdefault(key, {"first_seen": now, "last_notified": None,
+                                                     "last_digest": None})
+            visible = [a for a in alerts if not a["silenced"] and not self._inhibited(state, a)
+                       and a["state"] in ("firing", "resolved")]
+            for a in alerts:
+                if a not in visible and a["state"] == "resolved":
+                    a["notified"] = True  # nobody was told it fired: nobody needs the resolve
+            if not visible:
+                continue
+            digest = hashlib.sha256(orjson.dumps(
+                sorted((a["fingerprint"], a["state"]) for a in visible))).hexdigest()
+            last = group["last_notified"]
+            if last is None:
+                due, reason = now - group["first_seen"] >= g.group_wait_s, "new"
+            elif digest != group["last_digest"]:
+                due, reason = now - last >= g.group_interval_s, "changed"
+            else:
+                due = any(a["state"] == "firing" for a in visible) and now - last >= g.repeat_interval_s
+                reason = "repeat"
+            if not due:
+                continue
+            group.update(last_notified=now, last_digest=digest)
+            for a in visible:
+                a["notified"] = True
+            changes.append(Change("notification", self._notification(visible, key, reason, now)))
+        for key in [k for k in state["groups"] if k not in members]:
+            del state["groups"][key]
+        return changes
