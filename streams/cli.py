@@ -238,6 +238,71 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts(args: argparse.Namespace) -> int:
+    if args.action:
+        return _alert_command(args)
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from schemas.codec import DecodeError, decode
+    from schemas.events import Alert
+    from schemas.topics import ALERTS
+    from streams.config import Settings
+
+    settings = Settings.from_env()
+
+    async def go() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                    enable_auto_commit=False, **settings.kafka_security)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(ALERTS.name, p) for p in range(ALERTS.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for rec in records:
+                        try:
+                            alert = decode(Alert, rec.value)
+                        except DecodeError:
+                            continue
+                        if args.open_only and alert.state == "resolved":
+                            continue
+                        print(alert.model_dump_json(), flush=True)
+                if not args.follow and all([await consumer.position(tp) >= end[tp] for tp in tps]):
+                    return
+        finally:
+            await consumer.stop()
+
+    asyncio.run(go())
+    return 0
+
+
+def _alert_command(args: argparse.Namespace) -> int:
+    import getpass
+
+    from schemas import topics as spec
+    from schemas.events import AlertCommand
+    from streams.client import OmnistreamClient
+
+    if not args.alert_id:
+        raise UsageError(f"alerts {args.action} needs the alert id or fingerprint")
+    try:
+        cmd = AlertCommand(alert_id=args.alert_id, action=args.action, by=args.by or getpass.getuser(),
+                           duration_s=int(args.duration) if args.duration else None)
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+
+    async def go() -> None:
+        async with OmnistreamClient() as client:
+            await client.publish(spec.ALERTS_COMMANDS, cmd, key=args.alert_id)
+
+    asyncio.run(go())
+    print(f"{cmd.id}\t{cmd.action}\t{cmd.alert_id}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
     from streams.migrate import MigrationError
@@ -309,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
     rp.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     rp.set_defaults(func=_replay)
+
+    al = sub.add_parser("alerts", help="read the alerts topic; ack / resolve / silence an alert")
+    al.add_argument("action", nargs="?", choices=["ack", "resolve", "silence"])
+    al.add_argument("alert_id", nargs="?", help="alert id (annotations.alert_id) or fingerprint")
+    al.add_argument("--follow", action="store_true", help="keep reading new alerts")
+    al.add_argument("--open", dest="open_only", action="store_true", help="skip resolved ones")
+    al.add_argument("--by", help="who acts (default: your user name)")
+    al.add_argument("--duration", type=float, help="silence: seconds (default 3600)")
+    al.set_defaults(func=_alerts)
 
     demo = sub.add_parser("demo", help="infra up, migrate, worker, publish examples/, summary")
     demo.add_argument("--examples", default="examples")

@@ -29,8 +29,15 @@ from streams import tables
 from streams.app import app, metrics_events, settings
 from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, run_intake
 from streams.emit import emitter
+from streams.metrics import EVENTS_PROCESSED
 from streams.sink import PgBatchSink
 from streams.tables import KIND_HEADER
+
+
+async def on_window_closed(agg: Aggregate) -> None:
+    from streams.alerting import window_closed
+
+    await window_closed(agg)
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +117,13 @@ class Aggregator:
         self.pending[partition].append(event)
         self.last_sample[partition] = time.monotonic()
 
-    def flush(self, partition: int) -> None:
-        """In partition context: write changed windows, close due ones, ack what is safe."""
+    def flush(self, partition: int) -> list[Aggregate]:
+        """In partition context: write changed windows, close due ones, ack what is safe.
+        Returns the windows closed now (the alert rules look at them)."""
         w = self.by_partition.get(partition)
         if w is None:
-            return
+            return []
+        closed = []
         for key in self.committed.pop(partition, set()):
             window_table.pop(key, None)
         for key in list(w.dirty):
@@ -123,12 +132,14 @@ class Aggregator:
         idle = time.monotonic() - self.last_sample.get(partition, 0.0) >= IDLE_CLOSE_S
         for key in w.due(time.time() if idle else None):
             agg = w.pop(key)
+            closed.append(agg)
             bkey = _table_key(partition, key)
             self.closing[partition].add(bkey)
             self.sink.add_nowait(_row(agg), on_commit=lambda p=partition, k=bkey: self._closed(p, k))
         for event in self.pending.pop(partition, []):
             event.ack()
         OPEN_WINDOWS.set(sum(len(x.open) for x in self.by_partition.values()))
+        return closed
 
     def _closed(self, partition: int, key: bytes) -> None:
         if key in self.closing.get(partition, set()):
@@ -172,7 +183,8 @@ async def metrics_aggregator(stream: Any) -> None:
             from streams.dlq import header
 
             if header(event, KIND_HEADER) == "tick":
-                aggregator.flush(event.message.partition)
+                for agg in aggregator.flush(event.message.partition):
+                    await on_window_closed(agg)
                 event.ack()
             elif not await handle_event(event, MetricEvent, "metrics-aggregator", handle):
                 event.ack()
@@ -195,12 +207,26 @@ async def send_metric_samples() -> None:
 @app.timer(interval=COLLECT_S)
 async def collect_worker_metrics() -> None:
     from streams.agents import template_cache
+    from streams.learning import patterns
     from streams.web import consumer_lag
 
     totals = template_cache.totals()
     lookups = totals["hits"] + totals["misses"]
     if lookups:
         emitter.emit("template_cache_hit_rate", totals["hits"] / lookups)
+    for st in template_cache.snapshot():
+        emitter.emit("template_load_ms", st.load_time_ms, template=st.name)
+    for summary in patterns.summaries():
+        emitter.emit("pattern_precision", summary["precision"], pattern=summary["pattern"])
+    outcomes: dict[str, dict[str, float]] = defaultdict(dict)
+    for metric in EVENTS_PROCESSED.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                outcomes[sample.labels["agent"]][sample.labels["outcome"]] = sample.value
+    for agent, counts in outcomes.items():
+        total = sum(counts.values())
+        if total:
+            emitter.emit("event_success_rate", counts.get("ok", 0.0) / total, agent=agent)
     await consumer_lag()  # refreshes omnistream_consumer_lag, collected below
     emitter.collect_registry()
 

@@ -27,13 +27,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
 SINK_ROWS = Counter("omnistream_sink_rows_total", "Rows written by a sink", ["table"])
 SINK_REJECTED = Counter("omnistream_sink_rejected_rows_total", "Rows PostgreSQL refused", ["table"])
 SINK_RETRIES = Counter("omnistream_sink_retries_total", "Failed batch writes retried", ["table"])
+SINK_PENDING = Gauge("omnistream_sink_pending_rows", "Rows waiting for PostgreSQL", ["table"])
 SINK_FLUSH_SECONDS = Histogram("omnistream_sink_flush_seconds", "Time to write one batch", ["table"])
 
 Callback = Callable[[], Any]
@@ -109,6 +110,7 @@ class PgBatchSink:
         self._rows.append(row)
         if on_commit is not None:
             self._callbacks.append(on_commit)
+        SINK_PENDING.labels(self.table).set(len(self._rows))
         if len(self._rows) >= self.max_rows:
             await self.flush()
 
@@ -138,7 +140,9 @@ class PgBatchSink:
             self._rows, self._callbacks, self._oldest = [], [], None
             if self.dedupe_key is not None:
                 rows = list({self.dedupe_key(r): r for r in rows}.values())
+            SINK_PENDING.labels(self.table).set(len(rows) + len(self._rows))
             await self._write_with_retry(rows, oldest)
+            SINK_PENDING.labels(self.table).set(len(self._rows))
             self._room.set()
             for callback in callbacks:
                 callback()

@@ -35,3 +35,9 @@ WINDOW_TABLE = "metric-windows"       # series|size|start → open window aggreg
 
 def metrics_inbox(app_id: str) -> str:
     return f"{app_id}-metric-series"
+
+ALERT_TABLE = "alert-state"           # "engine" → every alert, group and silence (JSON)
+
+
+def alert_inbox(app_id: str) -> str:
+    return f"{app_id}-alert-engine"

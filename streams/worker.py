@@ -12,15 +12,16 @@ def run() -> None:
     from faust.worker import Worker
 
     from schemas.topics import ALL, CODEGEN_GENERATED, TopicSpec
-    from streams import agents, monitoring, web  # noqa: F401 - registers agents and pages on the app
+    from streams import agents, alerting, monitoring, web  # noqa: F401 - registers agents, pages
     from streams.agents import assembler_inbox
+    from streams.alerting import alert_inbox
     from streams.app import app, settings
     from streams.learning import feedback_inbox, results_inbox
     from streams.monitoring import metrics_inbox
     from streams.topics import ensure_topics
 
     inboxes = [TopicSpec(t.get_topic_name(), "internal", CODEGEN_GENERATED.model, partitions=t.partitions)
-               for t in (assembler_inbox, results_inbox, feedback_inbox, metrics_inbox)]
+               for t in (assembler_inbox, results_inbox, feedback_inbox, metrics_inbox, alert_inbox)]
     asyncio.run(ensure_topics(settings.kafka_bootstrap, (*ALL, *inboxes), **settings.kafka_security))
     # mode's Worker wants argv it can own; it reads nothing from it that we need.
     sys.argv = sys.argv[:1]

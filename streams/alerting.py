@@ -1,0 +1,193 @@
+"""Alert evaluation on the stream: closed metric windows and alert commands → alert lifecycle.
+
+Everything the engine needs goes through one internal topic under one key ("engine"), so one
+worker owns all alert state at a time, in the changelog-backed `alert-state` table: its
+pending/for timers, groups, silences and escalations survive a rebalance or a restart. Inputs:
+closed windows (from metrics-aggregator), commands (alerts.commands, via alert-commands-intake)
+and a tick every OMNISTREAM_ALERT_TICK_S. Outputs: `Alert` events on the `alerts` topic (key =
+fingerprint), rows in the `alerts` table (upsert by alert id), and group notifications to the
+channels: the log always, and a webhook (HTTP POST, JSON, retries with backoff, timeout) when
+OMNISTREAM_ALERT_WEBHOOK_URL is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from prometheus_client import Counter
+
+from agents.monitoring.alerting import AlertEngine, Change, new_state
+from agents.monitoring.rules import load
+from agents.monitoring.windows import Aggregate
+from schemas.codec import encode
+from schemas.events import Alert, AlertCommand
+from streams import tables
+from streams.app import alerts, alerts_commands, app, settings
+from streams.dlq import CORRELATION_HEADER, handle_event, header, run_intake, send_to_dlq
+from streams.sink import PgBatchSink
+from streams.tables import KIND_HEADER
+
+log = logging.getLogger(__name__)
+
+ENGINE_KEY = "engine"
+TICK_S = float(os.environ.get("OMNISTREAM_ALERT_TICK_S", "5"))
+WEBHOOK_URL = os.environ.get("OMNISTREAM_ALERT_WEBHOOK_URL")
+WEBHOOK_TIMEOUT_S = float(os.environ.get("OMNISTREAM_ALERT_WEBHOOK_TIMEOUT_S", "5"))
+WEBHOOK_RETRIES = int(os.environ.get("OMNISTREAM_ALERT_WEBHOOK_RETRIES", "3"))
+STALE_S = float(os.environ.get("OMNISTREAM_ALERT_STALE_S", "600"))
+
+RULES, GROUPING = load(os.environ.get("OMNISTREAM_ALERT_RULES") or None)
+engine = AlertEngine(RULES, GROUPING, stale_s=STALE_S)
+
+ALERT_CHANGES = Counter("omnistream_alert_changes_total", "Alert state changes",
+                        ["rule", "severity", "state"])
+NOTIFICATIONS = Counter("omnistream_alert_notifications_total", "Group notifications", ["channel", "outcome"])
+
+alert_inbox = app.topic(tables.alert_inbox(settings.app_id), key_type=bytes, value_type=bytes,
+                        partitions=1, internal=True, value_serializer="raw", key_serializer="raw")
+alert_table = app.Table(tables.ALERT_TABLE, default=None, partitions=1, key_type=str)  # JSON
+
+
+async def window_closed(agg: Aggregate) -> None:
+    """Called by the metrics aggregator for each closed window whose metric has rules."""
+    if agg.name not in engine.by_metric:
+        return
+    row = agg.row()
+    stats = {"count": row["sample_count"], "sum": row["value_sum"], "min": row["value_min"],
+             "max": row["value_max"], "p50": row["p50"], "p95": row["p95"], "p99": row["p99"]}
+    await alert_inbox.send(key=ENGINE_KEY.encode(), value=orjson.dumps({
+        "metric": agg.name, "stats": stats, "labels": agg.labels, "end": agg.end}),
+        headers={KIND_HEADER: b"window", CORRELATION_HEADER: b""})
+
+
+@app.agent(alerts_commands, name="alert-commands-intake")
+async def alert_commands_intake(stream: Any) -> None:
+    async def handle(cmd: AlertCommand, event: Any) -> None:
+        await alert_inbox.send(key=ENGINE_KEY.encode(), value=encode(cmd), headers={
+            KIND_HEADER: b"command", CORRELATION_HEADER: str(cmd.correlation_id).encode()})
+
+    await run_intake(stream, AlertCommand, "alert-commands-intake", handle)
+
+
+ALERT_COLUMNS = ("id", "fingerprint", "rule_name", "severity", "state", "value", "threshold", "labels",
+                 "annotations", "escalation_level", "started_at", "acknowledged_at", "acknowledged_by",
+                 "resolved_at")
+_ALERT_UPSERT = ("ON CONFLICT (id) DO UPDATE SET "
+                 + ", ".join(f"{c} = EXCLUDED.{c}" for c in ALERT_COLUMNS[4:]))
+_sink: PgBatchSink | None = None
+
+
+def _ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def to_event(a: dict[str, Any]) -> Alert:
+    # The event id is fixed per (alert, state, escalation level): a re-sent change is the same event.
+    eid = uuid.uuid5(uuid.NAMESPACE_URL, f"{a['id']}/{a['state']}/{a['escalation_level']}")
+    return Alert(id=eid, fingerprint=a["fingerprint"], rule=a["rule"], severity=a["severity"],
+                 state=a["state"], value=a["value"], threshold=a["threshold"], labels=a["labels"],
+                 annotations={**a["annotations"], "alert_id": a["id"],
+                              **({"acked_by": a["acked_by"]} if a.get("acked_by") else {})},
+                 started_at=_ts(a["started_at"] or a["active_since"]), ended_at=_ts(a["ended_at"]),
+                 escalation_level=min(a["escalation_level"], 10))
+
+
+def _row(a: dict[str, Any]) -> tuple:
+    started = _ts(a["started_at"] or a["active_since"])
+    return (uuid.UUID(a["id"]), a["fingerprint"], a["rule"], a["severity"], a["state"], a["value"],
+            a["threshold"], orjson.dumps(a["labels"]).decode(), orjson.dumps(a["annotations"]).decode(),
+            a["escalation_level"], started, _ts(a.get("acked_at")), a.get("acked_by"), _ts(a["ended_at"]))
+
+
+async def _publish(changes: list[Change]) -> None:
+    for change in changes:
+        if change.kind == "alert":
+            a = change.payload
+            ALERT_CHANGES.labels(a["rule"], a["severity"], a["state"]).inc()
+            await alerts.send(key=a["fingerprint"].encode(), value=encode(to_event(a)))
+            if _sink is not None:
+                _sink.add_nowait(_row(a))
+            log.warning("alert %s", a["state"], extra={"metadata": {
+                "rule": a["rule"], "severity": a["severity"], "value": a["value"],
+                "labels": a["labels"], "escalation_level": a["escalation_level"]}})
+        else:
+            log.warning("alert notification", extra={"metadata": change.payload})
+            NOTIFICATIONS.labels("log", "sent").inc()
+            if WEBHOOK_URL:
+                asyncio.ensure_future(post_webhook(WEBHOOK_URL, change.payload))
+
+
+async def post_webhook(url: str, payload: dict, retries: int = WEBHOOK_RETRIES,
+                       timeout_s: float = WEBHOOK_TIMEOUT_S) -> bool:
+    """POST one notification; retried with backoff on errors and 5xx, never blocks the agent."""
+    delay = 0.5
+    body = orjson.dumps(payload)
+    for attempt in range(retries + 1):
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
+                    http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                if resp.status < 500:
+                    NOTIFICATIONS.labels("webhook", "sent" if resp.status < 400 else "refused").inc()
+                    return resp.status < 400
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("alert webhook failed", extra={"metadata": {
+                "url": url, "attempt": attempt + 1, "error": str(exc)}})
+        if attempt < retries:
+            await asyncio.sleep(delay)
+            delay *= 2
+    NOTIFICATIONS.labels("webhook", "failed").inc()
+    return False
+
+
+def _state() -> dict[str, Any]:
+    return alert_table.get(ENGINE_KEY) or new_state()
+
+
+@app.agent(alert_inbox, name="alert-evaluator")
+async def alert_evaluator(stream: Any) -> None:
+    global _sink
+    _sink = await PgBatchSink(settings.database_url, "alerts", ALERT_COLUMNS, on_conflict=_ALERT_UPSERT,
+                              dedupe_key=lambda row: row[0], max_ms=500, source_topic="alerts").start()
+
+    async def on_command(cmd: AlertCommand, event: Any) -> None:
+        state = _state()
+        try:
+            changes = engine.command(state, cmd.action, cmd.alert_id, time.time(), by=cmd.by,
+                                     duration_s=cmd.duration_s)
+        except (KeyError, ValueError) as exc:
+            await send_to_dlq(event, "alert_command_refused", str(exc), "alert-evaluator")
+            return
+        alert_table[ENGINE_KEY] = state
+        await _publish(changes)
+
+    try:
+        async for event in stream.events():
+            kind = header(event, KIND_HEADER)
+            if kind == "command":
+                await handle_event(event, AlertCommand, "alert-evaluator", on_command)
+                continue
+            state = _state()
+            if kind == "window":
+                w = orjson.loads(event.value)
+                changes = engine.observe(state, w["metric"], w["stats"], w["labels"], time.time())
+            else:  # tick
+                changes = engine.tick(state, time.time())
+            if changes or kind == "window":
+                alert_table[ENGINE_KEY] = state
+            await _publish(changes)
+    finally:
+        await _sink.stop()
+
+
+@app.timer(interval=TICK_S)
+async def alert_ticks() -> None:
+    await alert_inbox.send(key=ENGINE_KEY.encode(), value=b"{}",
+                           headers={KIND_HEADER: b"tick", CORRELATION_HEADER: b""})
