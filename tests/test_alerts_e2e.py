@@ -1,0 +1,140 @@
+"""Alerts end to end: metric samples → windows → rules → alerts topic, PostgreSQL, webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+
+from agents.monitoring.alerting import fingerprint
+from schemas.events import Alert, MetricEvent
+from schemas.topics import ALERTS, METRICS_EVENTS
+from streams.client import OmnistreamClient
+from streams.infra.proc import free_port
+from tests.conftest import OMNISTREAM, start_worker, stop_worker
+
+pytestmark = pytest.mark.slow
+
+
+class Hook:
+    """A webhook receiver on loopback: what the alert channel POSTs."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.port = free_port()
+
+    async def start(self) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            self.received.append(await request.json())
+            return web.Response(text="ok")
+
+        application = web.Application()
+        application.router.add_post("/hook", handle)
+        self.runner = web.AppRunner(application)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def reasons(self, rule: str) -> list[str]:
+        return [n["reason"] for n in self.received if any(a["rule"] == rule for a in n["alerts"])]
+
+
+async def _samples(client: OmnistreamClient, name: str, value: float, seconds: float, svc: str) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await client.publish(METRICS_EVENTS, MetricEvent(name=name, value=value, metric_type="gauge",
+                                                         labels={"svc": svc}))
+        await asyncio.sleep(0.2)
+
+
+async def _alert_events(client: OmnistreamClient, fp: str, timeout: float, until=None) -> list[Alert]:
+    out: list[Alert] = []
+    async for a in client.subscribe(ALERTS, Alert, timeout=timeout):
+        if a.fingerprint == fp:
+            out.append(a)
+            if until and until(out):
+                break
+    return out
+
+
+async def test_alert_lifecycle_ack_and_silence(services, migrated_db, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    lat, err, queue = f"t{tag}_latency", f"t{tag}_errors", f"t{tag}_queue"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""
+grouping: {{group_by: [rule], group_wait_s: 0, group_interval_s: 1, repeat_interval_s: 3600}}
+rules:
+  - {{name: latency_{tag}, metric: {lat}, stat: max, op: ">", critical: 100, for_s: 4, identify_by: [svc]}}
+  - {{name: errors_{tag}, metric: {err}, stat: max, op: ">", critical: 1, escalate_after_s: [5, 10],
+      identify_by: [svc]}}
+  - {{name: queue_{tag}, metric: {queue}, stat: max, op: ">", critical: 1, escalate_after_s: [6],
+      identify_by: [svc]}}
+""")
+    hook = Hook()
+    await hook.start()
+    worker = start_worker(services, migrated_db, f"omnistream-alerts-{tag}", "a", {
+        "OMNISTREAM_AUTO_OFFSET_RESET": "latest", "OMNISTREAM_METRIC_WINDOW_S": "2",
+        "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0", "OMNISTREAM_METRIC_LATENESS_S": "0.5",
+        "OMNISTREAM_ALERT_TICK_S": "1", "OMNISTREAM_ALERT_RULES": str(rules),
+        "OMNISTREAM_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{hook.port}/hook"})
+    env = services.env(DATABASE_URL=migrated_db, OMNISTREAM_APP_ID=f"omnistream-alerts-{tag}")
+    try:
+        await asyncio.sleep(3)
+        async with OmnistreamClient(services.bootstrap) as client:
+            # 1. Breach for ~10 s (longer than for_s = 4), then recover.
+            await _samples(client, lat, 150.0, 10, "api")
+            await _samples(client, lat, 10.0, 8, "api")
+            fp = fingerprint(f"latency_{tag}", "critical", {"svc": "api"})
+            events = await _alert_events(client, fp, 20, until=lambda xs: xs[-1].state == "resolved")
+            assert [e.state for e in events] == ["firing", "resolved"]
+            assert events[0].value > 100 and events[1].ended_at > events[0].started_at
+            assert hook.reasons(f"latency_{tag}") == ["new", "changed"]
+
+            # 2. An ack stops the escalation chain.
+            feeder = asyncio.ensure_future(_samples(client, err, 5.0, 25, "api"))
+            efp = fingerprint(f"errors_{tag}", "critical", {"svc": "api"})
+            firing = await _alert_events(client, efp, 20, until=lambda xs: True)
+            alert_id = firing[0].annotations["alert_id"]
+            ack = subprocess.run([OMNISTREAM, "alerts", "ack", alert_id, "--by", "oncall"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+            assert ack.returncode == 0, ack.stderr
+            # 3. A silence mutes: no escalation notification although one is due at 6 s.
+            qfeeder = asyncio.ensure_future(_samples(client, queue, 5.0, 15, "api"))
+            qfp = fingerprint(f"queue_{tag}", "critical", {"svc": "api"})
+            qfiring = await _alert_events(client, qfp, 20, until=lambda xs: True)
+            silence = subprocess.run([OMNISTREAM, "alerts", "silence", qfp, "--duration", "600"], env=env,
+                                     capture_output=True, text=True, timeout=60)
+            assert silence.returncode == 0, silence.stderr
+            await asyncio.gather(feeder, qfeeder)
+            errors = await _alert_events(client, efp, 5)
+            queued = await _alert_events(client, qfp, 5)
+        assert "acknowledged" in [e.state for e in errors]
+        acked_at = next(i for i, e in enumerate(errors) if e.state == "acknowledged")
+        assert all(e.escalation_level == errors[acked_at].escalation_level for e in errors[acked_at:])
+        assert errors[acked_at].annotations.get("acked_by") == "oncall"
+        assert errors[acked_at].escalation_level < 2  # the 10 s level never came
+        assert qfiring[0].state == "firing" and "silenced" in [e.state for e in queued]
+        assert "escalated" not in hook.reasons(f"queue_{tag}")
+
+        conn = await asyncpg.connect(migrated_db)
+        try:
+            rows = await conn.fetch("SELECT rule_name, state, acknowledged_by, resolved_at FROM alerts "
+                                    "WHERE fingerprint = $1", fp)
+        finally:
+            await conn.close()
+        assert len(rows) == 1 and rows[0]["state"] == "resolved" and rows[0]["resolved_at"] is not None
+
+        listed = subprocess.run([OMNISTREAM, "alerts"], env=env, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0
+        mine = [orjson.loads(line) for line in listed.stdout.splitlines() if fp in line]
+        assert [m["state"] for m in mine] == ["firing", "resolved"]
+        bad = subprocess.run([OMNISTREAM, "alerts", "ack"], env=env, capture_output=True, text=True)
+        assert bad.returncode == 1 and "needs the alert id" in bad.stderr
+    finally:
+        stop_worker(worker)
+        await hook.runner.cleanup()
