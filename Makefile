@@ -14,12 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# Binaries the local stack and the tests need: PostgreSQL server and kcat from Debian's
-# packages (when missing and we may install), the Kafka jars from Maven Central (cached).
+# Binaries the local stack and the tests need: PostgreSQL server, kcat, promtool (prometheus,
+# checks /metrics) and chromium (renders /dashboard headless) from Debian's packages (when
+# missing and we may install), the Kafka jars from Maven Central (cached).
 services: $(STAMP)
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing from Debian's packages"; \

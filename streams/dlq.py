@@ -77,12 +77,14 @@ async def send_to_dlq(event: Any, reason: str, error: str, agent: str) -> None:
 
 
 Handler = Callable[[M, Any], Awaitable[None]]
+LAST_EVENT: dict[str, float] = {}  # agent → wall time of the last event it took (for /health)
 
 
 async def handle_event(event: Any, model: type[M], agent: str, handler: Handler) -> bool:
     """Decode and handle one event; route failures to the DLQ. True when it was handled."""
     header_cid = _valid_uuid(header(event, CORRELATION_HEADER))
     started = time.perf_counter()
+    LAST_EVENT[agent] = time.time()
     with log_context(correlation_id=header_cid, component=agent):
         try:
             value = decode(model, event.value,

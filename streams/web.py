@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from schemas.events import PredictRequest
 from streams.app import app, settings
+from streams.dlq import LAST_EVENT
 from streams.infra import kafka, postgres
 from streams.learning import models, patterns
 from streams.metrics import CONSUMER_LAG
@@ -31,22 +32,40 @@ def assignment() -> dict[str, list[int]]:
     return {topic: sorted(parts) for topic, parts in sorted(out.items())}
 
 
-async def consumer_lag() -> int | None:
+async def lag_by_topic() -> dict[str, int] | None:
     consumer = getattr(app, "consumer", None)
     if consumer is None:
         return None
-    assigned = consumer.assignment()
-    lag = 0
-    for tp in assigned:
+    out: dict[str, int] = {}
+    for tp in consumer.assignment():
         try:
             high = consumer.highwater(tp)
         except Exception:
             continue
         position = await consumer.position(tp)
         if high is not None and position is not None:
-            lag += max(0, high - position)
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, high - position)
+    return out
+
+
+async def consumer_lag() -> int | None:
+    by_topic = await lag_by_topic()
+    if by_topic is None:
+        return None
+    lag = sum(by_topic.values())
     CONSUMER_LAG.set(lag)
     return lag
+
+
+def agent_topics() -> dict[str, list[str]]:
+    out = {}
+    for name, agent in app.agents.items():
+        try:
+            topics = sorted(agent.channel.get_topic_names())
+        except Exception:
+            topics = []
+        out[name.rsplit(".", 1)[-1]] = topics
+    return out
 
 
 def agent_states() -> dict[str, str]:
@@ -69,7 +88,12 @@ async def health_report() -> dict[str, Any]:
         postgres.probe(settings.database_url, timeout=2.0),
     )
     agents = agent_states()
+    by_topic = await lag_by_topic() or {}
     lag = await consumer_lag()
+    now = time.time()
+    per_agent = {name: {"lag": sum(by_topic.get(t, 0) for t in topics),
+                        "last_event_age_s": round(now - LAST_EVENT[name], 1) if name in LAST_EVENT else None}
+                 for name, topics in agent_topics().items()}
     # Not ready while partitions move or tables replay their changelogs: events wait meanwhile.
     recovery = getattr(getattr(app, "tables", None), "recovery", None)
     ready = (not getattr(app, "rebalancing", False) and not getattr(app, "in_recovery", False)
@@ -84,6 +108,7 @@ async def health_report() -> dict[str, Any]:
         "agents": agents,
         "ready": ready,
         "consumer_lag": lag,
+        "agent_lag": per_agent,
         "assignment": assignment(),
         "check_ms": round((time.perf_counter() - started) * 1000, 1),
     }

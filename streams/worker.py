@@ -12,7 +12,7 @@ def run() -> None:
     from faust.worker import Worker
 
     from schemas.topics import ALL, CODEGEN_GENERATED, TopicSpec
-    from streams import agents, alerting, monitoring, web  # noqa: F401 - registers agents, pages
+    from streams import agents, alerting, dashboard, monitoring, web  # noqa: F401 - agents, pages
     from streams.agents import assembler_inbox
     from streams.alerting import alert_inbox
     from streams.app import app, settings
