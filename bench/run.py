@@ -61,7 +61,7 @@ def isolated_stack():
 
 
 def main(quick: bool = False, only: str | None = None) -> int:
-    from bench import learning, pipeline, template_cache
+    from bench import learning, metrics, pipeline, template_cache
 
     if only in (None, "cache"):
         print("== template cache (5)")
@@ -72,7 +72,7 @@ def main(quick: bool = False, only: str | None = None) -> int:
               f"(cached is {tc['speedup_cached_vs_uncached']:.1f}x faster)")
         print(f"  one node generated   {tc['node_generate_ms']:8.3f} ms")
         print(f"  -> {_write('template_cache', tc)}")
-    if only in (None, "pipeline", "learning"):
+    if only in (None, "pipeline", "learning", "metrics"):
         print("  starting a throwaway Kafka + PostgreSQL for the load runs")
         with isolated_stack():
             if only in (None, "pipeline"):
@@ -80,6 +80,11 @@ def main(quick: bool = False, only: str | None = None) -> int:
                 pl = pipeline.run(quick)
                 print(f"  max sustained: {pl['max_sustained_prd_per_s']} PRD/s (all completed, p95 < 2 s)")
                 print(f"  -> {_write('pipeline', pl)}")
+            if only in (None, "metrics"):
+                print("== metrics ingest (1) and sink (3) beside bare consumer / one INSERT each / raw COPY")
+                mt = metrics.run(quick)
+                metrics.print_report(mt)
+                print(f"  -> {_write('metrics', mt)}")
             if only in (None, "learning"):
                 print("== mixin model (4): drifting synthetic stream, baseline = LEARNING.md's best")
                 lr = learning.run(quick)

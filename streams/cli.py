@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks beside their baselines (on a throwaway stack)")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--only", choices=["cache", "pipeline", "learning"])
+    bench.add_argument("--only", choices=["cache", "pipeline", "learning", "metrics"])
     bench.set_defaults(func=_bench)
     return parser
 

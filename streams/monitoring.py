@@ -100,9 +100,7 @@ class Aggregator:
             prefix = f"{partition}|".encode()
             for key, raw in list(window_table.items()):
                 if raw is not None and key.startswith(prefix):
-                    agg = Aggregate.from_json(raw)
-                    w.open[key[len(prefix):].decode()] = agg
-                    w.watermark = max(w.watermark, agg.start)
+                    w.seed(key[len(prefix):].decode(), Aggregate.from_json(raw))
         return w
 
     def add(self, m: MetricEvent, event: Any) -> None:

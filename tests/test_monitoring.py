@@ -56,6 +56,16 @@ def test_windows_close_after_lateness_and_late_samples_are_counted_not_merged():
     assert w.late == 1 and all(a.start == 10.0 for a in w.open.values())
 
 
+def test_each_series_keeps_its_own_watermark():
+    w = Windows([WindowSpec(10)], lateness_s=1)
+    w.add("m", "gauge", {"s": "fast"}, 1.0, 100.0)   # one series far ahead on the partition...
+    w.add("m", "gauge", {"s": "slow"}, 1.0, 5.0)     # ...does not make another one's samples late
+    assert w.late == 0 and len(w.open) == 2
+    assert [w.open[k].labels["s"] for k in w.due()] == []
+    w.add("m", "gauge", {"s": "slow"}, 1.0, 11.5)
+    assert [w.open[k].labels["s"] for k in w.due()] == ["slow"]
+
+
 def test_series_identity_ignores_label_order():
     assert labels_hash({"a": "1", "b": "2"}) == labels_hash({"b": "2", "a": "1"})
     assert series_key("m", {"a": "1"}) != series_key("m", {"a": "2"})

@@ -3,8 +3,9 @@
 A series is a metric name plus its label set (identified by a SHA-256 of the sorted labels).
 Each window keeps count, sum, min, max and a KLL quantile sketch (Apache DataSketches:
 mergeable, a few KB, ~0.1 µs per update) from which p50/p95/p99 are read when it closes.
-A window closes once the newest event time seen (the watermark) passes its end plus the allowed
-lateness, so a backfill or replay of old samples closes windows in event-time order; when a
+A window closes once the newest event time seen for its series (the series' watermark) passes
+its end plus the allowed lateness, so a backfill or replay of old samples closes windows in
+event-time order (series interleave on a partition, but each arrives in order); when a
 partition has been idle, wall time closes what is left. Samples for a closed window are counted
 as late and dropped (a written row is never re-opened).
 """
@@ -118,19 +119,19 @@ class Windows:
     def __init__(self, specs: list[WindowSpec], lateness_s: float = 5.0):
         self.specs, self.lateness_s = specs, lateness_s
         self.open: dict[str, Aggregate] = {}
-        self.watermark = 0.0  # newest event time seen
+        self.watermarks: dict[str, float] = {}  # series → newest event time seen
         self.late = 0
         self.dirty: set[str] = set()
 
     def add(self, name: str, metric_type: str, labels: dict[str, str], value: float, ts: float) -> int:
         """Fold one sample into every window holding it; returns how many windows took it."""
-        self.watermark = max(self.watermark, ts)
         series = series_key(name, labels)
+        watermark = self.watermarks[series] = max(self.watermarks.get(series, 0.0), ts)
         taken = 0
         for spec in self.specs:
             for start in spec.starts(ts):
                 end = start + spec.size_s
-                if end + self.lateness_s <= self.watermark:
+                if end + self.lateness_s <= watermark:
                     self.late += 1
                     continue
                 key = window_key(series, spec, start)
@@ -145,8 +146,15 @@ class Windows:
     def due(self, now: float | None = None) -> list[str]:
         """Keys of windows past their end plus lateness, by the watermark; `now` (wall time)
         is for callers whose partition has gone idle."""
-        clock = max(self.watermark, now or 0.0)
-        return [k for k, a in self.open.items() if a.end + self.lateness_s <= clock]
+        wall = now or 0.0
+        return [k for k, a in self.open.items()
+                if a.end + self.lateness_s <= max(self.watermarks.get(k.rsplit("|", 2)[0], 0.0), wall)]
+
+    def seed(self, key: str, agg: Aggregate) -> None:
+        """Put back a window read from the table (after a restart or a rebalance)."""
+        self.open[key] = agg
+        series = key.rsplit("|", 2)[0]
+        self.watermarks[series] = max(self.watermarks.get(series, 0.0), agg.start)
 
     def pop(self, key: str) -> Aggregate:
         self.dirty.discard(key)

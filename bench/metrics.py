@@ -1,0 +1,162 @@
+"""Metrics ingest (1) and sink throughput (3), each beside its baselines in the same run.
+
+1. metrics.events → windows → metric_window_aggregates, events/s, beside a bare aiokafka
+   consumer reading the same events (the limit) and one INSERT per event (the naive way).
+2. PgBatchSink rows/s (COPY into a staging table + INSERT … ON CONFLICT, one transaction per
+   batch, plus its event_processing_metrics row) beside raw `copy_records_to_table`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.codec import encode
+from schemas.events import MetricEvent
+from schemas.topics import METRICS_EVENTS
+from streams.config import Settings, omnistream_home
+from streams.infra.proc import free_port
+from streams.sink import PgBatchSink
+from streams.topics import ensure_topics
+from streams.workerproc import spawn_worker, stop_worker, wait_healthy
+
+
+async def _publish(bootstrap: str, name: str, n: int, series: int) -> tuple[dict, dict]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    tps = [TopicPartition(METRICS_EVENTS.name, p) for p in range(METRICS_EVENTS.partitions)]
+    start = await consumer.end_offsets(tps)
+    await consumer.stop()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    base = time.time() - 600
+    try:
+        for i in range(n):
+            ts = base + i * (300 / n)  # 5 minutes of samples: closed by the watermark as they go
+            event = MetricEvent(name=name, value=float(i % 500), metric_type="histogram",
+                                labels={"series": f"s{i % series}"},
+                                occurred_at=datetime.fromtimestamp(ts, UTC))
+            await producer.send(METRICS_EVENTS.name, encode(event), key=f"{name}{i % series}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    end = await consumer.end_offsets(tps)
+    await consumer.stop()
+    return start, end
+
+
+async def _bare(bootstrap: str, start: dict, end: dict) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(start))
+        for tp, off in start.items():
+            consumer.seek(tp, off)
+        seen, began = 0, time.perf_counter()
+        while any([await consumer.position(tp) < end[tp] for tp in start]):
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            seen += sum(len(r) for r in batch.values())
+        return seen / (time.perf_counter() - began)
+    finally:
+        await consumer.stop()
+
+
+async def _naive(db: str, n: int) -> float:
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute("CREATE TEMP TABLE naive_samples (id uuid PRIMARY KEY, name text, value float8, "
+                           "labels jsonb, at timestamptz)")
+        began = time.perf_counter()
+        for i in range(n):
+            await conn.execute("INSERT INTO naive_samples VALUES ($1, $2, $3, $4, now())",
+                               uuid.uuid4(), "m", float(i), '{"series": "s1"}')
+        return n / (time.perf_counter() - began)
+    finally:
+        await conn.close()
+
+
+async def _aggregated(db: str, name: str) -> int:
+    conn = await asyncpg.connect(db)
+    try:
+        # Tumbling windows only (hopping ones would count each sample again).
+        return int(await conn.fetchval(
+            "SELECT coalesce(sum(sample_count), 0) FROM metric_window_aggregates "
+            "WHERE metric_name = $1 AND window_end - window_start = interval '10 s'", name))
+    finally:
+        await conn.close()
+
+
+async def ingest(n: int) -> dict:
+    settings = Settings.from_env()
+    await ensure_topics(settings.kafka_bootstrap)
+    port = free_port()
+    log = omnistream_home() / "bench-metrics-worker.log"
+    worker = spawn_worker(port, log, OMNISTREAM_APP_ID=f"bench-metrics-{uuid.uuid4().hex[:6]}",
+                          OMNISTREAM_AUTO_OFFSET_RESET="latest", OMNISTREAM_METRIC_WINDOW_S="10",
+                          OMNISTREAM_METRIC_HOPPING_WINDOW_S="0", OMNISTREAM_METRIC_IDLE_CLOSE_S="2")
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    try:
+        await asyncio.to_thread(wait_healthy, port, worker)
+        await asyncio.sleep(2)
+        began = time.perf_counter()
+        start, end = await _publish(settings.kafka_bootstrap, name, n, series=20)
+        published = time.perf_counter() - began
+        deadline = time.monotonic() + 300
+        while await _aggregated(settings.database_url, name) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+        pipeline_s = time.perf_counter() - began
+        done = await _aggregated(settings.database_url, name)
+    finally:
+        stop_worker(worker)
+    bare = await _bare(settings.kafka_bootstrap, start, end)
+    naive = await _naive(settings.database_url, min(n, 5000))
+    rate = done / pipeline_s
+    return {"events": n, "aggregated": done, "publish_s": round(published, 2),
+            "pipeline_events_per_s": round(rate), "bare_consumer_events_per_s": round(bare),
+            "naive_insert_events_per_s": round(naive), "vs_bare": round(rate / bare, 3),
+            "vs_naive": round(rate / naive, 2)}
+
+
+async def sink_rates(n: int) -> dict:
+    db = Settings.from_env().database_url
+    columns = ("id", "pattern_name", "feedback_type", "user_weight")
+    rows = [(uuid.uuid4(), "bench", "true_positive", 1.0) for _ in range(n)]
+    async with PgBatchSink(db, "pattern_feedback_log", columns, max_rows=1000) as sink:
+        began = time.perf_counter()
+        for row in rows:
+            await sink.add(row)
+        await sink.flush()
+        sink_rate = n / (time.perf_counter() - began)
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute("CREATE TEMP TABLE raw_copy (LIKE pattern_feedback_log INCLUDING DEFAULTS)")
+        fresh = [(uuid.uuid4(), *r[1:]) for r in rows]
+        began = time.perf_counter()
+        for i in range(0, n, 1000):
+            await conn.copy_records_to_table("raw_copy", records=fresh[i:i + 1000], columns=columns)
+        raw_rate = n / (time.perf_counter() - began)
+    finally:
+        await conn.close()
+    return {"rows": n, "sink_rows_per_s": round(sink_rate), "raw_copy_rows_per_s": round(raw_rate),
+            "sink_vs_raw_copy": round(sink_rate / raw_rate, 3)}
+
+
+def run(quick: bool = False) -> dict:
+    return {"ingest": asyncio.run(ingest(10_000 if quick else 50_000)),
+            "sink": asyncio.run(sink_rates(20_000 if quick else 100_000))}
+
+
+def print_report(r: dict) -> None:
+    i, s = r["ingest"], r["sink"]
+    print(f"  metrics ingest {i['aggregated']}/{i['events']} events: {i['pipeline_events_per_s']:,} ev/s "
+          f"| bare consumer {i['bare_consumer_events_per_s']:,} ev/s ({i['vs_bare']:.2f}x) "
+          f"| one INSERT per event {i['naive_insert_events_per_s']:,} ev/s ({i['vs_naive']:.1f}x faster)")
+    print(f"  sink {s['rows']} rows: {s['sink_rows_per_s']:,} rows/s | raw copy_records_to_table "
+          f"{s['raw_copy_rows_per_s']:,} rows/s ({s['sink_vs_raw_copy']:.2f}x)")
