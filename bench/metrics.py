@@ -41,7 +41,7 @@ async def _publish(bootstrap: str, name: str, n: int, series: int) -> tuple[dict
             event = MetricEvent(name=name, value=float(i % 500), metric_type="histogram",
                                 labels={"series": f"s{i % series}"},
                                 occurred_at=datetime.fromtimestamp(ts, UTC))
-            await producer.send(METRICS_EVENTS.name, encode(event), key=f"{name}{i % series}".encode())
+            await producer.send(METRICS_EVENTS.name, encode(event), key=name.encode())
         await producer.flush()
     finally:
         await producer.stop()

@@ -1,12 +1,15 @@
 """Metric windows: metrics.events → per-series tumbling and hopping windows → PostgreSQL.
 
-metrics-intake decodes (bad events to the DLQ) and re-keys each sample by its series (name +
-labels) onto <app>-metric-series, so one partition owns a series' windows. metrics-aggregator
-folds samples into in-memory windows (agents/monitoring/windows.py) and, at least every
-second, writes the windows that changed into the `metric-windows` table (changelog-backed) and
-only then acks the samples: a crash replays samples onto the last written state, never loses
-them. Windows past their end (plus lateness) are upserted into metric_window_aggregates through
-the batched sink and removed from the table only after that batch committed.
+metrics-aggregator reads metrics.events itself: a sample keyed by its metric name (the topic's
+contract) is already on the partition that owns that metric's windows and is folded in at
+once; one with another key or none is re-keyed by name through <app>-metric-series first
+(faust assigns the same partition numbers of both topics to the same worker). Bad events go to
+the DLQ. The aggregator folds samples into in-memory windows (agents/monitoring/windows.py)
+and, at least every second, writes the windows that changed into the `metric-windows` table
+(changelog-backed) and only then acks the samples: a crash replays samples onto the last
+written state, never loses them. Windows past their end (plus lateness) are upserted into
+metric_window_aggregates through the batched sink and removed from the table only after that
+batch committed.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge
 
-from agents.monitoring.windows import Aggregate, Windows, WindowSpec, series_key
+from agents.monitoring.windows import Aggregate, Windows, WindowSpec
 from schemas.codec import encode
 from schemas.events import MetricEvent
 from schemas.topics import METRICS_EVENTS
 from streams import tables
 from streams.app import app, metrics_events, settings
-from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, run_intake
+from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event
 from streams.emit import emitter
 from streams.metrics import EVENTS_PROCESSED
 from streams.sink import PgBatchSink
@@ -46,7 +49,7 @@ HOPPING_S = float(os.environ.get("OMNISTREAM_METRIC_HOPPING_WINDOW_S", "300"))
 HOP_STEP_S = float(os.environ.get("OMNISTREAM_METRIC_HOPPING_STEP_S", "60"))
 LATENESS_S = float(os.environ.get("OMNISTREAM_METRIC_LATENESS_S", "5"))
 FLUSH_S = float(os.environ.get("OMNISTREAM_METRIC_FLUSH_S", "1"))
-IDLE_CLOSE_S = float(os.environ.get("OMNISTREAM_METRIC_IDLE_CLOSE_S", "10"))
+IDLE_CLOSE_S = float(os.environ.get("OMNISTREAM_METRIC_IDLE_CLOSE_S", "30"))
 SPECS = [WindowSpec(TUMBLING_S)] + ([WindowSpec(HOPPING_S, HOP_STEP_S)] if HOPPING_S > 0 else [])
 
 SAMPLES = Counter("omnistream_metric_samples_total", "Metric samples folded into windows")
@@ -59,15 +62,6 @@ metrics_inbox = app.topic(tables.metrics_inbox(settings.app_id), key_type=bytes,
                           value_serializer="raw", key_serializer="raw")
 window_table = app.Table(tables.WINDOW_TABLE, default=None, partitions=METRICS_EVENTS.partitions,
                          key_type=bytes, value_type=bytes)  # raw bytes in the changelog
-
-
-@app.agent(metrics_events, name="metrics-intake")
-async def metrics_intake(stream: Any) -> None:
-    async def handle(m: MetricEvent, event: Any) -> None:
-        await metrics_inbox.send(key=series_key(m.name, m.labels).encode(), value=encode(m),
-                                 headers={**correlation_headers(m.correlation_id), KIND_HEADER: b"sample"})
-
-    await run_intake(stream, MetricEvent, "metrics-intake", handle)
 
 
 WINDOW_COLUMNS = ("metric_name", "metric_type", "labels", "labels_hash", "window_start", "window_end",
@@ -85,7 +79,6 @@ class Aggregator:
         self.closing: dict[int, set[bytes]] = defaultdict(set)   # sunk, delete once committed
         self.committed: dict[int, set[bytes]] = defaultdict(set)
         self.sink: PgBatchSink | None = None
-        self.last_sample: dict[int, float] = {}  # monotonic time of each partition's last sample
 
     def reset(self) -> None:
         self.by_partition.clear()
@@ -113,7 +106,6 @@ class Aggregator:
         if w.late > late_before:
             LATE.inc(w.late - late_before)
         self.pending[partition].append(event)
-        self.last_sample[partition] = time.monotonic()
 
     def flush(self, partition: int) -> list[Aggregate]:
         """In partition context: write changed windows, close due ones, ack what is safe.
@@ -127,8 +119,7 @@ class Aggregator:
         for key in list(w.dirty):
             window_table[_table_key(partition, key)] = w.open[key].to_json()
         w.dirty.clear()
-        idle = time.monotonic() - self.last_sample.get(partition, 0.0) >= IDLE_CLOSE_S
-        for key in w.due(time.time() if idle else None):
+        for key in w.due(time.time(), IDLE_CLOSE_S):
             agg = w.pop(key)
             closed.append(agg)
             bkey = _table_key(partition, key)
@@ -166,7 +157,8 @@ async def _forget_windows(sender: Any, revoked: Any, **kwargs: Any) -> None:
     aggregator.reset()
 
 
-@app.agent(metrics_inbox, name="metrics-aggregator")
+@app.agent(app.topic(METRICS_EVENTS.name, metrics_inbox.get_topic_name(), key_type=bytes, value_type=bytes,
+                     value_serializer="raw", key_serializer="raw"), name="metrics-aggregator")
 async def metrics_aggregator(stream: Any) -> None:
     aggregator.sink = await PgBatchSink(
         settings.database_url, "metric_window_aggregates", WINDOW_COLUMNS, on_conflict=_UPSERT,
@@ -174,6 +166,11 @@ async def metrics_aggregator(stream: Any) -> None:
         source_topic=METRICS_EVENTS.name).start()
 
     async def handle(m: MetricEvent, event: Any) -> None:
+        if event.key != m.name.encode():  # repartition: a metric's windows live on one partition
+            await metrics_inbox.send(key=m.name.encode(), value=encode(m), headers={
+                **correlation_headers(m.correlation_id), KIND_HEADER: b"sample"})
+            event.ack()
+            return
         aggregator.add(m, event)
 
     try:

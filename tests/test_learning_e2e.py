@@ -132,10 +132,15 @@ async def test_01_model_trained_through_the_topic_predicts_the_same_on_two_worke
     finally:
         await producer.stop()
 
+    # At least every result (a rebalance may make a new owner learn a few twice: at-least-once),
+    # and both workers answer from the same snapshots.
     for w in cluster.workers:
-        await _until(lambda w=w: _updates(cluster, w) == N_RESULTS, 90, f"{N_RESULTS} updates on {w.base}")
-    answers = [http_json(f"{w.base}/api/predict", PROBES) for w in cluster.workers]
-    assert answers[0] == answers[1]
+        await _until(lambda w=w: _updates(cluster, w) >= N_RESULTS, 120, f"{N_RESULTS} updates on {w.base}")
+    def same_answers():
+        a = [http_json(f"{w.base}/api/predict", PROBES) for w in cluster.workers]
+        return a if a[0] == a[1] else None
+
+    answers = await _until(same_answers, 30, "the same answers on both workers")
     by_type = {(a["node_type"], tuple(a["mixins"])): a for a in answers[0]}
     assert all(a["model_version"] == 1 and a["updates"] > 500 for a in answers[0])
     forbidden = by_type[("effect", ("MixinCaching", "MixinTransaction"))]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,7 @@ class Windows:
         self.specs, self.lateness_s = specs, lateness_s
         self.open: dict[str, Aggregate] = {}
         self.watermarks: dict[str, float] = {}  # series → newest event time seen
+        self.last_seen: dict[str, float] = {}   # series → monotonic time of its last sample
         self.late = 0
         self.dirty: set[str] = set()
 
@@ -127,6 +129,7 @@ class Windows:
         """Fold one sample into every window holding it; returns how many windows took it."""
         series = series_key(name, labels)
         watermark = self.watermarks[series] = max(self.watermarks.get(series, 0.0), ts)
+        self.last_seen[series] = time.monotonic()
         taken = 0
         for spec in self.specs:
             for start in spec.starts(ts):
@@ -143,12 +146,19 @@ class Windows:
                 taken += 1
         return taken
 
-    def due(self, now: float | None = None) -> list[str]:
-        """Keys of windows past their end plus lateness, by the watermark; `now` (wall time)
-        is for callers whose partition has gone idle."""
-        wall = now or 0.0
-        return [k for k, a in self.open.items()
-                if a.end + self.lateness_s <= max(self.watermarks.get(k.rsplit("|", 2)[0], 0.0), wall)]
+    def due(self, now: float | None = None, idle_s: float | None = None) -> list[str]:
+        """Keys of windows past their end plus lateness by their series' watermark; with `now`
+        (wall time) and `idle_s`, also those of series that sent nothing for idle_s seconds."""
+        quiet = time.monotonic() - (idle_s or 0.0)
+        out = []
+        for k, a in self.open.items():
+            series = k.rsplit("|", 2)[0]
+            clock = self.watermarks.get(series, 0.0)
+            if now is not None and idle_s is not None and self.last_seen.get(series, 0.0) <= quiet:
+                clock = max(clock, now)
+            if a.end + self.lateness_s <= clock:
+                out.append(k)
+        return out
 
     def seed(self, key: str, agg: Aggregate) -> None:
         """Put back a window read from the table (after a restart or a rebalance)."""
