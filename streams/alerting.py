@@ -20,7 +20,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from prometheus_client import Counter
 
@@ -32,6 +31,7 @@ from schemas.events import Alert, AlertCommand
 from streams import tables
 from streams.app import alerts, alerts_commands, app, settings
 from streams.dlq import CORRELATION_HEADER, handle_event, header, run_intake, send_to_dlq
+from streams.notify import post_webhook
 from streams.sink import PgBatchSink
 from streams.tables import KIND_HEADER
 
@@ -122,29 +122,8 @@ async def _publish(changes: list[Change]) -> None:
             log.warning("alert notification", extra={"metadata": change.payload})
             NOTIFICATIONS.labels("log", "sent").inc()
             if WEBHOOK_URL:
-                asyncio.ensure_future(post_webhook(WEBHOOK_URL, change.payload))
-
-
-async def post_webhook(url: str, payload: dict, retries: int = WEBHOOK_RETRIES,
-                       timeout_s: float = WEBHOOK_TIMEOUT_S) -> bool:
-    """POST one notification; retried with backoff on errors and 5xx, never blocks the agent."""
-    delay = 0.5
-    body = orjson.dumps(payload)
-    for attempt in range(retries + 1):
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
-                    http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                if resp.status < 500:
-                    NOTIFICATIONS.labels("webhook", "sent" if resp.status < 400 else "refused").inc()
-                    return resp.status < 400
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            log.warning("alert webhook failed", extra={"metadata": {
-                "url": url, "attempt": attempt + 1, "error": str(exc)}})
-        if attempt < retries:
-            await asyncio.sleep(delay)
-            delay *= 2
-    NOTIFICATIONS.labels("webhook", "failed").inc()
-    return False
+                asyncio.ensure_future(post_webhook(WEBHOOK_URL, change.payload, WEBHOOK_RETRIES,
+                                                   WEBHOOK_TIMEOUT_S, NOTIFICATIONS))
 
 
 def _state() -> dict[str, Any]:

@@ -126,3 +126,58 @@ def test_rules_file_errors_are_clear_and_the_default_file_loads():
             "event_latency_high", "event_success_rate_low", "quality_score_low",
             "consumer_lag_high", "dead_letters_rising", "sink_backlog_high"} == names
     assert all({r.severity for r in rules if r.name == n} == {"warning", "critical"} for n in names)
+
+
+# ------------------------------------------------------------------ webhook channel (loopback HTTP)
+
+async def _receiver(statuses: list[int], delay_s: float = 0.0):
+    from aiohttp import web
+
+    from streams.infra.proc import free_port
+
+    got: list[dict] = []
+
+    async def handle(request):
+        got.append(await request.json())
+        if delay_s:
+            import asyncio
+
+            await asyncio.sleep(delay_s)
+        return web.Response(status=statuses[min(len(got), len(statuses)) - 1])
+
+    application = web.Application()
+    application.router.add_post("/hook", handle)
+    runner = web.AppRunner(application)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/hook", got
+
+
+async def test_webhook_retries_server_errors_then_delivers():
+    from streams.notify import post_webhook
+
+    runner, url, got = await _receiver([500, 503, 200])
+    try:
+        assert await post_webhook(url, {"reason": "new"}, retries=3, backoff_s=0.05)
+        assert len(got) == 3 and got[-1] == {"reason": "new"}
+    finally:
+        await runner.cleanup()
+
+
+async def test_webhook_gives_up_on_timeouts_and_does_not_retry_a_refusal():
+    from streams.notify import post_webhook
+
+    runner, url, got = await _receiver([200], delay_s=2.0)
+    try:
+        started = __import__("time").monotonic()
+        assert not await post_webhook(url, {"reason": "new"}, retries=1, timeout_s=0.3, backoff_s=0.05)
+        assert len(got) == 2 and __import__("time").monotonic() - started < 2.0
+    finally:
+        await runner.cleanup()
+    runner, url, got = await _receiver([404])
+    try:
+        assert not await post_webhook(url, {"reason": "new"}, retries=3, backoff_s=0.05)
+        assert len(got) == 1  # a 4xx is the receiver's answer, not a glitch: no retry
+    finally:
+        await runner.cleanup()

@@ -54,6 +54,13 @@ def test_windows_close_after_lateness_and_late_samples_are_counted_not_merged():
     assert (closed.start, closed.end, closed.count, closed.total) == (0.0, 10.0, 10, 45.0)
     w.add("m", "gauge", {}, 99.0, 3.0)   # belongs to the closed window
     assert w.late == 1 and all(a.start == 10.0 for a in w.open.values())
+    # Closed by wall time (idle) while its series' watermark is still inside: never re-opened.
+    w2 = Windows([WindowSpec(10)], lateness_s=100)
+    w2.add("m", "gauge", {}, 1.0, 1.0)
+    (k2,) = w2.due(now=1e9, idle_s=0.0)
+    w2.pop(k2)
+    w2.add("m", "gauge", {}, 1.0, 2.0)
+    assert w2.late == 1 and w2.open == {}
 
 
 def test_each_series_keeps_its_own_watermark():
@@ -73,6 +80,7 @@ def test_series_identity_ignores_label_order():
 
 @pytest.mark.slow
 async def test_postgresql_stopped_20s_during_20000_metric_events_loses_and_doubles_nothing(services):
+    """Samples keyed by metric name; PostgreSQL of its own, stopped for 20 s after 8000 of them."""
     from aiokafka import AIOKafkaProducer
 
     from schemas.codec import encode
@@ -98,7 +106,8 @@ async def test_postgresql_stopped_20s_during_20000_metric_events_loses_and_doubl
         await migrate(db, progress=lambda _: None)
         worker = start_worker(services, db, f"omnistream-metrics-{uuid.uuid4().hex[:6]}", "m", {
             "OMNISTREAM_AUTO_OFFSET_RESET": "latest", "OMNISTREAM_METRIC_WINDOW_S": "10",
-            "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0", "OMNISTREAM_METRIC_LATENESS_S": "2"})
+            "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0",
+            "OMNISTREAM_METRIC_LATENESS_S": "2"})
         await asyncio.sleep(3)  # the worker's consumer holds its partitions (reset = latest)
         producer = AIOKafkaProducer(bootstrap_servers=services.bootstrap, linger_ms=10)
         await producer.start()

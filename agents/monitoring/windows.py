@@ -122,6 +122,7 @@ class Windows:
         self.open: dict[str, Aggregate] = {}
         self.watermarks: dict[str, float] = {}  # series → newest event time seen
         self.last_seen: dict[str, float] = {}   # series → monotonic time of its last sample
+        self.closed_until: dict[str, float] = {}  # series|size → end of its latest closed window
         self.late = 0
         self.dirty: set[str] = set()
 
@@ -134,7 +135,10 @@ class Windows:
         for spec in self.specs:
             for start in spec.starts(ts):
                 end = start + spec.size_s
-                if end + self.lateness_s <= watermark:
+                # Late: past the lateness, or its window was already closed and written (a
+                # re-opened window would overwrite that row with a partial count).
+                if end + self.lateness_s <= watermark \
+                        or end <= self.closed_until.get(f"{series}|{spec.size_s:g}", float("-inf")):
                     self.late += 1
                     continue
                 key = window_key(series, spec, start)
@@ -168,4 +172,7 @@ class Windows:
 
     def pop(self, key: str) -> Aggregate:
         self.dirty.discard(key)
-        return self.open.pop(key)
+        agg = self.open.pop(key)
+        series_size = key.rsplit("|", 1)[0]
+        self.closed_until[series_size] = max(self.closed_until.get(series_size, float("-inf")), agg.end)
+        return agg
