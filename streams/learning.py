@@ -36,7 +36,14 @@ from schemas.topics import CODEGEN_RESULTS, PATTERN_FEEDBACK
 from streams import tables
 from streams.app import app, codegen_results, pattern_feedback, settings
 from streams.config import model_key
-from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header, run_intake
+from streams.dlq import (
+    CORRELATION_HEADER,
+    correlation_headers,
+    handle_event,
+    header,
+    run_intake,
+    send_to_dlq,
+)
 from streams.replica import ChangelogReplica
 from streams.sink import PgBatchSink
 from streams.tables import (
@@ -279,7 +286,6 @@ async def mixin_learner(stream: Any) -> None:
                     SNAPSHOTS_REFUSED.labels("install").inc()
                     log.error("model install refused", extra={"metadata": {
                         "node_type": node_type, "reason": str(exc)}})
-                    from streams.dlq import send_to_dlq
                     await send_to_dlq(event, "model_install_refused", str(exc), "mixin-learner")
                 event.ack()
             elif not await handle_event(event, GenerationResult, "mixin-learner", learner.learn):

@@ -30,7 +30,7 @@ from schemas.events import MetricEvent
 from schemas.topics import METRICS_EVENTS
 from streams import tables
 from streams.app import app, metrics_events, settings
-from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event
+from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header
 from streams.emit import emitter
 from streams.metrics import EVENTS_PROCESSED
 from streams.sink import PgBatchSink
@@ -175,8 +175,6 @@ async def metrics_aggregator(stream: Any) -> None:
 
     try:
         async for event in stream.noack().events():
-            from streams.dlq import header
-
             if header(event, KIND_HEADER) == "tick":
                 for agg in aggregator.flush(event.message.partition):
                     await on_window_closed(agg)

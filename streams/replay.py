@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from tqdm import tqdm
 
 from agents.learning import snapshot
@@ -34,7 +33,7 @@ from schemas.topics import CODEGEN_RESULTS
 from streams import tables
 from streams.client import OmnistreamClient
 from streams.config import Settings, model_key
-from streams.replica import read_all
+from streams.replica import read_all, topic_partitions
 
 
 class ReplayError(Exception):
@@ -79,15 +78,10 @@ async def current_models(settings: Settings, key: bytes) -> ModelRegistry:
 
 
 async def _partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_security)
-    await admin.start()
-    try:
-        for t in await admin.describe_topics():
-            if t["topic"] == topic and t["partitions"]:
-                return [TopicPartition(topic, p["partition"]) for p in t["partitions"]]
-    finally:
-        await admin.close()
-    raise ReplayError(f"topic {topic} does not exist on {settings.kafka_bootstrap}")
+    tps = await topic_partitions(settings.kafka_bootstrap, topic, settings.kafka_security)
+    if not tps:
+        raise ReplayError(f"topic {topic} does not exist on {settings.kafka_bootstrap}")
+    return tps
 
 
 async def replay(settings: Settings, topic: str, since: datetime | None = None, swap: bool = True,

@@ -22,6 +22,22 @@ log = logging.getLogger(__name__)
 Apply = Callable[[bytes | None, bytes | None, int, int], Any]
 
 
+async def topic_partitions(bootstrap: str, topic: str, security: dict | None = None) -> list[TopicPartition]:
+    """The topic's partitions, or [] when it does not exist. Asks for every topic's metadata and
+    filters here: asking for one topic by name may auto-create it (with the wrong partition
+    count) on brokers that allow auto-creation."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
+    await admin.start()
+    try:
+        for t in await admin.describe_topics():
+            if t["topic"] == topic and t["error_code"] == 0 and t["partitions"]:
+                return [TopicPartition(topic, p["partition"])
+                        for p in sorted(t["partitions"], key=lambda p: p["partition"])]
+        return []
+    finally:
+        await admin.close()
+
+
 class ChangelogReplica:
     def __init__(self, bootstrap: str, topic: str, apply: Apply, *, security: dict | None = None,
                  poll_ms: int = 500, wait_for_topic: bool = True):
@@ -45,21 +61,11 @@ class ChangelogReplica:
                 await self._task
 
     async def _partitions(self) -> list[TopicPartition]:
-        # All topics' metadata, filtered here: asking for one topic by name may auto-create it
-        # (with the wrong partition count) on brokers that allow auto-creation.
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
-        await admin.start()
-        try:
-            while True:  # the changelog appears when its table first starts: wait for it
-                for topic in await admin.describe_topics():
-                    if topic["topic"] == self.topic and topic["error_code"] == 0 and topic["partitions"]:
-                        return [TopicPartition(self.topic, p["partition"])
-                                for p in sorted(topic["partitions"], key=lambda p: p["partition"])]
-                if not self.wait_for_topic:
-                    return []
-                await asyncio.sleep(1.0)
-        finally:
-            await admin.close()
+        while True:  # the changelog appears when its table first starts: wait for it
+            tps = await topic_partitions(self.bootstrap, self.topic, self.security)
+            if tps or not self.wait_for_topic:
+                return tps
+            await asyncio.sleep(1.0)
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,

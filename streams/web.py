@@ -48,8 +48,9 @@ async def lag_by_topic() -> dict[str, int] | None:
     return out
 
 
-async def consumer_lag() -> int | None:
-    by_topic = await lag_by_topic()
+async def consumer_lag(by_topic: dict[str, int] | None = None) -> int | None:
+    """Total lag (also sets the gauge); pass `by_topic` when it was just measured."""
+    by_topic = by_topic if by_topic is not None else await lag_by_topic()
     if by_topic is None:
         return None
     lag = sum(by_topic.values())
@@ -88,8 +89,9 @@ async def health_report() -> dict[str, Any]:
         postgres.probe(settings.database_url, timeout=2.0),
     )
     agents = agent_states()
-    by_topic = await lag_by_topic() or {}
-    lag = await consumer_lag()
+    measured = await lag_by_topic()
+    lag = await consumer_lag(measured)
+    by_topic = measured or {}
     now = time.time()
     per_agent = {name: {"lag": sum(by_topic.get(t, 0) for t in topics),
                         "last_event_age_s": round(now - LAST_EVENT[name], 1) if name in LAST_EVENT else None}
