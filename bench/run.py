@@ -15,7 +15,9 @@ def _write(name: str, data: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     data = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+            "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                        "postgres_durability": __import__("os").environ.get("OMNISTREAM_PG_DURABILITY",
+                                                                             "full")},
             **data}
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     return path
@@ -37,8 +39,9 @@ def isolated_stack():
         home = Path(tempfile.mkdtemp(prefix="omnistream-bench-", dir="/tmp"))
         home.chmod(0o755)
         saved = {k: os.environ.get(k) for k in ("OMNISTREAM_HOME", "KAFKA_BOOTSTRAP_SERVERS",
-                                                 "DATABASE_URL")}
-        os.environ.update(OMNISTREAM_HOME=str(home),
+                                                 "DATABASE_URL", "OMNISTREAM_PG_DURABILITY")}
+        # Durable like a production database: every commit is flushed to disk.
+        os.environ.update(OMNISTREAM_HOME=str(home), OMNISTREAM_PG_DURABILITY="full",
                           KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                           DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/omnistream")
         try:

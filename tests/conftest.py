@@ -74,7 +74,8 @@ def services() -> Iterator[Services]:
                 PostgresContainer("postgres:16", driver=None) as pc:
             yield Services(kc.get_bootstrap_server(), pc.get_connection_url(), home, "testcontainers")
         return
-    env = {"OMNISTREAM_HOME": str(home),
+    # A throwaway cluster: no fsync (tests prove behaviour, not survival of an OS crash).
+    env = {"OMNISTREAM_HOME": str(home), "OMNISTREAM_PG_DURABILITY": "off",
            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/omnistream"}
     proc = subprocess.run([OMNISTREAM, "infra", "up"], env={**os.environ, **env},

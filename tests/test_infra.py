@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 
+import asyncpg
 import orjson
+import pytest
 
 from streams.infra.proc import free_port, pid_alive
 from tests.conftest import OMNISTREAM, make_home
@@ -18,10 +21,32 @@ def _cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
+async def _pg_settings(url: str, *names: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [await conn.fetchval(f"SHOW {name}") for name in names]
+    finally:
+        await conn.close()
+
+
+def test_pg_durability_setting_is_checked(monkeypatch):
+    from streams.infra import postgres
+    from streams.infra.errors import InfraError
+
+    monkeypatch.delenv("OMNISTREAM_PG_DURABILITY", raising=False)
+    assert postgres.durability() == "full"
+    monkeypatch.setenv("OMNISTREAM_PG_DURABILITY", "off")
+    assert postgres.durability() == "off"
+    monkeypatch.setenv("OMNISTREAM_PG_DURABILITY", "fast")
+    with pytest.raises(InfraError, match="must be 'full' or 'off'"):
+        postgres.durability()
+
+
 def test_up_twice_status_env_down():
     home = make_home("omnistream-infra-")
     kport, pport = free_port(), free_port()
-    env = {**os.environ, "OMNISTREAM_HOME": str(home),
+    env = {**{k: v for k, v in os.environ.items() if k != "OMNISTREAM_PG_DURABILITY"},
+           "OMNISTREAM_HOME": str(home),
            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kport}",
            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pport}/omnistream"}
     try:
@@ -35,6 +60,9 @@ def test_up_twice_status_env_down():
         assert pid_alive(kpid) and pid_alive(ppid)
         assert status["kafka"]["version"] == "4.1.1"
         assert status["postgres"]["version"].startswith("1")
+        # The stack users get is durable by default (the suite's own cluster opts out).
+        settings = asyncio.run(_pg_settings(env["DATABASE_URL"], "fsync", "synchronous_commit"))
+        assert settings == ["on", "on"]
 
         # Idempotent: the second `up` finds both services and starts nothing new.
         env_no_vars = {k: v for k, v in env.items()

@@ -67,6 +67,15 @@ def _make_traversable(path: Path) -> None:
             os.chmod(parent, mode | 0o001)
 
 
+def durability() -> str:
+    """`full` (default): every commit is flushed to disk, as in production. `off`: no fsync, for
+    throwaway clusters (the test suite) where an OS crash may lose the data without harm."""
+    value = os.environ.get("OMNISTREAM_PG_DURABILITY", "full")
+    if value not in ("full", "off"):
+        raise InfraError(f"OMNISTREAM_PG_DURABILITY must be 'full' or 'off', not {value!r}")
+    return value
+
+
 def start(folder: Path, port: int, progress=print) -> int:
     """initdb (once) and start a cluster on 127.0.0.1:port; return the postmaster pid."""
     bindir = ensure_binaries(progress)
@@ -83,8 +92,9 @@ def start(folder: Path, port: int, progress=print) -> int:
                        "-E", "UTF8", "--no-instructions"]),
             "initializing the PostgreSQL data folder (initdb)")
     log = folder / "postgres.log"
-    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if durability() == "off":
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     try:
         run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log),
                        "-w", "-t", "60", "start"]), "starting PostgreSQL (pg_ctl start)")
