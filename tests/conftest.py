@@ -91,6 +91,20 @@ def services() -> Iterator[Services]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+async def pg_fetch(db: str, sql: str, *args: object) -> list:
+    """One query on a connection of its own, for tests that only look at what was written."""
+    conn = await asyncpg.connect(db)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def pg_fetchval(db: str, sql: str, *args: object) -> object:
+    rows = await pg_fetch(db, sql, *args)
+    return rows[0][0] if rows else None
+
+
 async def _admin(base_url: str, sql: str) -> None:
     admin = await asyncpg.connect(base_url)
     try:

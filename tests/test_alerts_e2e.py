@@ -7,7 +7,6 @@ import subprocess
 import time
 import uuid
 
-import asyncpg
 import orjson
 import pytest
 from aiohttp import web
@@ -17,7 +16,7 @@ from schemas.events import Alert, MetricEvent
 from schemas.topics import ALERTS, METRICS_EVENTS
 from streams.client import OmnistreamClient
 from streams.infra.proc import free_port
-from tests.conftest import OMNISTREAM, start_worker, stop_worker
+from tests.conftest import OMNISTREAM, pg_fetch, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -121,12 +120,8 @@ rules:
         assert qfiring[0].state == "firing" and "silenced" in [e.state for e in queued]
         assert "escalated" not in hook.reasons(f"queue_{tag}")
 
-        conn = await asyncpg.connect(migrated_db)
-        try:
-            rows = await conn.fetch("SELECT rule_name, state, acknowledged_by, resolved_at FROM alerts "
-                                    "WHERE fingerprint = $1", fp)
-        finally:
-            await conn.close()
+        rows = await pg_fetch(migrated_db, "SELECT rule_name, state, acknowledged_by, resolved_at "
+                                           "FROM alerts WHERE fingerprint = $1", fp)
         assert len(rows) == 1 and rows[0]["state"] == "resolved" and rows[0]["resolved_at"] is not None
 
         listed = subprocess.run([OMNISTREAM, "alerts"], env=env, capture_output=True, text=True, timeout=60)

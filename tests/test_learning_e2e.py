@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -28,6 +27,8 @@ from tests.conftest import (
     _create_db,
     _drop_db,
     http_json,
+    pg_fetch,
+    pg_fetchval,
     start_worker,
     stop_worker,
     wait_split,
@@ -99,19 +100,11 @@ def _updates(cluster: Cluster, w) -> int:
     return sum(m["updates"] for m in cluster.models(w)["models"].values())
 
 
-async def _fetchval(db: str, sql: str, *args):
-    conn = await asyncpg.connect(db)
-    try:
-        return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
-
-
 async def _sql_until(db: str, sql: str, check, timeout: float, what: str):
     seen = []
 
     async def probe():
-        value = await _fetchval(db, sql)
+        value = await pg_fetchval(db, sql)
         seen.append(value)
         return value if check(value) else None
 
@@ -173,7 +166,7 @@ async def test_01_model_trained_through_the_topic_predicts_the_same_on_two_worke
     # counted from the log rather than from what the test sent.
     await _sql_until(cluster.db, "SELECT count(*) FROM mixin_results_log WHERE source = 'ci-build'",
                      lambda v: v == N_RESULTS, 60, "every measured result in mixin_results_log")
-    logged = await _fetchval(cluster.db, "SELECT count(*) FROM mixin_results_log")
+    logged = await pg_fetchval(cluster.db, "SELECT count(*) FROM mixin_results_log")
     assert N_RESULTS + 1 <= logged <= N_RESULTS + cluster.warmups
     await _sql_until(cluster.db, "SELECT sum(success_count + failure_count) FROM mixin_compatibility_matrix",
                      lambda v: v == logged, 60, "matrix counts equal to the logged results")
@@ -331,12 +324,8 @@ async def test_05_suppressed_pattern_disappears_from_new_output_and_comes_back(c
     await _sql_until(cluster.db, "SELECT count(*) FROM pattern_feedback_log "
                      "WHERE pattern_name = 'stub_operation'", lambda v: v == sent, 60, "feedback rows")
     ids = {e.id for e in bad + good}
-    conn = await asyncpg.connect(cluster.db)
-    try:
-        rows = await conn.fetch("SELECT id, is_correct, metadata FROM pattern_feedback_log "
-                                "WHERE pattern_name = 'stub_operation'")
-    finally:
-        await conn.close()
+    rows = await pg_fetch(cluster.db, "SELECT id, is_correct, metadata FROM pattern_feedback_log "
+                                      "WHERE pattern_name = 'stub_operation'")
     assert {r["id"] for r in rows} == ids
     assert sum(1 for r in rows if r["is_correct"] is False) == len(bad)
     assert orjson.loads(rows[0]["metadata"])["source"]

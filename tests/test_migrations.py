@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from streams.migrate import MigrationError, migrate, migrations_dir
+from tests.conftest import pg_fetch
 
 TABLES = {"mixin_compatibility_matrix", "mixin_results_log", "pattern_feedback_log",
           "generation_performance_metrics", "template_cache_metadata", "event_processing_metrics",
@@ -18,16 +19,8 @@ VIEWS = {"mixin_compatibility_summary", "pattern_feedback_analysis", "performanc
          "template_cache_efficiency", "event_processing_health"}
 
 
-async def _fetch(url: str, sql: str, *args):
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
 def q(url: str, sql: str, *args):
-    return asyncio.run(_fetch(url, sql, *args))
+    return asyncio.run(pg_fetch(url, sql, *args))
 
 
 def test_objects_exist(migrated_db):

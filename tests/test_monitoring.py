@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from agents.monitoring.windows import Aggregate, Windows, WindowSpec, labels_hash, series_key
+from tests.conftest import pg_fetchval
 
 
 def test_tumbling_and_hopping_window_starts():
@@ -134,12 +135,8 @@ async def test_postgresql_stopped_20s_during_20000_metric_events_loses_and_doubl
         deadline = time.monotonic() + 120
         total = 0
         while time.monotonic() < deadline and total != n:
-            conn = await asyncpg.connect(db)
-            try:
-                total = await conn.fetchval("SELECT coalesce(sum(sample_count), 0) "
-                                            "FROM metric_window_aggregates WHERE metric_name = $1", name)
-            finally:
-                await conn.close()
+            total = await pg_fetchval(db, "SELECT coalesce(sum(sample_count), 0) "
+                                          "FROM metric_window_aggregates WHERE metric_name = $1", name)
             await asyncio.sleep(1)
         conn = await asyncpg.connect(db)
         try:

@@ -16,20 +16,13 @@ from streams.infra import postgres
 from streams.infra.proc import free_port
 from streams.migrate import migrate
 from streams.sink import PgBatchSink
+from tests.conftest import pg_fetch, pg_fetchval
 
 COLUMNS = ("id", "pattern_name", "feedback_type", "user_weight")
 
 
 def _rows(n: int, name: str = "p") -> list[tuple]:
     return [(uuid.uuid4(), name, "true_positive", 1.0) for _ in range(n)]
-
-
-async def _count(db: str, sql: str, *args) -> int:
-    conn = await asyncpg.connect(db)
-    try:
-        return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def test_batches_close_on_size_or_time_and_callbacks_follow_the_commit(migrated_db):
@@ -42,7 +35,7 @@ async def test_batches_close_on_size_or_time_and_callbacks_follow_the_commit(mig
             await sink.add(row, on_commit=lambda i=i: acked.append(i))
         # Two full batches went at once; the 50 left wait for the timer.
         assert len(acked) == 200 and sink.pending == 50
-        assert await _count(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 200
+        assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 200
         await asyncio.sleep(0.8)
         assert len(acked) == 250 and sink.pending == 0
         # The same rows again (a replay after a crash): nothing changes.
@@ -51,13 +44,9 @@ async def test_batches_close_on_size_or_time_and_callbacks_follow_the_commit(mig
         await sink.flush()
     finally:
         await sink.stop()
-    assert await _count(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 250
-    conn = await asyncpg.connect(migrated_db)
-    try:
-        batches = await conn.fetch("SELECT * FROM event_processing_metrics "
-                                   "WHERE event_type = 'sink:pattern_feedback_log' ORDER BY created_at")
-    finally:
-        await conn.close()
+    assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 250
+    batches = await pg_fetch(migrated_db, "SELECT * FROM event_processing_metrics WHERE "
+                                          "event_type = 'sink:pattern_feedback_log' ORDER BY created_at")
     assert sum(b["batch_size"] for b in batches) == 500  # written twice, counted as batches
     assert all(b["success"] and b["topic"] == "pattern.feedback" and b["retry_count"] == 0 for b in batches)
     assert max(float(b["queue_wait_time_ms"]) for b in batches) >= 250  # the timer-closed batch
@@ -72,7 +61,7 @@ async def test_a_refused_row_is_isolated_and_the_others_land(migrated_db):
             await sink.add(row)
     assert [r for r, _ in rejected] == [bad] and "check" in rejected[0][1].lower()
     assert sink.rejected == 1 and sink.written == 10
-    assert await _count(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 10
+    assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 10
 
 
 @pytest.mark.slow
