@@ -116,7 +116,7 @@ def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 18
     print(f"== worker (http://127.0.0.1:{port}/health, log {log})")
     worker = spawn_worker(port, log)
     try:
-        wait_healthy(port, worker)
+        wait_healthy(port, worker, progress=print)
         learnt_before = _learnt(_models(port, timeout=0))
         print(f"== publishing {examples}/")
         summary = asyncio.run(_run(examples, out, timeout))

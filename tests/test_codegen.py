@@ -103,8 +103,9 @@ print("ok")
 def test_unknown_mixin_gives_a_failed_node_and_result(generator):
     task = fan_out(_prd(nodes=[{"node_type": "effect", "name": "Quantum",
                                 "mixins": ["MixinQuantumEntanglement", "MixinRetry"]}]))[0]
-    with pytest.raises(GenerationFailed, match="unknown mixin MixinQuantumEntanglement"):
+    with pytest.raises(GenerationFailed, match="unknown mixin MixinQuantumEntanglement") as failed:
         generator.generate(task)
+    assert "24 mixins: MixinAudit, MixinAuth," in str(failed.value)  # says what would work
     node, result = generate_node(generator, task, "w1")
     assert not node.success and node.files == [] and "MixinQuantumEntanglement" in node.failure_reason
     assert not result.success and result.mixins == ["MixinQuantumEntanglement", "MixinRetry"]

@@ -86,8 +86,8 @@ class CodeGenerator:
         unknown = [m for m in node.mixins if m not in MIXINS]
         if unknown:
             raise GenerationFailed(
-                f"unknown mixin {', '.join(unknown)}: the templates know {len(MIXINS)} mixins "
-                "(see SPEC.md)")
+                f"unknown mixin {', '.join(unknown)}: the templates know {len(MIXINS)} mixins: "
+                + ", ".join(sorted(MIXINS)))
         name = ident(node.name)
         class_name = f"Node{name}{node.node_type.capitalize()}"
         operations = list(node.operations) or DEFAULT_OPERATIONS[node.node_type]
