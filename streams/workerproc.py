@@ -28,6 +28,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120,
     healthy every few seconds."""
     deadline = time.monotonic() + timeout
     least_lag: int | None = None
+    report: dict | None = None
     said_at = time.monotonic()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
