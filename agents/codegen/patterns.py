@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,8 +22,25 @@ class Hit:
     message: str
 
 
-# A detector gets every node of one module (walked once by scan(); nodes[0] is the Module).
-Detector = Callable[[list[ast.AST]], Iterator[Hit]]
+class ModuleNodes:
+    """Every node of one module, walked once, grouped by type: each detector looks only at the
+    kinds of node it is about instead of testing every node of the module again."""
+
+    def __init__(self, tree: ast.Module):
+        self.tree = tree
+        self.by_type: dict[type, list] = defaultdict(list)
+        for node in ast.walk(tree):
+            self.by_type[type(node)].append(node)
+        self.calls = [(node, _call_name(node)) for node in self.of(ast.Call)]
+        self.functions = self.of(ast.FunctionDef, ast.AsyncFunctionDef)
+
+    def of(self, *types: type) -> list:
+        if len(types) == 1:
+            return self.by_type.get(types[0], [])
+        return [node for t in types for node in self.by_type.get(t, [])]
+
+
+Detector = Callable[[ModuleNodes], Iterator[Hit]]
 
 
 @dataclass(frozen=True)
@@ -31,12 +49,6 @@ class PatternSpec:
     detect: Detector
     confidence: float
     severity: str  # info | warning | error
-
-
-def _functions(nodes: list[ast.AST]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
-    for node in nodes:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            yield node
 
 
 def _call_name(node: ast.Call) -> str:
@@ -61,32 +73,32 @@ def _own_body(fn: ast.AST) -> Iterator[ast.AST]:
             stack.extend(ast.iter_child_nodes(node))
 
 
-def bare_except(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.ExceptHandler) and node.type is None:
+def bare_except(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.of(ast.ExceptHandler):
+        if node.type is None:
             yield Hit(node.lineno, "bare `except:` also catches KeyboardInterrupt and SystemExit")
 
 
-def broad_except_pass(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if (isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Name)
+def broad_except_pass(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.of(ast.ExceptHandler):
+        if (isinstance(node.type, ast.Name)
                 and node.type.id in {"Exception", "BaseException"}
                 and all(isinstance(s, ast.Pass) for s in node.body)):
             yield Hit(node.lineno, f"`except {node.type.id}: pass` silently swallows every error")
 
 
-def mutable_default_argument(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for fn in _functions(nodes):
+def mutable_default_argument(m: ModuleNodes) -> Iterator[Hit]:
+    for fn in m.functions:
         for default in [*fn.args.defaults, *fn.args.kw_defaults]:
             if isinstance(default, ast.List | ast.Dict | ast.Set) or (
                     isinstance(default, ast.Call) and _call_name(default) in {"list", "dict", "set"}):
                 yield Hit(default.lineno, f"mutable default argument in {fn.name}() is shared between calls")
 
 
-def eval_exec(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Call) and _call_name(node) in {"eval", "exec", "__import__", "compile"}:
-            yield Hit(node.lineno, f"{_call_name(node)}() runs code built at run time")
+def eval_exec(m: ModuleNodes) -> Iterator[Hit]:
+    for node, name in m.calls:
+        if name in {"eval", "exec", "__import__", "compile"}:
+            yield Hit(node.lineno, f"{name}() runs code built at run time")
 
 
 BLOCKING = {"time.sleep", "requests.get", "requests.post", "requests.put", "requests.delete",
@@ -95,19 +107,20 @@ BLOCKING = {"time.sleep", "requests.get", "requests.post", "requests.put", "requ
             "socket.create_connection"}
 
 
-def blocking_call_in_async(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for fn in _functions(nodes):
-        if isinstance(fn, ast.AsyncFunctionDef):
-            for node in _own_body(fn):
-                if isinstance(node, ast.Call) and _call_name(node) in BLOCKING:
-                    yield Hit(node.lineno, f"blocking {_call_name(node)}() inside async {fn.name}()")
+def blocking_call_in_async(m: ModuleNodes) -> Iterator[Hit]:
+    if not any(name in BLOCKING for _, name in m.calls):
+        return
+    for fn in m.of(ast.AsyncFunctionDef):
+        for node in _own_body(fn):
+            if isinstance(node, ast.Call) and _call_name(node) in BLOCKING:
+                yield Hit(node.lineno, f"blocking {_call_name(node)}() inside async {fn.name}()")
 
 
-def missing_await(nodes: list[ast.AST]) -> Iterator[Hit]:
+def missing_await(m: ModuleNodes) -> Iterator[Hit]:
     """A coroutine function of this module called as a bare statement, never awaited."""
-    coroutines = {fn.name for fn in _functions(nodes) if isinstance(fn, ast.AsyncFunctionDef)}
-    for node in nodes:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+    coroutines = {fn.name for fn in m.of(ast.AsyncFunctionDef)}
+    for node in m.of(ast.Expr):
+        if isinstance(node.value, ast.Call):
             name = _call_name(node.value).rsplit(".", 1)[-1]
             if name in coroutines or _call_name(node.value) == "asyncio.sleep":
                 yield Hit(node.lineno, f"coroutine {name}() is called but never awaited")
@@ -116,8 +129,8 @@ def missing_await(nodes: list[ast.AST]) -> Iterator[Hit]:
 _SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api_?key|private_?key|credential)s?$", re.I)
 
 
-def hardcoded_secret(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
+def hardcoded_secret(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.of(ast.Assign, ast.AnnAssign, ast.keyword):
         targets: list[ast.expr] = []
         value = None
         if isinstance(node, ast.Assign):
@@ -141,8 +154,8 @@ _BUILTINS = {n for n in dir(builtins) if not n.startswith("_")} - {
     "copyright", "credits", "license", "exit", "quit"}
 
 
-def shadowed_builtin(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
+def shadowed_builtin(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.functions + m.of(ast.Name):
         names: list[tuple[str, int]] = []
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             args = node.args
@@ -154,78 +167,74 @@ def shadowed_builtin(nodes: list[ast.AST]) -> Iterator[Hit]:
                 yield Hit(line, f"`{name}` shadows the builtin of that name")
 
 
-def unused_import(nodes: list[ast.AST]) -> Iterator[Hit]:
-    used = {n.id for n in nodes if isinstance(n, ast.Name)}
-    used |= {n.value.id for n in nodes
-             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+def unused_import(m: ModuleNodes) -> Iterator[Hit]:
+    imports = m.of(ast.Import, ast.ImportFrom)
+    if not imports:
+        return
+    used = {n.id for n in m.of(ast.Name)}
+    used |= {n.value.id for n in m.of(ast.Attribute) if isinstance(n.value, ast.Name)}
     exported: set[str] = set()
-    for node in nodes[0].body:
+    for node in m.tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
                                                  for t in node.targets):
             exported |= {e.value for e in getattr(node.value, "elts", [])
                          if isinstance(e, ast.Constant)}
-    for node in nodes:
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            if isinstance(node, ast.ImportFrom) and node.module == "__future__":
-                continue
-            for alias in node.names:
-                bound = (alias.asname or alias.name).split(".")[0]
-                if bound != "*" and bound not in used and bound not in exported:
-                    yield Hit(node.lineno, f"`{bound}` is imported but never used")
+    for node in imports:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        for alias in node.names:
+            bound = (alias.asname or alias.name).split(".")[0]
+            if bound != "*" and bound not in used and bound not in exported:
+                yield Hit(node.lineno, f"`{bound}` is imported but never used")
 
 
-def wildcard_import(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+def wildcard_import(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.of(ast.ImportFrom):
+        if any(a.name == "*" for a in node.names):
             yield Hit(node.lineno, f"`from {node.module} import *` hides where names come from")
 
 
-def print_call(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Call) and _call_name(node) == "print":
+def print_call(m: ModuleNodes) -> Iterator[Hit]:
+    for node, name in m.calls:
+        if name == "print":
             yield Hit(node.lineno, "print() in library code; use logging")
 
 
-def global_statement(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Global):
-            yield Hit(node.lineno, f"`global {', '.join(node.names)}` makes state hard to follow")
+def global_statement(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.of(ast.Global):
+        yield Hit(node.lineno, f"`global {', '.join(node.names)}` makes state hard to follow")
 
 
-def compare_to_none(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Compare):
-            for op, right in zip(node.ops, node.comparators, strict=True):
-                if isinstance(op, ast.Eq | ast.NotEq) and isinstance(right, ast.Constant) \
-                        and right.value is None:
-                    yield Hit(node.lineno, "compare to None with `is` / `is not`")
+def compare_to_none(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.of(ast.Compare):
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            if isinstance(op, ast.Eq | ast.NotEq) and isinstance(right, ast.Constant) and right.value is None:
+                yield Hit(node.lineno, "compare to None with `is` / `is not`")
 
 
-def shell_injection(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Call) and _call_name(node).startswith(("subprocess.", "os.popen")):
+def shell_injection(m: ModuleNodes) -> Iterator[Hit]:
+    for node, name in m.calls:
+        if name.startswith(("subprocess.", "os.popen")):
             for kw in node.keywords:
                 if kw.arg == "shell" and isinstance(kw.value, ast.Constant) and kw.value.value is True:
                     yield Hit(node.lineno, "subprocess with shell=True")
 
 
-def weak_hash(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Call) and _call_name(node) in {"hashlib.md5", "hashlib.sha1"}:
-            yield Hit(node.lineno, f"{_call_name(node)}() is not collision resistant")
+def weak_hash(m: ModuleNodes) -> Iterator[Hit]:
+    for node, name in m.calls:
+        if name in {"hashlib.md5", "hashlib.sha1"}:
+            yield Hit(node.lineno, f"{name}() is not collision resistant")
 
 
-def unsafe_deserialization(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Call) and _call_name(node) in {
-                "pickle.loads", "pickle.load", "marshal.loads", "yaml.load"}:
-            yield Hit(node.lineno, f"{_call_name(node)}() can run code from its input")
+def unsafe_deserialization(m: ModuleNodes) -> Iterator[Hit]:
+    for node, name in m.calls:
+        if name in {"pickle.loads", "pickle.load", "marshal.loads", "yaml.load"}:
+            yield Hit(node.lineno, f"{name}() can run code from its input")
 
 
-def assert_for_validation(nodes: list[ast.AST]) -> Iterator[Hit]:
-    for node in nodes:
-        if isinstance(node, ast.Assert):
-            yield Hit(node.lineno, "assert is stripped under -O; raise an exception to validate")
+def assert_for_validation(m: ModuleNodes) -> Iterator[Hit]:
+    for node in m.of(ast.Assert):
+        yield Hit(node.lineno, "assert is stripped under -O; raise an exception to validate")
 
 
 def _is_sleep_zero(stmt: ast.stmt) -> bool:
@@ -235,11 +244,11 @@ def _is_sleep_zero(stmt: ast.stmt) -> bool:
             and stmt.value.value.args[0].value == 0)
 
 
-def stub_operation(nodes: list[ast.AST]) -> Iterator[Hit]:
+def stub_operation(m: ModuleNodes) -> Iterator[Hit]:
     """A scaffold left as is: the body only yields to the loop and returns a literal. Generated
     effect operations start like this on purpose; teams that find the reminder noisy say so
     through pattern feedback, which is how it gets suppressed."""
-    for fn in _functions(nodes):
+    for fn in m.functions:
         body = list(fn.body)
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                 and isinstance(body[0].value.value, str):
@@ -273,11 +282,11 @@ DETECTORS: tuple[PatternSpec, ...] = (
 BY_NAME = {p.name: p for p in DETECTORS}
 
 
-def scan(tree: ast.Module, file: str | None = None,
+def scan(module: ast.Module | ModuleNodes, file: str | None = None,
          suppressed: frozenset[str] = frozenset()) -> list[PatternFinding]:
     """Run every detector not suppressed (by pattern feedback) on one parsed module."""
     findings = []
-    nodes = list(ast.walk(tree))
+    nodes = module if isinstance(module, ModuleNodes) else ModuleNodes(module)
     for spec in DETECTORS:
         if spec.name in suppressed:
             continue

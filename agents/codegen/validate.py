@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from agents.codegen.patterns import scan
+from agents.codegen.patterns import ModuleNodes, scan
 from schemas.events import GeneratedFile, PatternFinding
 
 SEVERITY_WEIGHT = {"info": 0.02, "warning": 0.08, "error": 0.2}
@@ -48,28 +48,28 @@ def c3_linearize(name: str, bases: dict[str, list[str]], _stack: tuple[str, ...]
 
 
 def validate(files: list[GeneratedFile], suppressed: frozenset[str] = frozenset()) -> ValidationReport:
-    trees: dict[str, ast.Module] = {}
+    modules: dict[str, ModuleNodes] = {}
     for f in files:
         try:  # compiling the AST checks what parsing alone does not (e.g. `return` outside def)
-            trees[f.path] = ast.parse(f.content, f.path)
-            compile(trees[f.path], f.path, "exec", dont_inherit=True)
+            tree = ast.parse(f.content, f.path)
+            compile(tree, f.path, "exec", dont_inherit=True)
         except SyntaxError as exc:
             raise ValidationFailed(f"{f.path}:{exc.lineno}: does not compile: {exc.msg}") from None
+        modules[f.path] = ModuleNodes(tree)  # walked once, for the classes and every detector
     bases: dict[str, list[str]] = {}
-    for tree in trees.values():
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef):
-                names = []
-                for b in node.bases:
-                    if not isinstance(b, ast.Name):
-                        raise ValidationFailed(f"class {node.name}: unsupported base expression")
-                    names.append(b.id)
-                bases[node.name] = names
+    for module in modules.values():
+        for node in module.of(ast.ClassDef):
+            names = []
+            for b in node.bases:
+                if not isinstance(b, ast.Name):
+                    raise ValidationFailed(f"class {node.name}: unsupported base expression")
+                names.append(b.id)
+            bases[node.name] = names
     report = ValidationReport()
     for cls in bases:
         report.mro[cls] = c3_linearize(cls, bases)
-    for path, tree in trees.items():
-        report.findings.extend(scan(tree, path, suppressed))
+    for path, module in modules.items():
+        report.findings.extend(scan(module, path, suppressed))
     penalty = sum(SEVERITY_WEIGHT[f.severity] * f.confidence for f in report.findings)
     report.quality_score = round(max(0.0, 1.0 - penalty), 3)
     return report
