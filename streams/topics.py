@@ -29,7 +29,25 @@ async def ensure_topics(bootstrap: str, specs: tuple[TopicSpec, ...] = ALL, part
         except TopicAlreadyExistsError:
             pass  # another worker created it first
         created = [s.name for s in missing]
+        await _until_served(bootstrap, {t.name: t.num_partitions for t in new}, security)
         log.info("created topics", extra={"metadata": {"topics": created}})
         return created
     finally:
         await admin.close()
+
+
+async def _until_served(bootstrap: str, partitions_of: dict[str, int], security: dict) -> None:
+    """A new topic's partitions take a moment to get a serving leader; clients that use them at
+    once log NotLeaderForPartition while they retry. Asking for their end offsets waits (with
+    aiokafka's quiet retries) until every partition answers."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **security)
+    await consumer.start()
+    try:
+        await consumer.end_offsets([TopicPartition(name, p) for name, n in partitions_of.items()
+                                    for p in range(n)])
+    except Exception:  # best effort: the clients retry on their own
+        log.debug("new topics not confirmed served", exc_info=True)
+    finally:
+        await consumer.stop()
