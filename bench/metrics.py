@@ -121,7 +121,7 @@ async def ingest(n: int) -> dict:
                           OMNISTREAM_METRIC_HOPPING_WINDOW_S="0", OMNISTREAM_METRIC_IDLE_CLOSE_S="2")
     name = f"bench_{uuid.uuid4().hex[:8]}"
     try:
-        await asyncio.to_thread(wait_healthy, port, worker)
+        await asyncio.to_thread(wait_healthy, port, worker, 120, lambda m: print(f"  {m}", flush=True))
         await asyncio.sleep(2)
         began = time.perf_counter()
         start, end = await _publish(settings.kafka_bootstrap, name, n, series=20)

@@ -147,7 +147,7 @@ def start_worker() -> subprocess.Popen:
         OMNISTREAM_AUTO_OFFSET_RESET="latest",
         OMNISTREAM_APP_ID=f"omnistream-bench-{uuid.uuid4().hex[:6]}")
     try:
-        wait_healthy(port, proc)
+        wait_healthy(port, proc, progress=lambda m: print(f"  {m}", flush=True))
     except SystemExit:
         stop_worker(proc)
         raise
