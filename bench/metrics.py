@@ -195,7 +195,7 @@ def print_report(r: dict) -> None:
     i, s = r["ingest"], r["sink"]
     print(f"  metrics ingest {i['aggregated']}/{i['events']} events: {i['pipeline_events_per_s']:,} ev/s "
           f"| bare consumer {i['bare_consumer_events_per_s']:,} ev/s ({i['vs_bare']:.2f}x) "
-          f"| one INSERT per event {i['naive_insert_events_per_s']:,} ev/s ({i['vs_naive']:.1f}x faster)")
+          f"| one INSERT per event {i['naive_insert_events_per_s']:,} ev/s ({i['vs_naive']:.2f}x)")
     print(f"  sink {s['rows']} rows: {s['sink_rows_per_s']:,} rows/s | raw copy_records_to_table "
           f"{s['raw_copy_rows_per_s']:,} rows/s into a temp table ({s['sink_vs_raw_copy']:.2f}x), "
           f"{s['copy_same_table_rows_per_s']:,} into the same table ({s['sink_vs_copy_same_table']:.2f}x) "
