@@ -241,39 +241,15 @@ def _replay(args: argparse.Namespace) -> int:
 def _alerts(args: argparse.Namespace) -> int:
     if args.action:
         return _alert_command(args)
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from schemas.codec import DecodeError, decode
     from schemas.events import Alert
     from schemas.topics import ALERTS
-    from streams.config import Settings
-
-    settings = Settings.from_env()
+    from streams.client import OmnistreamClient
 
     async def go() -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                    enable_auto_commit=False, **settings.kafka_security)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(ALERTS.name, p) for p in range(ALERTS.partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for rec in records:
-                        try:
-                            alert = decode(Alert, rec.value)
-                        except DecodeError:
-                            continue
-                        if args.open_only and alert.state == "resolved":
-                            continue
-                        print(alert.model_dump_json(), flush=True)
-                if not args.follow and all([await consumer.position(tp) >= end[tp] for tp in tps]):
-                    return
-        finally:
-            await consumer.stop()
+        async with OmnistreamClient() as client:
+            async for alert in client.subscribe(ALERTS, Alert, to_end=not args.follow):
+                if not (args.open_only and alert.state == "resolved"):
+                    print(alert.model_dump_json(), flush=True)
 
     asyncio.run(go())
     return 0

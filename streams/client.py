@@ -13,13 +13,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel
 
 from schemas import topics as spec
 from schemas.codec import DecodeError, decode, encode
 from schemas.events import GeneratedNode, PrdCompleted, PrdSubmitted
 from streams.config import Settings
+from streams.replica import topic_partitions
 from streams.topics import ensure_topics
 
 M = TypeVar("M", bound=BaseModel)
@@ -71,17 +72,26 @@ class OmnistreamClient:
     async def subscribe(self, topic: spec.TopicSpec, model: type[M], *,
                         correlation_ids: set[str] | None = None, count: int | None = None,
                         timeout: float | None = None, from_beginning: bool = True,
-                        ) -> AsyncIterator[M]:
-        """Yield decoded values (optionally of some correlation ids) until count or timeout."""
+                        to_end: bool = False) -> AsyncIterator[M]:
+        """Yield decoded values (optionally of some correlation ids) until count or timeout;
+        with `to_end`, also stop once everything the topic held when we started has been read."""
         consumer = AIOKafkaConsumer(
-            topic.name, bootstrap_servers=self.bootstrap, group_id=None,
+            *(() if to_end else (topic.name,)), bootstrap_servers=self.bootstrap, group_id=None,
             auto_offset_reset="earliest" if from_beginning else "latest",
             enable_auto_commit=False, **self.settings.kafka_security)
         await consumer.start()
         seen = 0
         deadline = None if timeout is None else time.monotonic() + timeout
+        end: dict[TopicPartition, int] | None = None
         try:
+            if to_end:  # an explicit assignment, so positions exist from the start
+                tps = await topic_partitions(self.bootstrap, topic.name, self.settings.kafka_security)
+                consumer.assign(tps)
+                await (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
+                end = await consumer.end_offsets(tps)
             while count is None or seen < count:
+                if end is not None and all([await consumer.position(tp) >= off for tp, off in end.items()]):
+                    return
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return
