@@ -29,18 +29,13 @@ from schemas.codec import encode
 from schemas.events import MetricEvent
 from schemas.topics import METRICS_EVENTS
 from streams import tables
+from streams.alerting import window_closed
 from streams.app import app, metrics_events, settings
 from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header
 from streams.emit import emitter
 from streams.metrics import EVENTS_PROCESSED
 from streams.sink import PgBatchSink
 from streams.tables import KIND_HEADER
-
-
-async def on_window_closed(agg: Aggregate) -> None:
-    from streams.alerting import window_closed
-
-    await window_closed(agg)
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +172,7 @@ async def metrics_aggregator(stream: Any) -> None:
         async for event in stream.noack().events():
             if header(event, KIND_HEADER) == "tick":
                 for agg in aggregator.flush(event.message.partition):
-                    await on_window_closed(agg)
+                    await window_closed(agg)
                 event.ack()
             elif not await handle_event(event, MetricEvent, "metrics-aggregator", handle):
                 event.ack()

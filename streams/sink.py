@@ -53,6 +53,7 @@ class PgBatchSink:
                  stage_ddl: str | None = None, source_topic: str | None = None,
                  record_batches: bool = True):
         self.dsn, self.table, self.columns = dsn, table, list(columns)
+        self._pending_gauge = SINK_PENDING.labels(table)  # set on every add: look the child up once
         self.on_conflict, self.dedupe_key = on_conflict, dedupe_key
         self.max_rows, self.max_ms, self.max_pending = max_rows, max_ms, max_pending
         self.on_reject, self.backoff_max_s = on_reject, backoff_max_s
@@ -110,7 +111,7 @@ class PgBatchSink:
         self._rows.append(row)
         if on_commit is not None:
             self._callbacks.append(on_commit)
-        SINK_PENDING.labels(self.table).set(len(self._rows))
+        self._pending_gauge.set(len(self._rows))
         if len(self._rows) >= self.max_rows:
             await self.flush()
 
@@ -140,9 +141,9 @@ class PgBatchSink:
             self._rows, self._callbacks, self._oldest = [], [], None
             if self.dedupe_key is not None:
                 rows = list({self.dedupe_key(r): r for r in rows}.values())
-            SINK_PENDING.labels(self.table).set(len(rows) + len(self._rows))
+            self._pending_gauge.set(len(rows) + len(self._rows))
             await self._write_with_retry(rows, oldest)
-            SINK_PENDING.labels(self.table).set(len(self._rows))
+            self._pending_gauge.set(len(self._rows))
             self._room.set()
             for callback in callbacks:
                 callback()
