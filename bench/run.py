@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -15,9 +16,8 @@ def _write(name: str, data: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     data = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-                        "postgres_durability": __import__("os").environ.get("OMNISTREAM_PG_DURABILITY",
-                                                                             "full")},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "postgres_durability": os.environ.get("OMNISTREAM_PG_DURABILITY", "full")},
             **data}
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     return path
@@ -27,7 +27,6 @@ def isolated_stack():
     """A throwaway Kafka + PostgreSQL on free ports: load runs never touch the user's topics
     (every consumer group would otherwise have to work through the benchmark's PRDs)."""
     import contextlib
-    import os
     import shutil
     import tempfile
 

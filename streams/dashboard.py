@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from streams.app import app, settings
 
@@ -83,8 +84,6 @@ async def dashboard_data(window_s: float | None = None) -> dict[str, Any]:
 
 
 def _series_name(chart: str, labels_json: str) -> str:
-    import orjson
-
     labels = orjson.loads(labels_json) if labels_json else {}
     keep = {k: v for k, v in labels.items() if k in ("node_type", "status", "worker")}
     if chart == "model_accuracy":
