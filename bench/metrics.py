@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -56,48 +58,54 @@ async def _publish(bootstrap: str, name: str, n: int, series: int) -> tuple[dict
     return start, end
 
 
-async def _bare(bootstrap: str, start: dict, end: dict) -> float:
+@contextlib.asynccontextmanager
+async def _reader_at(bootstrap: str, start: dict) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer positioned at the offsets the published events start from."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(list(start))
         for tp, off in start.items():
             consumer.seek(tp, off)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def _bare(bootstrap: str, start: dict, end: dict) -> float:
+    async with _reader_at(bootstrap, start) as consumer:
         seen, began = 0, time.perf_counter()
         while any([await consumer.position(tp) < end[tp] for tp in start]):
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             seen += sum(len(r) for r in batch.values())
         return seen / (time.perf_counter() - began)
-    finally:
-        await consumer.stop()
 
 
 async def _naive(bootstrap: str, db: str, start: dict, end: dict, limit: int) -> float:
     """The naive way: read the same events, decode each, one INSERT (one transaction) per event."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     conn = await asyncpg.connect(db)
-    await consumer.start()
     try:
         await conn.execute("CREATE TEMP TABLE naive_samples (id uuid PRIMARY KEY, name text, value float8, "
                            "labels jsonb, at timestamptz)")
-        consumer.assign(list(start))
-        for tp, off in start.items():
-            consumer.seek(tp, off)
-        seen, began = 0, time.perf_counter()
-        while seen < limit:
-            batch = await consumer.getmany(timeout_ms=500, max_records=500)
-            for record in (r for records in batch.values() for r in records):
-                m = decode(MetricEvent, record.value)
-                await conn.execute("INSERT INTO naive_samples VALUES ($1, $2, $3, $4, $5) "
-                                   "ON CONFLICT (id) DO NOTHING", m.id, m.name, m.value,
-                                   orjson.dumps(m.labels).decode(), m.occurred_at)
-                seen += 1
-                if seen == limit:
-                    break
-        return seen / (time.perf_counter() - began)
+        async with _reader_at(bootstrap, start) as consumer:
+            return await _insert_each(consumer, conn, limit)
     finally:
-        await consumer.stop()
         await conn.close()
+
+
+async def _insert_each(consumer: AIOKafkaConsumer, conn: asyncpg.Connection, limit: int) -> float:
+    seen, began = 0, time.perf_counter()
+    while seen < limit:
+        batch = await consumer.getmany(timeout_ms=500, max_records=500)
+        for record in (r for records in batch.values() for r in records):
+            m = decode(MetricEvent, record.value)
+            await conn.execute("INSERT INTO naive_samples VALUES ($1, $2, $3, $4, $5) "
+                               "ON CONFLICT (id) DO NOTHING", m.id, m.name, m.value,
+                               orjson.dumps(m.labels).decode(), m.occurred_at)
+            seen += 1
+            if seen == limit:
+                break
+    return seen / (time.perf_counter() - began)
 
 
 async def _aggregated(db: str, name: str) -> int:
