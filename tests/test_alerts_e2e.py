@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -61,6 +62,13 @@ async def _alert_events(client: OmnistreamClient, fp: str, timeout: float, until
     return out
 
 
+def _worker_env(rules: Path, **extra: str) -> dict[str, str]:
+    """A worker that starts at the end, closes 2 s windows quickly and ticks its alerts every second."""
+    return {"OMNISTREAM_AUTO_OFFSET_RESET": "latest", "OMNISTREAM_METRIC_WINDOW_S": "2",
+            "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0", "OMNISTREAM_METRIC_LATENESS_S": "0.5",
+            "OMNISTREAM_ALERT_TICK_S": "1", "OMNISTREAM_ALERT_RULES": str(rules), **extra}
+
+
 async def test_alert_lifecycle_ack_and_silence(services, migrated_db, tmp_path):
     tag = uuid.uuid4().hex[:6]
     lat, err, queue = f"t{tag}_latency", f"t{tag}_errors", f"t{tag}_queue"
@@ -76,11 +84,8 @@ rules:
 """)
     hook = Hook()
     await hook.start()
-    worker = start_worker(services, migrated_db, f"omnistream-alerts-{tag}", "a", {
-        "OMNISTREAM_AUTO_OFFSET_RESET": "latest", "OMNISTREAM_METRIC_WINDOW_S": "2",
-        "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0", "OMNISTREAM_METRIC_LATENESS_S": "0.5",
-        "OMNISTREAM_ALERT_TICK_S": "1", "OMNISTREAM_ALERT_RULES": str(rules),
-        "OMNISTREAM_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{hook.port}/hook"})
+    worker = start_worker(services, migrated_db, f"omnistream-alerts-{tag}", "a", _worker_env(
+        rules, OMNISTREAM_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{hook.port}/hook"))
     env = services.env(DATABASE_URL=migrated_db, OMNISTREAM_APP_ID=f"omnistream-alerts-{tag}")
     try:
         await asyncio.sleep(3)
@@ -148,9 +153,7 @@ rules:
       identify_by: [svc]}}
 """)
     app_id = f"omnistream-restart-{tag}"
-    worker_env = {"OMNISTREAM_AUTO_OFFSET_RESET": "latest", "OMNISTREAM_METRIC_WINDOW_S": "2",
-                  "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0", "OMNISTREAM_METRIC_LATENESS_S": "0.5",
-                  "OMNISTREAM_ALERT_TICK_S": "1", "OMNISTREAM_ALERT_RULES": str(rules)}
+    worker_env = _worker_env(rules)
     fp = fingerprint(f"depth_{tag}", "critical", {"svc": "db"})
     worker = start_worker(services, migrated_db, app_id, "first", worker_env)
     try:
