@@ -298,7 +298,10 @@ class DeadLetter(Envelope):
     offset: StrictInt = Field(ge=0)
     key: str | None = None
     value: str | None = Field(default=None, description="original value as UTF-8 text, if it is")
-    value_b64: str = Field(description="original value bytes, base64")
+    value_b64: str = Field(description="original value bytes (the first 256 KiB when truncated), base64")
+    value_size: StrictInt | None = Field(default=None, ge=0, description="size of the original value")
+    value_sha256: str | None = Field(default=None, description="SHA-256 of the whole original value")
+    truncated: StrictBool = False
     error_type: Name
     error: Annotated[str, StringConstraints(max_length=4000)]
     agent: Name | None = None

@@ -1,4 +1,4 @@
-"""Faust agents. Each stays thin: decode (streams.dlq), call the domain code in agents/, send.
+"""Faust agents. Each stays thin: decode (streams.processing), call the domain code in agents/, send.
 
 PRD flow: prd.requests → prd-fanout → codegen.tasks → codegen-render → codegen.generated
 (+ codegen.results) → prd-assembler (table keyed by correlation id) → codegen.completed.
@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from agents.codegen.pipeline import generate_node
 from agents.codegen.render import CodeGenerator
 from agents.logging import log_context
 from schemas.codec import encode
-from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdSubmitted
+from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_GENERATED, CODEGEN_TASKS
 from streams import tables
 from streams.app import (
@@ -35,10 +36,19 @@ from streams.app import (
     prd_requests,
     settings,
 )
-from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header, run_intake
+from streams.dlq import CORRELATION_HEADER, correlation_headers
 from streams.emit import emitter
 from streams.learning import models, patterns
-from streams.sink import PgBatchSink
+from streams.processing import (
+    control_kind,
+    handle_event,
+    held,
+    run_batches,
+    run_intake,
+    table_delete,
+    table_put,
+)
+from streams.sink import PgBatchSink, run_sink
 from streams.tables import KIND_HEADER
 
 log = logging.getLogger(__name__)
@@ -116,51 +126,89 @@ async def codegen_render(stream: Any) -> None:
 # ---------------------------------------------------------------------------- assembler
 
 
-async def _complete(cid: str, state: dict, timed_out: bool) -> None:
+def _complete(cid: str, state: dict, timed_out: bool) -> tuple[dict, PrdCompleted]:
     now = time.time()
     done = assembler.completed_event(state, cid, now, WORKER_ID, timed_out=timed_out)
-    await codegen_completed.send(key=cid.encode(), value=encode(done), headers=correlation_headers(cid))
-    assembly_table[cid] = assembler.mark_done(state, now)
     emitter.emit("prd_completion_ms", done.duration_ms, "histogram", status=done.status)
     log.info("PRD completed", extra={"metadata": {
         "prd_id": done.prd_id, "status": done.status, "missing": done.missing,
         "failed": done.failed, "ms": done.duration_ms}})
+    return assembler.mark_done(state, now), done
 
 
-async def _on_node(node: GeneratedNode, event: Any) -> None:
-    cid = str(node.correlation_id)
-    if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
-        await assembler_inbox.send(key=cid.encode(), value=event.value, headers={
-            **correlation_headers(cid), KIND_HEADER: b"node"})
-        return
-    state = assembler.add_node(assembly_table.get(cid), node, time.time(), ASSEMBLY_DEADLINE_S)
-    assembly_table[cid] = state
-    if assembler.is_complete(state):
-        await _complete(cid, state, timed_out=False)
+class Assembly:
+    """One batch of the assembler: states changed in it, written to the table at its end.
 
+    Adding a node is idempotent (a node overwrites itself by name) and a completed PRD is
+    marked done, so a replayed event changes nothing; a completion sent again after a crash
+    carries the same event id (assembler.completion_id)."""
 
-async def _on_tick(event: Any) -> None:
-    cid = event.key.decode()
-    state = assembly_table.get(cid)
-    if state is None:
-        return
-    action = orjson.loads(event.value).get("action")
-    with log_context(correlation_id=cid, component="prd-assembler"):
-        if action == "expire" and assembler.is_overdue(state, time.time()):
-            await _complete(cid, state, timed_out=True)
-        elif action == "purge" and state.get("done"):
-            del assembly_table[cid]
+    def __init__(self) -> None:
+        self.changed: dict[str, tuple[str, int, dict | None]] = {}  # cid → (topic, partition, state)
+        self.completed: list[PrdCompleted] = []
+
+    def state(self, cid: str) -> dict | None:
+        if cid in self.changed:
+            return self.changed[cid][2]
+        return assembly_table.get(cid)
+
+    def put(self, event: Any, cid: str, state: dict | None) -> None:
+        self.changed[cid] = (event.message.topic, event.message.partition, state)
+
+    async def on_node(self, node: GeneratedNode, event: Any) -> None:
+        cid = str(node.correlation_id)
+        if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
+            await assembler_inbox.send(key=cid.encode(), value=encode(node), headers={
+                **correlation_headers(cid), KIND_HEADER: b"node"})
+            return
+        state = assembler.add_node(self.state(cid), node, time.time(), ASSEMBLY_DEADLINE_S)
+        if assembler.is_complete(state):
+            state, done = _complete(cid, state, timed_out=False)
+            self.completed.append(done)
+        self.put(event, cid, state)
+
+    def on_tick(self, event: Any) -> None:
+        cid = (event.key or b"").decode("utf-8", "replace")
+        state = self.state(cid)
+        if state is None:
+            return
+        action = orjson.loads(event.value).get("action")
+        with log_context(correlation_id=cid, component="prd-assembler"):
+            if action == "expire" and assembler.is_overdue(state, time.time()):
+                state, done = _complete(cid, state, timed_out=True)
+                self.completed.append(done)
+                self.put(event, cid, state)
+            elif action == "purge" and state.get("done"):
+                self.put(event, cid, None)
+
+    async def finish(self) -> None:
+        for done in self.completed:
+            cid = str(done.correlation_id)
+            await codegen_completed.send(key=cid.encode(), value=encode(done),
+                                         headers=correlation_headers(cid))
+        for cid, (topic, partition, state) in self.changed.items():
+            if not held(topic, partition):
+                continue  # revoked meanwhile: the new owner replays these events
+            if state is None:
+                table_delete(assembly_table, partition, cid)
+            else:
+                table_put(assembly_table, partition, cid, state)
 
 
 @app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,
                      value_type=bytes, value_serializer="raw", key_serializer="raw"),
            name="prd-assembler")
 async def prd_assembler(stream: Any) -> None:
-    async for event in stream.events():
-        if header(event, KIND_HEADER) == "tick":
-            await _on_tick(event)
-        else:
-            await handle_event(event, GeneratedNode, "prd-assembler", _on_node)
+    async def on_batch(events: Sequence[Any]) -> None:
+        batch = Assembly()
+        for event in events:
+            if control_kind(event) == "tick":
+                batch.on_tick(event)
+            else:
+                await handle_event(event, GeneratedNode, "prd-assembler", batch.on_node)
+        await batch.finish()
+
+    await run_batches(stream, "prd-assembler", on_batch)
 
 
 _ticks_sent: dict[str, float] = {}
@@ -204,20 +252,11 @@ def generation_row(node: GeneratedNode) -> tuple:
 
 @app.agent(codegen_generated, name="generation-metrics-sink")
 async def generation_metrics_sink(stream: Any) -> None:
-    """codegen.generated → generation_performance_metrics; an event is acked (its offset may
-    be committed) only after the batch holding its row has committed."""
-    sink = PgBatchSink(settings.database_url, "generation_performance_metrics", GENERATION_COLUMNS)
-    await sink.start()
-
-    async def handle(node: GeneratedNode, event: Any) -> None:
-        await sink.add(generation_row(node), on_commit=event.ack)
-
-    try:
-        async for event in stream.noack().events():
-            if not await handle_event(event, GeneratedNode, "generation-metrics-sink", handle):
-                event.ack()  # dead-lettered: nothing to write
-    finally:
-        await sink.stop()
+    """codegen.generated → generation_performance_metrics (one row per node id); a batch is
+    acked only after its rows have committed."""
+    await run_sink(stream, "generation-metrics-sink", GeneratedNode, PgBatchSink(
+        settings.database_url, "generation_performance_metrics", GENERATION_COLUMNS,
+        source_topic=CODEGEN_GENERATED.name), generation_row)
 
 
 CACHE_COLUMNS = ("template_name", "template_type", "worker_id", "content_hash", "size_bytes",

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +26,25 @@ from prometheus_client import Counter
 
 from agents.monitoring.alerting import AlertEngine, Change, new_state
 from agents.monitoring.rules import load
-from agents.monitoring.windows import Aggregate
+from agents.monitoring.windows import Aggregate, labels_hash
 from schemas.codec import encode
 from schemas.events import Alert, AlertCommand
 from streams import tables
 from streams.app import alerts, alerts_commands, app, settings
-from streams.dlq import CORRELATION_HEADER, handle_event, header, run_intake, send_to_dlq
+from streams.dlq import CORRELATION_HEADER, send_to_dlq
+from streams.errors import InputRefused
 from streams.notify import post_webhook
+from streams.processing import (
+    Applied,
+    control_kind,
+    handle_event,
+    held,
+    origin,
+    run_batches,
+    run_intake,
+    source_headers,
+    table_put,
+)
 from streams.sink import PgBatchSink
 from streams.tables import KIND_HEADER
 
@@ -64,7 +77,7 @@ async def window_closed(agg: Aggregate) -> None:
     stats = {"count": row["sample_count"], "sum": row["value_sum"], "min": row["value_min"],
              "max": row["value_max"], "p50": row["p50"], "p95": row["p95"], "p99": row["p99"]}
     await alert_inbox.send(key=ENGINE_KEY.encode(), value=orjson.dumps({
-        "metric": agg.name, "stats": stats, "labels": agg.labels, "end": agg.end}),
+        "metric": agg.name, "stats": stats, "labels": agg.labels, "start": agg.start, "end": agg.end}),
         headers={KIND_HEADER: b"window", CORRELATION_HEADER: b""})
 
 
@@ -72,7 +85,8 @@ async def window_closed(agg: Aggregate) -> None:
 async def alert_commands_intake(stream: Any) -> None:
     async def handle(cmd: AlertCommand, event: Any) -> None:
         await alert_inbox.send(key=ENGINE_KEY.encode(), value=encode(cmd), headers={
-            KIND_HEADER: b"command", CORRELATION_HEADER: str(cmd.correlation_id).encode()})
+            KIND_HEADER: b"command", CORRELATION_HEADER: str(cmd.correlation_id).encode(),
+            **source_headers(event)})
 
     await run_intake(stream, AlertCommand, "alert-commands-intake", handle)
 
@@ -130,38 +144,78 @@ def _state() -> dict[str, Any]:
     return alert_table.get(ENGINE_KEY) or new_state()
 
 
+def _window_seen(state: dict[str, Any], w: dict[str, Any]) -> bool:
+    """A closed window sent again (its aggregator replayed after a crash) is observed once."""
+    seen = state.setdefault("windows_seen", {})
+    key = f"{w['metric']}|{labels_hash(w['labels'])}|{w['end'] - w.get('start', w['end']):g}"
+    if w["end"] <= seen.get(key, float("-inf")):
+        return True
+    seen[key] = w["end"]
+    return False
+
+
+class Evaluation:
+    """One batch of the alert inbox applied to the engine state.
+
+    The engine's clock is the inbox records' timestamps (never going back), so the state after
+    a record is a function of the records before it: a replay after a crash rebuilds the same
+    alerts with the same ids. Records at or below `inbox_offset` are already in the state."""
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+        self.changes: list[Change] = []
+
+    async def apply(self, event: Any) -> None:
+        state, offset = self.state, event.message.offset
+        if offset <= state.get("inbox_offset", -1):
+            return
+        stamp = event.message.timestamp if event.message.timestamp and event.message.timestamp > 0 \
+            else time.time()
+        now = state["clock"] = max(state.get("clock", 0.0), stamp)
+        state["inbox_offset"] = offset
+        kind = control_kind(event)
+        if kind == "command":
+            await handle_event(event, AlertCommand, "alert-evaluator", self.on_command)
+        elif kind == "window":
+            try:
+                w = orjson.loads(event.value)
+                if not _window_seen(state, w):
+                    self.changes += engine.observe(state, w["metric"], w["stats"], w["labels"], now)
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                await send_to_dlq(event, "schema", f"not a closed window: {exc}", "alert-evaluator")
+        elif kind == "tick":
+            self.changes += engine.tick(state, now)
+
+    async def on_command(self, cmd: AlertCommand, event: Any) -> None:
+        applied = self.state.setdefault("applied", {})
+        where, offset = origin(event)
+        if Applied.seen(applied, where, offset):
+            return
+        Applied.mark(applied, where, offset)
+        try:
+            self.changes += engine.command(self.state, cmd.action, cmd.alert_id, self.state["clock"],
+                                           by=cmd.by, duration_s=cmd.duration_s)
+        except (KeyError, ValueError) as exc:
+            raise InputRefused("alert_command_refused", str(exc)) from None
+
+
 @app.agent(alert_inbox, name="alert-evaluator")
 async def alert_evaluator(stream: Any) -> None:
     global _sink
     _sink = await PgBatchSink(settings.database_url, "alerts", ALERT_COLUMNS, on_conflict=_ALERT_UPSERT,
                               dedupe_key=lambda row: row[0], max_ms=500, source_topic="alerts").start()
 
-    async def on_command(cmd: AlertCommand, event: Any) -> None:
-        state = _state()
-        try:
-            changes = engine.command(state, cmd.action, cmd.alert_id, time.time(), by=cmd.by,
-                                     duration_s=cmd.duration_s)
-        except (KeyError, ValueError) as exc:
-            await send_to_dlq(event, "alert_command_refused", str(exc), "alert-evaluator")
-            return
-        alert_table[ENGINE_KEY] = state
-        await _publish(changes)
+    async def on_batch(events: Sequence[Any]) -> None:
+        batch = Evaluation(_state())
+        for event in events:
+            await batch.apply(event)
+        await _publish(batch.changes)
+        await _sink.flush()  # alert rows are in PostgreSQL before the state that made them
+        if held(alert_inbox.get_topic_name(), 0):
+            table_put(alert_table, 0, ENGINE_KEY, batch.state)
 
     try:
-        async for event in stream.events():
-            kind = header(event, KIND_HEADER)
-            if kind == "command":
-                await handle_event(event, AlertCommand, "alert-evaluator", on_command)
-                continue
-            state = _state()
-            if kind == "window":
-                w = orjson.loads(event.value)
-                changes = engine.observe(state, w["metric"], w["stats"], w["labels"], time.time())
-            else:  # tick
-                changes = engine.tick(state, time.time())
-            if changes or kind == "window":
-                alert_table[ENGINE_KEY] = state
-            await _publish(changes)
+        await run_batches(stream, "alert-evaluator", on_batch)
     finally:
         await _sink.stop()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from typing import TypeVar
 
@@ -24,6 +25,22 @@ from streams.replica import topic_partitions
 from streams.topics import ensure_topics
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class RecentIds:
+    """The last `size` ids seen (a duplicate comes soon after its original)."""
+
+    def __init__(self, size: int = 100_000):
+        self.size = size
+        self._ids: OrderedDict[object, None] = OrderedDict()
+
+    def seen(self, value_id: object) -> bool:
+        if value_id in self._ids:
+            return True
+        self._ids[value_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return False
 
 
 class OmnistreamClient:
@@ -74,13 +91,16 @@ class OmnistreamClient:
                         timeout: float | None = None, from_beginning: bool = True,
                         to_end: bool = False) -> AsyncIterator[M]:
         """Yield decoded values (optionally of some correlation ids) until count or timeout;
-        with `to_end`, also stop once everything the topic held when we started has been read."""
+        with `to_end`, also stop once everything the topic held when we started has been read.
+        Outputs are at-least-once with deterministic ids: a value whose id was already yielded
+        (a worker sent it again after a crash) is dropped here."""
         consumer = AIOKafkaConsumer(
             *(() if to_end else (topic.name,)), bootstrap_servers=self.bootstrap, group_id=None,
             auto_offset_reset="earliest" if from_beginning else "latest",
             enable_auto_commit=False, **self.settings.kafka_security)
         await consumer.start()
         seen = 0
+        seen_ids = RecentIds()
         deadline = None if timeout is None else time.monotonic() + timeout
         end: dict[TopicPartition, int] | None = None
         try:
@@ -103,6 +123,8 @@ class OmnistreamClient:
                         except DecodeError:
                             continue
                         if correlation_ids and str(value.correlation_id) not in correlation_ids:
+                            continue
+                        if seen_ids.seen(value.id):
                             continue
                         yield value
                         seen += 1

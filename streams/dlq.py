@@ -1,30 +1,30 @@
-"""The dead-letter path every agent uses, and the intake loop that routes bad events there.
+"""The dead-letter path every agent uses.
 
-`run_intake` decodes each event into its model (filling the envelope from the Kafka header
-when the publisher left it out), sets the log context, calls the handler, and sends anything
-that fails to decode or to handle to `omnistream.dlq` with topic, partition, offset and reason.
-The agent never stops on a bad event.
+A dead letter carries where the record came from (topic, partition, offset), why it failed and
+a copy of the record capped so that the letter always fits the broker's message limit: values
+up to `EMBED_BYTES` are embedded whole, larger ones by their first `EMBED_BYTES` with their
+size and SHA-256 (`truncated: true`). Its id is derived from the source coordinates, so
+dead-lettering the same record again (a replay after a crash) is the same event. Sending it is
+retried until the broker takes it: dead-lettering never fails an agent.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
-
-from agents.logging import log_context
-from schemas.codec import DecodeError, decode, encode
+from schemas.codec import encode
 from schemas.events import DeadLetter
-from streams.metrics import DLQ_EVENTS, EVENTS_PROCESSED, HANDLE_SECONDS
+from streams.errors import Backoff
+from streams.metrics import DLQ_EVENTS
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=BaseModel)
 CORRELATION_HEADER = "correlation_id"
+EMBED_BYTES = 256 * 1024           # copy of the bad value kept in the letter (base64 → ~342 KiB)
+DEAD_LETTER_NS = uuid.UUID("6c1f3a52-8d0e-4b7a-9f1e-2a5c4d3b7e90")
 
 
 def header(event: Any, name: str) -> str | None:
@@ -40,7 +40,7 @@ def correlation_headers(correlation_id: object) -> dict[str, bytes]:
     return {CORRELATION_HEADER: str(correlation_id).encode()}
 
 
-def _valid_uuid(text: str | None) -> str | None:
+def valid_uuid(text: str | None) -> str | None:
     if not text:
         return None
     try:
@@ -49,63 +49,53 @@ def _valid_uuid(text: str | None) -> str | None:
         return None
 
 
+def dead_letter_id(topic: str, partition: int, offset: int) -> uuid.UUID:
+    return uuid.uuid5(DEAD_LETTER_NS, f"{topic}/{partition}/{offset}")
+
+
+def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
+                reason: str, error: str, agent: str, correlation_id: str | None = None) -> DeadLetter:
+    """The letter for one record (pure: the tests build letters of hostile records with it)."""
+    raw = raw if isinstance(raw, bytes) else (raw or b"")
+    kept = raw[:EMBED_BYTES]
+    try:
+        text = kept.decode("utf-8") if len(raw) <= EMBED_BYTES else None
+    except UnicodeDecodeError:
+        text = None
+    return DeadLetter(
+        id=dead_letter_id(topic, partition, offset),
+        topic=topic, partition=partition, offset=offset,
+        key=key.decode("utf-8", "replace")[:1000] if isinstance(key, bytes) else key,
+        value=text, value_b64=base64.b64encode(kept).decode(), value_size=len(raw),
+        value_sha256=hashlib.sha256(raw).hexdigest(), truncated=len(raw) > EMBED_BYTES,
+        error_type=reason[:200], error=error[:4000], agent=agent,
+        **({"correlation_id": correlation_id} if correlation_id else {}),
+    )
+
+
 async def send_to_dlq(event: Any, reason: str, error: str, agent: str) -> None:
+    """Dead-letter the record behind `event`; retried (with backoff) until the broker has it."""
     from streams.app import dlq
 
     msg = event.message
-    raw: bytes = msg.value if isinstance(msg.value, bytes) else (msg.value or b"")
-    key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    cid = _valid_uuid(header(event, CORRELATION_HEADER))
-    letter = DeadLetter(
-        topic=msg.topic, partition=msg.partition, offset=msg.offset, key=key,
-        value=text if text is not None and len(text) < 100_000 else None,
-        value_b64=base64.b64encode(raw).decode(), error_type=reason, error=error[:4000],
-        agent=agent, **({"correlation_id": cid} if cid else {}),
-    )
-    await dlq.send(key=msg.key, value=encode(letter), headers={
-        **correlation_headers(letter.correlation_id),
-        "dlq.reason": reason.encode(), "dlq.topic": msg.topic.encode(),
-    })
+    letter = dead_letter(msg.topic, msg.partition, msg.offset, msg.key,
+                         msg.value if isinstance(msg.value, bytes) else None, reason, error, agent,
+                         valid_uuid(header(event, CORRELATION_HEADER)))
+    value = encode(letter)
+    headers = {**correlation_headers(letter.correlation_id), "dlq.reason": reason[:200].encode(),
+               "dlq.topic": msg.topic.encode()}
+    backoff = Backoff()
+    while True:
+        try:
+            await dlq.send(key=msg.key if isinstance(msg.key, bytes) else None, value=value,
+                           headers=headers)
+            break
+        except Exception as exc:  # the broker is away: the letter is not the input's to lose
+            log.warning("dead letter not sent yet, retrying", extra={"metadata": {
+                "topic": msg.topic, "offset": msg.offset, "error": repr(exc)[:300],
+                "attempt": backoff.attempts + 1}})
+            await backoff.wait()
     DLQ_EVENTS.labels(msg.topic, reason).inc()
     log.warning("event sent to dead-letter topic", extra={"metadata": {
         "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
         "reason": reason, "error": error[:500]}})
-
-
-Handler = Callable[[M, Any], Awaitable[None]]
-LAST_EVENT: dict[str, float] = {}  # agent → wall time of the last event it took (for /health)
-
-
-async def handle_event(event: Any, model: type[M], agent: str, handler: Handler) -> bool:
-    """Decode and handle one event; route failures to the DLQ. True when it was handled."""
-    header_cid = _valid_uuid(header(event, CORRELATION_HEADER))
-    started = time.perf_counter()
-    LAST_EVENT[agent] = time.time()
-    with log_context(correlation_id=header_cid, component=agent):
-        try:
-            value = decode(model, event.value,
-                           defaults={"correlation_id": header_cid} if header_cid else None)
-        except DecodeError as exc:
-            EVENTS_PROCESSED.labels(agent, "invalid").inc()
-            await send_to_dlq(event, exc.kind, str(exc), agent)
-            return False
-        with log_context(correlation_id=getattr(value, "correlation_id", header_cid)):
-            try:
-                await handler(value, event)
-            except Exception as exc:  # a handler bug must not stop the agent
-                log.exception("handler failed")
-                EVENTS_PROCESSED.labels(agent, "error").inc()
-                await send_to_dlq(event, "handler_error", f"{type(exc).__name__}: {exc}", agent)
-                return False
-    EVENTS_PROCESSED.labels(agent, "ok").inc()
-    HANDLE_SECONDS.labels(agent).observe(time.perf_counter() - started)
-    return True
-
-
-async def run_intake(stream: Any, model: type[M], agent: str, handler: Handler) -> None:
-    async for event in stream.events():
-        await handle_event(event, model, agent, handler)

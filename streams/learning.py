@@ -10,8 +10,10 @@ Feedback flow: pattern.feedback → feedback-intake → {app}-pattern-feedback k
 → pattern-feedback-learner (posterior per pattern in the `pattern-feedback` table) and
 pattern-feedback-sink (pattern_feedback_log through record_pattern_feedback()).
 
-The learner acks an event only once a snapshot holding it is in the table, so a crash replays
-(at most SNAPSHOT_EVERY) events rather than losing them.
+All of them run on the checkpointed path (streams.processing): the learner snapshots every
+model a batch changed (at most SNAPSHOT_EVERY results, or what came within
+SNAPSHOT_INTERVAL_S) before the batch is acked, and each snapshot says which offsets it holds,
+so a crash neither loses a result nor learns one twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -36,23 +39,21 @@ from schemas.topics import CODEGEN_RESULTS, PATTERN_FEEDBACK
 from streams import tables
 from streams.app import app, codegen_results, pattern_feedback, settings
 from streams.config import model_key
-from streams.dlq import (
-    CORRELATION_HEADER,
-    correlation_headers,
+from streams.dlq import correlation_headers, header, send_to_dlq
+from streams.processing import (
+    Applied,
+    control_kind,
     handle_event,
-    header,
+    held,
+    origin,
+    run_batches,
     run_intake,
-    send_to_dlq,
+    source_headers,
+    table_put,
 )
 from streams.replica import ChangelogReplica
-from streams.sink import PgBatchSink
-from streams.tables import (
-    FEEDBACK_TABLE,
-    KIND_HEADER,
-    MODEL_TABLE,
-    SOURCE_HEADER,
-    TRAINED_HEADER,
-)
+from streams.sink import PgBatchSink, run_sink
+from streams.tables import FEEDBACK_TABLE, KIND_HEADER, MODEL_TABLE, TRAINED_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,11 @@ async def pattern_replica() -> None:
 @app.agent(codegen_results, name="results-intake")
 async def results_intake(stream: Any) -> None:
     async def handle(result: GenerationResult, event: Any) -> None:
-        # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream.
+        # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream;
+        # the source header lets the learner skip what a replay sends again.
         await results_inbox.send(key=result.node_type.encode(), value=encode(result), headers={
             **correlation_headers(result.correlation_id), KIND_HEADER: b"result",
-            SOURCE_HEADER: f"{event.message.partition}:{event.message.offset}".encode()})
+            **source_headers(event)})
 
     await run_intake(stream, GenerationResult, "results-intake", handle)
 
@@ -137,8 +139,8 @@ async def results_intake(stream: Any) -> None:
 @app.agent(pattern_feedback, name="feedback-intake")
 async def feedback_intake(stream: Any) -> None:
     async def handle(fb: PatternFeedback, event: Any) -> None:
-        await feedback_inbox.send(key=fb.pattern_name.encode(), value=encode(fb),
-                                  headers=correlation_headers(fb.correlation_id))
+        await feedback_inbox.send(key=fb.pattern_name.encode(), value=encode(fb), headers={
+            **correlation_headers(fb.correlation_id), **source_headers(event)})
 
     await run_intake(stream, PatternFeedback, "feedback-intake", handle)
 
@@ -147,25 +149,32 @@ async def feedback_intake(stream: Any) -> None:
 
 
 class Learner:
-    """The live models of the node types whose partitions this worker holds."""
+    """The live models of the node types whose partitions this worker holds.
 
-    def __init__(self) -> None:
+    Each model carries `applied` (highest offset learnt per codegen.results partition); a batch
+    learns the results it has not applied, then every model it changed is snapshotted into the
+    table (in its partition) before the batch is acked."""
+
+    def __init__(self, table: Any = None, key: bytes | None = None,
+                 replica: ModelRegistry | None = None) -> None:
+        self.table = table if table is not None else {}
+        self.key = key or b""
+        self.replica = replica
         self.live: dict[str, MixinModel] = {}
         self.base: dict[str, tuple[int, int]] = {}     # (version, updates) of the last snapshot
-        self.pending: dict[str, list[Any]] = defaultdict(list)  # events not yet in a snapshot
         self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT_EVENTS))
         self.conflicts_written: dict[str, bytes] = {}
         self.refused: dict[str, bytes] = {}  # start of a stored record that failed verification
+        self.skipped = 0  # results a replay brought again, already in the model
         self.conflict_sink: PgBatchSink | None = None
 
     def reset(self) -> None:
-        """After a rebalance unacked events come again: forget what was learnt from them."""
+        """After a rebalance: reload from the table what the partitions now held hold."""
         self.live.clear()
         self.base.clear()
-        self.pending.clear()
 
     def model_for(self, node_type: str) -> MixinModel:
-        blob = model_table.get(node_type.encode())
+        blob = self.table.get(node_type.encode())
         live = self.live.get(node_type)
         if blob is None:
             if live is None:
@@ -178,15 +187,15 @@ class Learner:
             head = snapshot.read_header(blob)
             if live is not None and self.base.get(node_type) == (head.version, head.updates):
                 return live
-            _, model = snapshot.loads(blob, KEY)
+            _, model = snapshot.loads(blob, self.key)
         except snapshot.SnapshotRejected as exc:
             # Someone wrote into the changelog. Go on from the newest verified model this worker
             # knows (the replica refused the same record), else from a fresh one.
             SNAPSHOTS_REFUSED.labels("learner").inc()
             if live is not None:
                 model = live
-            elif node_type in models.models:
-                model = copy.deepcopy(models.models[node_type])
+            elif self.replica is not None and node_type in self.replica.models:
+                model = copy.deepcopy(self.replica.models[node_type])
             else:
                 model = MixinModel(node_type)
             log.error("stored model snapshot refused", extra={"metadata": {
@@ -195,66 +204,67 @@ class Learner:
             self.base[node_type] = (model.version, model.updates)
             self.refused[node_type] = blob[:256]
             return model
+        if not hasattr(model, "applied"):  # a snapshot from before offsets were stored
+            model.applied = {}
         self.live[node_type] = model
         self.base[node_type] = (model.version, model.updates)
         return model
 
-    async def learn(self, result: GenerationResult, event: Any) -> None:
+    def learn(self, result: GenerationResult, where: str, offset: int) -> bool:
+        """Learn one result unless the model already holds it; True when learnt."""
         model = self.model_for(result.node_type)
+        if Applied.seen(model.applied, where, offset):
+            self.skipped += 1
+            return False
         started = time.perf_counter()
         model.learn_one(result.mixins, result.success)
         LEARN_SECONDS.observe(time.perf_counter() - started)
         MODEL_UPDATES.labels(result.node_type).inc()
-        src = header(event, SOURCE_HEADER)
-        if src:
-            part, _, off = src.partition(":")
-            self.recent[result.node_type].append((int(part), int(off), tuple(result.mixins), result.success))
-        self.pending[result.node_type].append(event)
-        if model.updates - self.base[result.node_type][1] >= SNAPSHOT_EVERY:
-            self.snapshot(result.node_type)
+        Applied.mark(model.applied, where, offset)
+        self.recent[result.node_type].append((where, offset, tuple(result.mixins), result.success))
+        return True
 
-    def snapshot(self, node_type: str) -> None:
-        """Write the live model to the table (in the current event's partition context) and ack
-        the events it holds."""
+    def snapshot(self, node_type: str, partition: int, put: Any = None) -> bytes | None:
+        """The live model, signed, written to the table key of its node type (in `partition`)."""
         model = self.live.get(node_type)
         if model is None:
-            return
+            return None
         model.find_conflicts()
         head = snapshot.SnapshotHeader(node_type, model.version, model.updates, time.time())
-        blob = snapshot.dumps(model, head, KEY)
-        model_table[node_type.encode()] = blob
+        blob = snapshot.dumps(model, head, self.key)
+        (put or (lambda k, v: self.table.__setitem__(k, v)))(node_type.encode(), blob)
         self.base[node_type] = (model.version, model.updates)
         MODEL_SNAPSHOTS.labels(node_type).inc()
         SNAPSHOT_BYTES.labels(node_type).set(len(blob))
-        for event in self.pending.pop(node_type, []):
-            event.ack()
         conflicts = orjson.dumps([c.as_dict() for c in model.conflicts])
         if self.conflict_sink is not None and self.conflicts_written.get(node_type) != conflicts:
             self.conflicts_written[node_type] = conflicts
             self.conflict_sink.add_nowait((node_type, conflicts.decode()))
+        return blob
 
     def install(self, node_type: str, blob: bytes, trained_through: dict[int, int]) -> MixinModel:
         """Swap in a model trained elsewhere (replay): verify it, let it learn what arrived after
-        the replay stopped reading, give it the next version number, snapshot it."""
-        head, model = snapshot.loads(blob, KEY)
+        the replay stopped reading, give it the next version number. The caller snapshots it."""
+        head, model = snapshot.loads(blob, self.key)
         if not isinstance(model, MixinModel) or head.node_type != node_type:
             raise snapshot.SnapshotRejected("install message holds another node type's model")
         current = self.model_for(node_type)
         caught_up = 0
-        for part, off, mixins, success in self.recent[node_type]:
+        for where, off, mixins, success in self.recent[node_type]:
+            part = int(where.rsplit(":", 1)[1])
             if off >= trained_through.get(part, 0):
                 model.learn_one(mixins, success)
                 caught_up += 1
         model.version = current.version + 1  # versions only go up, whatever the sender wrote
+        model.applied = dict(current.applied)  # it now holds everything the current one did
         self.live[node_type] = model
-        self.snapshot(node_type)
         log.info("model swapped in", extra={"metadata": {
             "node_type": node_type, "model_version": model.version, "updates": model.updates,
             "caught_up": caught_up}})
         return model
 
 
-learner = Learner()
+learner = Learner(model_table, KEY, models)
 
 
 @app.on_partitions_revoked.connect
@@ -269,39 +279,44 @@ async def mixin_learner(stream: Any) -> None:
         stage_ddl="(node_type text, conflicts jsonb)",
         apply_sql="SELECT replace_mixin_conflicts(node_type, conflicts) FROM {stage} ORDER BY node_type",
         dedupe_key=lambda row: row[0], max_ms=1000).start()
-    try:
-        async for event in stream.noack().events():
-            kind = header(event, KIND_HEADER)
+
+    async def on_batch(events: Sequence[Any]) -> None:
+        changed: dict[str, int] = {}  # node type → partition of its table key
+        for event in events:
+            kind = control_kind(event)
             node_type = (event.key or b"").decode("utf-8", "replace")
-            if kind == "tick":
-                if learner.pending.get(node_type):
-                    learner.snapshot(node_type)
-                event.ack()
-            elif kind == "install":
+            if kind == "install":
                 try:
                     trained = {int(k): int(v) for k, v in
                                orjson.loads(header(event, TRAINED_HEADER) or "{}").items()}
                     learner.install(node_type, event.value, trained)
+                    changed[node_type] = event.message.partition
                 except (snapshot.SnapshotRejected, ValueError, orjson.JSONDecodeError) as exc:
                     SNAPSHOTS_REFUSED.labels("install").inc()
                     log.error("model install refused", extra={"metadata": {
                         "node_type": node_type, "reason": str(exc)}})
                     await send_to_dlq(event, "model_install_refused", str(exc), "mixin-learner")
-                event.ack()
-            elif not await handle_event(event, GenerationResult, "mixin-learner", learner.learn):
-                event.ack()  # dead-lettered
+                continue
+            if kind not in (None, "result"):
+                continue
+            where, offset = origin(event)
+
+            async def learn(result: GenerationResult, event: Any, where=where, offset=offset) -> None:
+                if learner.learn(result, where, offset):
+                    changed[result.node_type] = event.message.partition
+
+            await handle_event(event, GenerationResult, "mixin-learner", learn)
+        for node_type, partition in changed.items():
+            if held(results_inbox.get_topic_name(), partition):
+                learner.snapshot(node_type, partition,
+                                 lambda k, v, p=partition: table_put(model_table, p, k, v))
+        await learner.conflict_sink.flush()
+
+    try:
+        await run_batches(stream, "mixin-learner", on_batch, max_events=SNAPSHOT_EVERY,
+                          within_s=SNAPSHOT_INTERVAL_S)
     finally:
         await learner.conflict_sink.stop()
-
-
-@app.timer(interval=SNAPSHOT_INTERVAL_S)
-async def snapshot_ticks() -> None:
-    """Snapshot models with unsaved updates (a quiet stream must not hold acks forever); the
-    tick goes through the inbox so the table write happens in the partition's context."""
-    for node_type, events in list(learner.pending.items()):
-        if events:
-            await results_inbox.send(key=node_type.encode(), value=b"{}", headers={
-                KIND_HEADER: b"tick", CORRELATION_HEADER: b""})
 
 
 # ---------------------------------------------------------------------------- matrix sink
@@ -321,23 +336,17 @@ SELECT update_mixin_compatibility(node_type, mixin_combination,
 FROM fresh GROUP BY node_type, mixin_combination ORDER BY node_type, mixin_combination"""
 
 
+def result_row(r: GenerationResult) -> tuple:
+    return (r.id, r.node_type, list(canonical(r.mixins)), r.success, r.source[:100],
+            r.failure_reason, r.correlation_id, r.occurred_at)
+
+
 @app.agent(results_inbox, name="mixin-matrix-sink")
 async def mixin_matrix_sink(stream: Any) -> None:
-    sink = await PgBatchSink(settings.database_url, "mixin_results_log", RESULT_COLUMNS,
-                             apply_sql=MATRIX_SQL, dedupe_key=lambda row: row[0]).start()
-
-    async def handle(r: GenerationResult, event: Any) -> None:
-        await sink.add((r.id, r.node_type, list(canonical(r.mixins)), r.success, r.source[:100],
-                        r.failure_reason, r.correlation_id, r.occurred_at), on_commit=event.ack)
-
-    try:
-        async for event in stream.noack().events():
-            if header(event, KIND_HEADER) != "result":
-                event.ack()
-            elif not await handle_event(event, GenerationResult, "mixin-matrix-sink", handle):
-                event.ack()
-    finally:
-        await sink.stop()
+    await run_sink(stream, "mixin-matrix-sink", GenerationResult, PgBatchSink(
+        settings.database_url, "mixin_results_log", RESULT_COLUMNS, apply_sql=MATRIX_SQL,
+        dedupe_key=lambda row: row[0], source_topic=CODEGEN_RESULTS.name), result_row,
+        accept=lambda event: control_kind(event) == "result")
 
 
 # ---------------------------------------------------------------------------- pattern feedback
@@ -350,17 +359,35 @@ patterns.policy = POLICY
 
 @app.agent(feedback_inbox, name="pattern-feedback-learner")
 async def pattern_feedback_learner(stream: Any) -> None:
-    async def handle(fb: PatternFeedback, event: Any) -> None:
-        state = feedback_table.get(fb.pattern_name) or feedback.new_state(fb.pattern_name)
-        was = state["suppressed"]
-        state = feedback.apply(state, fb.feedback_type, float(fb.user_weight), fb.is_correct,
-                               fb.source or "anonymous", time.time(), POLICY)
-        feedback_table[fb.pattern_name] = state
-        if state["suppressed"] != was:
-            log.warning("pattern %s", "suppressed" if state["suppressed"] else "reported again",
-                        extra={"metadata": feedback.summary(state, POLICY)})
+    """Posterior per pattern in the table; each state carries the offsets it has applied."""
 
-    await run_intake(stream, PatternFeedback, "pattern-feedback-learner", handle)
+    async def on_batch(events: Sequence[Any]) -> None:
+        changed: dict[str, tuple[int, dict]] = {}
+
+        for event in events:
+            where, offset = origin(event)
+
+            async def handle(fb: PatternFeedback, event: Any, where=where, offset=offset) -> None:
+                state = (changed[fb.pattern_name][1] if fb.pattern_name in changed
+                         else feedback_table.get(fb.pattern_name)) or feedback.new_state(fb.pattern_name)
+                applied = dict(state.get("applied") or {})
+                if Applied.seen(applied, where, offset):
+                    return
+                was = state["suppressed"]
+                state = feedback.apply(state, fb.feedback_type, float(fb.user_weight), fb.is_correct,
+                                       fb.source or "anonymous", time.time(), POLICY)
+                Applied.mark(applied, where, offset)
+                changed[fb.pattern_name] = (event.message.partition, {**state, "applied": applied})
+                if state["suppressed"] != was:
+                    log.warning("pattern %s", "suppressed" if state["suppressed"] else "reported again",
+                                extra={"metadata": feedback.summary(state, POLICY)})
+
+            await handle_event(event, PatternFeedback, "pattern-feedback-learner", handle)
+        for name, (partition, state) in changed.items():
+            if held(feedback_inbox.get_topic_name(), partition):
+                table_put(feedback_table, partition, name, state)
+
+    await run_batches(stream, "pattern-feedback-learner", on_batch)
 
 
 FEEDBACK_COLUMNS = ("id", "pattern_name", "feedback_type", "user_weight", "is_correct",
@@ -371,20 +398,14 @@ SELECT record_pattern_feedback(id, pattern_name, feedback_type, user_weight, is_
 FROM {stage} ORDER BY id"""
 
 
+def feedback_row(fb: PatternFeedback) -> tuple:
+    meta = {k: v for k, v in {"source": fb.source, "comment": fb.comment}.items() if v is not None}
+    return (fb.id, fb.pattern_name, fb.feedback_type, fb.user_weight, fb.is_correct,
+            fb.confidence, orjson.dumps(meta).decode(), fb.correlation_id)
+
+
 @app.agent(feedback_inbox, name="pattern-feedback-sink")
 async def pattern_feedback_sink(stream: Any) -> None:
-    sink = await PgBatchSink(settings.database_url, "pattern_feedback_log", FEEDBACK_COLUMNS,
-                             apply_sql=FEEDBACK_SQL, dedupe_key=lambda row: row[0]).start()
-
-    async def handle(fb: PatternFeedback, event: Any) -> None:
-        meta = {k: v for k, v in {"source": fb.source, "comment": fb.comment}.items() if v is not None}
-        await sink.add((fb.id, fb.pattern_name, fb.feedback_type, fb.user_weight, fb.is_correct,
-                        fb.confidence, orjson.dumps(meta).decode(), fb.correlation_id),
-                       on_commit=event.ack)
-
-    try:
-        async for event in stream.noack().events():
-            if not await handle_event(event, PatternFeedback, "pattern-feedback-sink", handle):
-                event.ack()
-    finally:
-        await sink.stop()
+    await run_sink(stream, "pattern-feedback-sink", PatternFeedback, PgBatchSink(
+        settings.database_url, "pattern_feedback_log", FEEDBACK_COLUMNS, apply_sql=FEEDBACK_SQL,
+        dedupe_key=lambda row: row[0], source_topic=PATTERN_FEEDBACK.name), feedback_row)

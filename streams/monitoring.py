@@ -4,12 +4,13 @@ metrics-aggregator reads metrics.events itself: a sample keyed by its metric nam
 contract) is already on the partition that owns that metric's windows and is folded in at
 once; one with another key or none is re-keyed by name through <app>-metric-series first
 (faust assigns the same partition numbers of both topics to the same worker). Bad events go to
-the DLQ. The aggregator folds samples into in-memory windows (agents/monitoring/windows.py)
-and, at least every second, writes the windows that changed into the `metric-windows` table
-(changelog-backed) and only then acks the samples: a crash replays samples onto the last
-written state, never loses them. Windows past their end (plus lateness) are upserted into
-metric_window_aggregates through the batched sink and removed from the table only after that
-batch committed.
+the DLQ. On the checkpointed path (streams.processing) each batch folds its samples into
+in-memory windows (agents/monitoring/windows.py), upserts the windows past their end (plus
+lateness) into metric_window_aggregates and waits for that commit, then writes each changed
+series' record (open windows, watermark, closed-until marks, source offsets applied) into the
+`metric-windows` table, and only then is acked. After a crash a series' record says which
+samples it holds (a replayed one is skipped) and which windows are closed (a replayed sample
+for one is late, never a new partial row).
 """
 
 from __future__ import annotations
@@ -18,22 +19,33 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge
 
-from agents.monitoring.windows import Aggregate, Windows, WindowSpec
+from agents.monitoring.windows import Aggregate, Windows, WindowSpec, series_key
 from schemas.codec import encode
 from schemas.events import MetricEvent
 from schemas.topics import METRICS_EVENTS
 from streams import tables
 from streams.alerting import window_closed
 from streams.app import app, metrics_events, settings
-from streams.dlq import CORRELATION_HEADER, correlation_headers, handle_event, header
+from streams.dlq import CORRELATION_HEADER, correlation_headers
 from streams.emit import emitter
 from streams.metrics import EVENTS_PROCESSED
+from streams.processing import (
+    Applied,
+    control_kind,
+    handle_event,
+    held,
+    origin,
+    run_batches,
+    source_headers,
+    table_put,
+)
 from streams.sink import PgBatchSink
 from streams.tables import KIND_HEADER
 
@@ -66,75 +78,77 @@ _UPSERT = ("ON CONFLICT (metric_name, labels_hash, window_start, window_end) DO 
 
 
 class Aggregator:
-    """Windows of the partitions this worker holds, with what is not yet in the table."""
+    """Windows of the partitions this worker holds, one state record per series in the table.
 
-    def __init__(self) -> None:
+    A batch folds its samples into memory (skipping those a series' record already holds by
+    offset), closes the windows that are due, writes their rows to PostgreSQL and waits for the
+    commit, and only then writes the changed series records: a record never says "closed"
+    before its row is in PostgreSQL, and a replayed sample never counts twice."""
+
+    def __init__(self, table: Any = None) -> None:
+        self.table = table if table is not None else {}
         self.by_partition: dict[int, Windows] = {}
-        self.pending: dict[int, list[Any]] = defaultdict(list)   # samples not yet in the table
-        self.closing: dict[int, set[bytes]] = defaultdict(set)   # sunk, delete once committed
-        self.committed: dict[int, set[bytes]] = defaultdict(set)
         self.sink: PgBatchSink | None = None
+        self.replayed = 0  # samples a replay brought again, already in their series' record
 
     def reset(self) -> None:
         self.by_partition.clear()
-        self.pending.clear()
-        self.closing.clear()
-        self.committed.clear()
 
     def windows(self, partition: int) -> Windows:
         w = self.by_partition.get(partition)
         if w is None:  # first event since start or a rebalance: reload this partition's state
             w = self.by_partition[partition] = Windows(SPECS, LATENESS_S)
             prefix = f"{partition}|".encode()
-            for key, raw in list(window_table.items()):
+            for key, raw in list(self.table.items()):
                 if raw is not None and key.startswith(prefix):
-                    w.seed(key[len(prefix):].decode(), Aggregate.from_json(raw))
+                    w.load_series(raw)
         return w
 
-    def add(self, m: MetricEvent, event: Any) -> None:
-        partition = event.message.partition
+    def add(self, partition: int, m: MetricEvent, where: str, offset: int) -> bool:
+        """Fold one sample in unless its series already holds it; True when folded."""
         w = self.windows(partition)
+        series = series_key(m.name, dict(m.labels))
+        applied = w.applied.setdefault(series, {})
+        if Applied.seen(applied, where, offset):
+            self.replayed += 1
+            return False
         ts = min(m.occurred_at.timestamp(), time.time() + LATENESS_S)  # no closing from the future
         late_before = w.late
         w.add(m.name, m.metric_type, dict(m.labels), float(m.value), ts)
+        Applied.mark(applied, where, offset)
         SAMPLES.inc()
         if w.late > late_before:
             LATE.inc(w.late - late_before)
-        self.pending[partition].append(event)
+        return True
 
-    def flush(self, partition: int) -> list[Aggregate]:
-        """In partition context: write changed windows, close due ones, ack what is safe.
-        Returns the windows closed now (the alert rules look at them)."""
-        w = self.by_partition.get(partition)
-        if w is None:
-            return []
+    def close_due(self, partitions: set[int]) -> list[tuple[int, Aggregate]]:
+        """Pop the windows that are due in these partitions and buffer their rows."""
         closed = []
-        for key in self.committed.pop(partition, set()):
-            window_table.pop(key, None)
-        for key in list(w.dirty):
-            window_table[_table_key(partition, key)] = w.open[key].to_json()
-        w.dirty.clear()
-        for key in w.due(time.time(), IDLE_CLOSE_S):
-            agg = w.pop(key)
-            closed.append(agg)
-            bkey = _table_key(partition, key)
-            self.closing[partition].add(bkey)
-            self.sink.add_nowait(_row(agg), on_commit=lambda p=partition, k=bkey: self._closed(p, k))
-        for event in self.pending.pop(partition, []):
-            event.ack()
-        OPEN_WINDOWS.set(sum(len(x.open) for x in self.by_partition.values()))
+        for partition in partitions:
+            w = self.by_partition.get(partition)
+            if w is None:
+                continue
+            for key in w.due(time.time(), IDLE_CLOSE_S):
+                agg = w.pop(key)
+                closed.append((partition, agg))
+                self.sink.add_nowait(_row(agg))
         return closed
 
-    def _closed(self, partition: int, key: bytes) -> None:
-        if key in self.closing.get(partition, set()):
-            self.closing[partition].discard(key)
-            self.committed[partition].add(key)
-            WINDOWS_CLOSED.inc()
+    def save(self, partitions: set[int], put: Any) -> None:
+        """Write the series records that changed (after the sink committed)."""
+        for partition in partitions:
+            w = self.by_partition.get(partition)
+            if w is None:
+                continue
+            for series in w.dirty:
+                put(partition, _table_key(partition, series), w.dump_series(series))
+            w.dirty.clear()
+        OPEN_WINDOWS.set(sum(len(x.open) for x in self.by_partition.values()))
 
 
-def _table_key(partition: int, key: str) -> bytes:
-    """The partition leads the key: after a restart each partition reloads only its windows."""
-    return f"{partition}|{key}".encode()
+def _table_key(partition: int, series: str) -> bytes:
+    """The partition leads the key: after a restart each partition reloads only its series."""
+    return f"{partition}|{series}".encode()
 
 
 def _row(agg: Aggregate) -> tuple:
@@ -144,7 +158,7 @@ def _row(agg: Aggregate) -> tuple:
             r["sample_count"], r["value_sum"], r["value_min"], r["value_max"], r["p50"], r["p95"], r["p99"])
 
 
-aggregator = Aggregator()
+aggregator = Aggregator(window_table)
 
 
 @app.on_partitions_revoked.connect
@@ -157,25 +171,39 @@ async def _forget_windows(sender: Any, revoked: Any, **kwargs: Any) -> None:
 async def metrics_aggregator(stream: Any) -> None:
     aggregator.sink = await PgBatchSink(
         settings.database_url, "metric_window_aggregates", WINDOW_COLUMNS, on_conflict=_UPSERT,
-        dedupe_key=lambda row: (row[0], row[3], row[4], row[5]), max_ms=500,
+        dedupe_key=lambda row: (row[0], row[3], row[4], row[5]), max_rows=5000, max_ms=500,
         source_topic=METRICS_EVENTS.name).start()
 
-    async def handle(m: MetricEvent, event: Any) -> None:
-        if event.key != m.name.encode():  # repartition: a metric's windows live on one partition
-            await metrics_inbox.send(key=m.name.encode(), value=encode(m), headers={
-                **correlation_headers(m.correlation_id), KIND_HEADER: b"sample"})
-            event.ack()
-            return
-        aggregator.add(m, event)
+    async def on_batch(events: Sequence[Any]) -> None:
+        touched: set[int] = set()
+        for event in events:
+            partition = event.message.partition
+            if not held(event.message.topic, partition):
+                continue  # revoked while batched: the new owner takes it from the changelog
+            if control_kind(event) == "tick":
+                touched.add(partition)
+                continue
+            where, offset = origin(event)
+
+            async def handle(m: MetricEvent, event: Any, where=where, offset=offset) -> None:
+                if event.key != m.name.encode():  # repartition: a metric's windows live on one partition
+                    await metrics_inbox.send(key=m.name.encode(), value=encode(m), headers={
+                        **correlation_headers(m.correlation_id), KIND_HEADER: b"sample",
+                        **source_headers(event)})
+                    return
+                aggregator.add(event.message.partition, m, where, offset)
+                touched.add(event.message.partition)
+
+            await handle_event(event, MetricEvent, "metrics-aggregator", handle)
+        closed = aggregator.close_due(touched)
+        await aggregator.sink.flush()  # closed windows are in PostgreSQL before any record says so
+        aggregator.save(touched, lambda p, k, v: table_put(window_table, p, k, v))
+        for _, agg in closed:
+            WINDOWS_CLOSED.inc()
+            await window_closed(agg)
 
     try:
-        async for event in stream.noack().events():
-            if header(event, KIND_HEADER) == "tick":
-                for agg in aggregator.flush(event.message.partition):
-                    await window_closed(agg)
-                event.ack()
-            elif not await handle_event(event, MetricEvent, "metrics-aggregator", handle):
-                event.ack()
+        await run_batches(stream, "metrics-aggregator", on_batch)
     finally:
         await aggregator.sink.stop()
 
@@ -221,8 +249,9 @@ async def collect_worker_metrics() -> None:
 
 @app.timer(interval=FLUSH_S)
 async def metric_window_ticks() -> None:
-    """One tick per partition this worker holds windows for: flushes run in partition context."""
+    """A tick per partition holding open windows: wall time closes idle series' windows, in
+    the partition's own batch."""
     for partition, w in list(aggregator.by_partition.items()):
-        if aggregator.pending.get(partition) or w.open or aggregator.committed.get(partition):
+        if w.open:
             await metrics_inbox.send(key=b"tick", value=b"{}", partition=partition,
                                      headers={KIND_HEADER: b"tick", CORRELATION_HEADER: b""})

@@ -1,17 +1,22 @@
 """Batched, idempotent PostgreSQL sink.
 
 Contract (what callers rely on):
-- `add(row, on_commit)` buffers a row; a batch is written when it holds `max_rows` rows or its
-  oldest row is `max_ms` old, whichever comes first.
+- `add(row, source)` buffers a row (`source`: the event it came from); a batch is written when
+  it holds `max_rows` rows or its oldest row is `max_ms` old, whichever comes first, and
+  whenever `flush()` is awaited: `flush()` returns once every row added before it has
+  committed. The checkpointed processing path (streams.processing) flushes its sinks at the
+  end of each batch and only then acks the batch's events, so an offset is committed only
+  after its rows are in PostgreSQL.
 - A batch is COPY'd into a temporary staging table and moved with one
   `INSERT … SELECT … ON CONFLICT …` in one transaction: with the event id as key a replayed
   batch changes nothing.
-- `on_commit` callbacks (e.g. acking the Kafka event, so its offset may be committed) run only
-  after that transaction commits.
-- When PostgreSQL is unreachable the batch is retried with capped exponential backoff and
-  `add` blocks once `max_pending` rows wait (backpressure): nothing is dropped or duplicated.
-- A row PostgreSQL rejects (CHECK violation, bad value) is isolated by writing the batch row
-  by row; it goes to `on_reject` and is counted, and the other rows land.
+- Any failure that is not a row's fault (PostgreSQL unreachable, a deadlock, a serialization
+  failure, a table missing until a migration runs) puts the batch back and retries it with
+  capped exponential backoff; `add` blocks once `max_pending` rows wait (backpressure):
+  nothing is dropped or duplicated and no partition stalls for good.
+- A row PostgreSQL refuses (CHECK violation, bad value) is isolated by writing the batch row
+  by row; it goes to `on_reject(row, error, source)` (the agents dead-letter its source event
+  with its coordinates) and is counted, and the other rows land.
 - Every committed batch writes one row to `event_processing_metrics` in the same transaction
   (event_type `sink:<table>`, batch size, write time, how long its oldest row waited, retries),
   so the record exists exactly when the batch does.
@@ -29,6 +34,8 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
+from streams.errors import PG_ROW_REFUSED, Backoff
+
 log = logging.getLogger(__name__)
 
 SINK_ROWS = Counter("omnistream_sink_rows_total", "Rows written by a sink", ["table"])
@@ -37,10 +44,7 @@ SINK_RETRIES = Counter("omnistream_sink_retries_total", "Failed batch writes ret
 SINK_PENDING = Gauge("omnistream_sink_pending_rows", "Rows waiting for PostgreSQL", ["table"])
 SINK_FLUSH_SECONDS = Histogram("omnistream_sink_flush_seconds", "Time to write one batch", ["table"])
 
-Callback = Callable[[], Any]
-_RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-              asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncio.TimeoutError,
-              asyncpg.AdminShutdownError)
+Reject = Callable[[tuple, str, Any], Any]
 
 
 class PgBatchSink:
@@ -48,7 +52,7 @@ class PgBatchSink:
                  on_conflict: str = "ON CONFLICT (id) DO NOTHING",
                  dedupe_key: Callable[[tuple], Any] | None = None,
                  max_rows: int = 500, max_ms: float = 250, max_pending: int = 20_000,
-                 on_reject: Callable[[tuple, str], Any] | None = None,
+                 on_reject: Reject | None = None,
                  backoff_max_s: float = 5.0, apply_sql: str | None = None,
                  stage_ddl: str | None = None, source_topic: str | None = None,
                  record_batches: bool = True):
@@ -58,7 +62,7 @@ class PgBatchSink:
         self.max_rows, self.max_ms, self.max_pending = max_rows, max_ms, max_pending
         self.on_reject, self.backoff_max_s = on_reject, backoff_max_s
         self._rows: list[tuple] = []
-        self._callbacks: list[Callback] = []
+        self._sources: list[Any] = []  # the event each row came from (None: not from a stream)
         self._oldest: float | None = None
         self._lock = asyncio.Lock()
         self._room = asyncio.Event()
@@ -102,27 +106,21 @@ class PgBatchSink:
     def pending(self) -> int:
         return len(self._rows)
 
-    async def add(self, row: tuple, on_commit: Callback | None = None) -> None:
+    async def add(self, row: tuple, source: Any = None) -> None:
         while len(self._rows) >= self.max_pending:  # backpressure: the caller stops consuming
             self._room.clear()
             await self._room.wait()
-        if self._oldest is None:
-            self._oldest = time.monotonic()
-        self._rows.append(row)
-        if on_commit is not None:
-            self._callbacks.append(on_commit)
+        self.add_nowait(row, source)
         self._pending_gauge.set(len(self._rows))
         if len(self._rows) >= self.max_rows:
             await self.flush()
 
-    def add_nowait(self, row: tuple, on_commit: Callback | None = None) -> None:
-        """Buffer a row without waiting (no backpressure); the timer writes it. For callers
-        outside a stream, e.g. a model's latest conflicts after a snapshot."""
+    def add_nowait(self, row: tuple, source: Any = None) -> None:
+        """Buffer a row without waiting (no backpressure); the timer or the next flush writes it."""
         if self._oldest is None:
             self._oldest = time.monotonic()
         self._rows.append(row)
-        if on_commit is not None:
-            self._callbacks.append(on_commit)
+        self._sources.append(source)
 
     async def _timer(self) -> None:
         while True:
@@ -134,20 +132,19 @@ class PgBatchSink:
                     log.exception("sink flush failed", extra={"metadata": {"table": self.table}})
 
     async def flush(self) -> int:
+        """Write what is buffered; returns once it has committed (retrying until it does)."""
         async with self._lock:
             if not self._rows:
                 return 0
-            rows, callbacks, oldest = self._rows, self._callbacks, self._oldest
-            self._rows, self._callbacks, self._oldest = [], [], None
+            pairs, oldest = list(zip(self._rows, self._sources, strict=True)), self._oldest
+            self._rows, self._sources, self._oldest = [], [], None
             if self.dedupe_key is not None:
-                rows = list({self.dedupe_key(r): r for r in rows}.values())
-            self._pending_gauge.set(len(rows) + len(self._rows))
-            await self._write_with_retry(rows, oldest)
+                pairs = list({self.dedupe_key(r): (r, src) for r, src in pairs}.values())
+            self._pending_gauge.set(len(pairs) + len(self._rows))
+            await self._write_with_retry(pairs, oldest)
             self._pending_gauge.set(len(self._rows))
             self._room.set()
-            for callback in callbacks:
-                callback()
-            return len(rows)
+            return len(pairs)
 
     async def _connect(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -155,30 +152,29 @@ class PgBatchSink:
                                                    command_timeout=60)
         return self._pool
 
-    async def _write_with_retry(self, rows: list[tuple], oldest: float | None = None) -> None:
-        delay, retries = 0.1, 0
+    async def _write_with_retry(self, pairs: list[tuple[tuple, Any]], oldest: float | None = None) -> None:
+        backoff, rows = Backoff(0.1, self.backoff_max_s), [r for r, _ in pairs]
         while True:
             try:
                 started = time.perf_counter()
-                await self._write(rows, retries, oldest)
+                await self._write(rows, backoff.attempts, oldest)
                 SINK_FLUSH_SECONDS.labels(self.table).observe(time.perf_counter() - started)
                 return
-            except _RETRYABLE as exc:
+            except PG_ROW_REFUSED as exc:
+                log.warning("batch refused, isolating bad rows", extra={"metadata": {
+                    "table": self.table, "error": str(exc)}})
+                await self._write_one_by_one(pairs, backoff.attempts, oldest)
+                return
+            except Exception as exc:  # not a row's fault: put the batch back and try again
                 SINK_RETRIES.labels(self.table).inc()
-                retries += 1
-                log.warning("PostgreSQL unavailable, retrying batch", extra={"metadata": {
-                    "table": self.table, "rows": len(rows), "retry_in_s": delay, "error": str(exc)}})
-                if self._pool is not None:
+                log.warning("batch not written, retrying", extra={"metadata": {
+                    "table": self.table, "rows": len(rows), "retry_in_s": backoff.delay,
+                    "error": f"{type(exc).__name__}: {exc}"[:500]}})
+                if self._pool is not None and not isinstance(exc, asyncpg.PostgresError):
                     with contextlib.suppress(Exception):
                         self._pool.terminate()
                     self._pool = None
-                await asyncio.sleep(delay)
-                delay = min(self.backoff_max_s, delay * 2)
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                log.warning("batch refused, isolating bad rows", extra={"metadata": {
-                    "table": self.table, "error": str(exc)}})
-                await self._write_one_by_one(rows, retries, oldest)
-                return
+                await backoff.wait()
 
     async def _write(self, rows: list[tuple], retries: int = 0, oldest: float | None = None) -> None:
         pool = await self._connect()
@@ -200,16 +196,69 @@ class PgBatchSink:
         self.written += len(rows)
         SINK_ROWS.labels(self.table).inc(len(rows))
 
-    async def _write_one_by_one(self, rows: list[tuple], retries: int, oldest: float | None) -> None:
-        for row in rows:
-            try:
-                await self._write([row], retries, oldest)
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                self.rejected += 1
-                SINK_REJECTED.labels(self.table).inc()
-                log.error("row refused by PostgreSQL", extra={"metadata": {
-                    "table": self.table, "error": str(exc), "row": repr(row)[:500]}})
-                if self.on_reject is not None:
-                    result = self.on_reject(row, str(exc))
-                    if asyncio.iscoroutine(result):
-                        await result
+    async def _write_one_by_one(self, pairs: list[tuple[tuple, Any]], retries: int,
+                                oldest: float | None) -> None:
+        for row, source in pairs:
+            backoff = Backoff(0.1, self.backoff_max_s)
+            while True:
+                try:
+                    await self._write([row], retries, oldest)
+                    break
+                except PG_ROW_REFUSED as exc:
+                    self.rejected += 1
+                    SINK_REJECTED.labels(self.table).inc()
+                    log.error("row refused by PostgreSQL", extra={"metadata": {
+                        "table": self.table, "error": str(exc), "row": repr(row)[:500]}})
+                    if self.on_reject is not None:
+                        result = self.on_reject(row, str(exc), source)
+                        if asyncio.iscoroutine(result):
+                            await result
+                    break
+                except Exception as exc:  # the database, not the row: retry this row
+                    SINK_RETRIES.labels(self.table).inc()
+                    log.warning("row not written, retrying", extra={"metadata": {
+                        "table": self.table, "error": f"{type(exc).__name__}: {exc}"[:500]}})
+                    if self._pool is not None and not isinstance(exc, asyncpg.PostgresError):
+                        with contextlib.suppress(Exception):
+                            self._pool.terminate()
+                        self._pool = None
+                    await backoff.wait()
+
+
+def dead_letter_row(agent: str) -> Reject:
+    """An `on_reject` that sends the refused row's source event to the dead-letter topic."""
+    from streams.dlq import send_to_dlq
+
+    async def reject(row: tuple, error: str, source: Any) -> None:
+        if source is not None:
+            await send_to_dlq(source, "row_refused", error, agent)
+
+    return reject
+
+
+async def run_sink(stream: Any, agent: str, model: type, sink: PgBatchSink,
+                   to_row: Callable[[Any], tuple | None],
+                   accept: Callable[[Any], bool] | None = None) -> None:
+    """A sink agent on the checkpointed path: decode each event (bad ones dead-lettered), buffer
+    its row, flush at the end of the batch; the batch is acked only after the commit.
+    `accept(event)` False: the event is not for this sink (e.g. a control message)."""
+    from streams.processing import decode_event, run_batches
+
+    if sink.on_reject is None:
+        sink.on_reject = dead_letter_row(agent)
+    await sink.start()
+
+    async def on_batch(events: Sequence[Any]) -> None:
+        for event in events:
+            if accept is not None and not accept(event):
+                continue
+            value = await decode_event(event, model, agent)
+            row = to_row(value) if value is not None else None
+            if row is not None:
+                await sink.add(row, event)
+        await sink.flush()
+
+    try:
+        await run_batches(stream, agent, on_batch)
+    finally:
+        await sink.stop()

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from schemas.events import PredictRequest
 from streams.app import app, settings
-from streams.dlq import LAST_EVENT
 from streams.infra import kafka, postgres
 from streams.learning import models, patterns
 from streams.metrics import CONSUMER_LAG
+from streams.processing import LAST_EVENT
 
 MAX_HEALTHY_LAG = 10_000
 

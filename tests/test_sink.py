@@ -25,29 +25,33 @@ def _rows(n: int, name: str = "p") -> list[tuple]:
     return [(uuid.uuid4(), name, "true_positive", 1.0) for _ in range(n)]
 
 
-async def test_batches_close_on_size_or_time_and_callbacks_follow_the_commit(migrated_db):
-    acked: list[int] = []
+async def test_batches_close_on_size_or_time_and_flush_returns_after_the_commit(migrated_db):
     sink = await PgBatchSink(migrated_db, "pattern_feedback_log", COLUMNS, max_rows=100,
                              max_ms=300, source_topic="pattern.feedback").start()
     try:
         rows = _rows(250)
-        for i, row in enumerate(rows):
-            await sink.add(row, on_commit=lambda i=i: acked.append(i))
+        for row in rows:
+            await sink.add(row)
         # Two full batches went at once; the 50 left wait for the timer.
-        assert len(acked) == 200 and sink.pending == 50
+        assert sink.written == 200 and sink.pending == 50
         assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 200
         await asyncio.sleep(0.8)
-        assert len(acked) == 250 and sink.pending == 0
+        assert sink.written == 250 and sink.pending == 0
+        more = _rows(30)
+        for row in more:
+            await sink.add(row)
+        assert await sink.flush() == 30  # flush returns once they are committed
+        assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 280
         # The same rows again (a replay after a crash): nothing changes.
         for row in rows:
             await sink.add(row)
         await sink.flush()
     finally:
         await sink.stop()
-    assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 250
+    assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 280
     batches = await pg_fetch(migrated_db, "SELECT * FROM event_processing_metrics WHERE "
                                           "event_type = 'sink:pattern_feedback_log' ORDER BY created_at")
-    assert sum(b["batch_size"] for b in batches) == 500  # written twice, counted as batches
+    assert sum(b["batch_size"] for b in batches) == 530  # written twice, counted as batches
     assert all(b["success"] and b["topic"] == "pattern.feedback" and b["retry_count"] == 0 for b in batches)
     assert max(float(b["queue_wait_time_ms"]) for b in batches) >= 250  # the timer-closed batch
 
@@ -56,10 +60,11 @@ async def test_a_refused_row_is_isolated_and_the_others_land(migrated_db):
     rejected: list[tuple] = []
     bad = (uuid.uuid4(), "p", "not-a-feedback-type", 1.0)
     async with PgBatchSink(migrated_db, "pattern_feedback_log", COLUMNS,
-                           on_reject=lambda row, err: rejected.append((row, err))) as sink:
-        for row in [*_rows(5), bad, *_rows(5)]:
-            await sink.add(row)
-    assert [r for r, _ in rejected] == [bad] and "check" in rejected[0][1].lower()
+                           on_reject=lambda row, err, src: rejected.append((row, err, src))) as sink:
+        for i, row in enumerate([*_rows(5), bad, *_rows(5)]):
+            await sink.add(row, source=f"event-{i}")
+    # The refused row comes back with its source (the agents dead-letter that event).
+    assert [(r, s) for r, _, s in rejected] == [(bad, "event-5")] and "check" in rejected[0][1].lower()
     assert sink.rejected == 1 and sink.written == 10
     assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 10
 
@@ -75,11 +80,6 @@ async def test_postgresql_down_for_a_while_loses_and_doubles_nothing():
     try:
         await postgres.ensure_database(db)
         await migrate(db, progress=lambda _: None)
-        acked = 0
-
-        def ack() -> None:
-            nonlocal acked
-            acked += 1
 
         rows = _rows(6000)
         sink = await PgBatchSink(db, "pattern_feedback_log", COLUMNS, max_rows=200, max_ms=100,
@@ -92,7 +92,7 @@ async def test_postgresql_down_for_a_while_loses_and_doubles_nothing():
                     down_at = time.monotonic()
                     restart = asyncio.ensure_future(_restart_after(folder, port, 8.0))
                 before = time.monotonic()
-                await sink.add(row, on_commit=ack)
+                await sink.add(row)
                 if i > 2000 and blocked_at is None and time.monotonic() - before > 1.0:
                     blocked_at = i  # backpressure: add() waited while PostgreSQL was away
             await restart
@@ -101,7 +101,7 @@ async def test_postgresql_down_for_a_while_loses_and_doubles_nothing():
             await sink.stop()
         assert blocked_at is not None and blocked_at <= 2000 + 1000 + 200
         assert time.monotonic() - down_at >= 8.0
-        assert acked == 6000
+        assert sink.written == 6000
         ids = {r[0] for r in rows}
         conn = await asyncpg.connect(db)
         try:
@@ -119,3 +119,27 @@ async def test_postgresql_down_for_a_while_loses_and_doubles_nothing():
 async def _restart_after(folder: Path, port: int, seconds: float) -> None:
     await asyncio.sleep(seconds)
     await asyncio.to_thread(postgres.start, folder, port, lambda _: None)
+
+
+async def test_an_error_that_is_not_the_rows_fault_is_retried_until_it_clears(migrated_db):
+    """A missing table (say, a migration not yet applied) is the database's problem, not the
+    rows': the batch is put back and retried, and lands once the table exists."""
+    conn = await asyncpg.connect(migrated_db)
+    try:
+        await conn.execute("CREATE TABLE later_rows (id uuid PRIMARY KEY, n int NOT NULL)")
+        await conn.execute("ALTER TABLE later_rows RENAME TO later_rows_hidden")
+        sink = await PgBatchSink(migrated_db, "later_rows", ("id", "n"), backoff_max_s=0.3,
+                                 stage_ddl="(id uuid, n int)", record_batches=False).start()
+        rows = [(uuid.uuid4(), i) for i in range(50)]
+        for row in rows:
+            await sink.add(row)
+        flushing = asyncio.ensure_future(sink.flush())
+        await asyncio.sleep(1.5)
+        assert not flushing.done() and sink.written == 0  # retrying, nothing dropped
+        await conn.execute("ALTER TABLE later_rows_hidden RENAME TO later_rows")
+        assert await asyncio.wait_for(flushing, 10) == 50
+        await sink.stop()
+        assert await conn.fetchval("SELECT count(*) FROM later_rows") == 50
+        assert sink.rejected == 0
+    finally:
+        await conn.close()

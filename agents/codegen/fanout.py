@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 import zlib
 
 from schemas.events import NodeTask, PrdSubmitted
 
 
 def fan_out(prd: PrdSubmitted) -> list[NodeTask]:
-    """The node tasks of a PRD; they share its correlation id so they can be assembled again."""
+    """The node tasks of a PRD; they share its correlation id so they can be assembled again.
+    Their ids derive from the PRD event's id: fanning the same PRD out again (a replay) gives
+    the same tasks."""
     return [
         NodeTask(
+            id=uuid.uuid5(prd.id, f"task/{index}"),
             correlation_id=prd.correlation_id,
             prd_id=prd.prd_id,
             service_name=prd.service_name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from agents.codegen.render import CodeGenerator, GenerationFailed
 from agents.codegen.validate import ValidationFailed, validate
@@ -32,7 +33,7 @@ def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None =
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     common = {"correlation_id": task.correlation_id}
     node = GeneratedNode(
-        **common, prd_id=task.prd_id, service_name=task.service_name,
+        id=uuid.uuid5(task.id, "generated"), **common, prd_id=task.prd_id, service_name=task.service_name,
         node_type=task.node.node_type, node_name=task.node.name, node_index=task.node_index,
         node_count=task.node_count, mixins=list(task.node.mixins), files=files,
         findings=findings[:500], quality_score=score, duration_ms=duration_ms,
@@ -43,7 +44,7 @@ def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None =
         compatibility=compatibility,
     )
     result = GenerationResult(
-        **common, node_type=task.node.node_type,
+        id=uuid.uuid5(task.id, "result"), **common, node_type=task.node.node_type,
         mixins=list(task.node.mixins), success=reason is None,
         failure_reason=reason, source="pipeline", duration_ms=duration_ms,
     )

@@ -138,6 +138,9 @@ class MixinModel:
         self.drifts: list[int] = []
         self.promotions: list[int] = []
         self.conflicts: list[Conflict] = []
+        # Highest offset learnt per source topic-partition, set by the stream that feeds the
+        # model: a snapshot says exactly which results it holds, so a replay skips them.
+        self.applied: dict[str, int] = {}
 
     # -------------------------------------------------------------- learning
 

@@ -32,6 +32,15 @@ def fingerprint(rule: str, severity: str, labels: dict[str, str]) -> str:
                                        option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+ALERT_NS = uuid.UUID("9a4e2c71-5b3d-4f8e-a1c6-7d2b0e9f3a58")
+
+
+def alert_id(fp: str, active_since: float) -> str:
+    """Deterministic: the same input (with the same clock, which the stream takes from its
+    records) gives the same alert, so a replay after a crash does not make a second one."""
+    return str(uuid.uuid5(ALERT_NS, f"{fp}/{active_since!r}"))
+
+
 @dataclass
 class Change:
     """Something to publish: an alert that changed state, or a group notification."""
@@ -75,7 +84,7 @@ class AlertEngine:
             if rule.breached(value):
                 if alert is None or alert["state"] == "resolved":
                     alert = state["alerts"][fp] = {
-                        "id": str(uuid.uuid4()), "fingerprint": fp, "rule": rule.name,
+                        "id": alert_id(fp, now), "fingerprint": fp, "rule": rule.name,
                         "severity": rule.severity, "state": "pending", "value": value,
                         "threshold": rule.threshold, "labels": {"rule": rule.name, "severity": rule.severity,
                                                                 **ident},
@@ -109,7 +118,7 @@ class AlertEngine:
         if action == "resolve":
             return [self._resolve(state, alert, now, by=by)]
         if action == "silence":
-            sid = str(uuid.uuid4())
+            sid = str(uuid.uuid5(ALERT_NS, f"silence/{target}/{now!r}"))
             matchers = {k: re.escape(v) for k, v in alert["labels"].items()}
             state["silences"][sid] = {"id": sid, "matchers": matchers,
                                       "ends_at": now + (duration_s or 3600), "by": by}

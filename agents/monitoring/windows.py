@@ -114,23 +114,34 @@ def window_key(series: str, spec: WindowSpec, start: float) -> str:
     return f"{series}|{spec.size_s:g}|{start:.3f}"
 
 
+def series_of(key: str) -> str:
+    return key.rsplit("|", 2)[0]
+
+
 class Windows:
-    """Open windows of the series one partition owns; `add` then `due` / `pop`."""
+    """Open windows of the series one partition owns; `add` then `due` / `pop`.
+
+    Everything known about one series (its open windows, watermark, how far its windows are
+    closed, the source offsets folded in) is one state record (`dump_series` / `load_series`),
+    so a record restored after a crash is consistent with itself whatever else was lost."""
 
     def __init__(self, specs: list[WindowSpec], lateness_s: float = 5.0):
         self.specs, self.lateness_s = specs, lateness_s
         self.open: dict[str, Aggregate] = {}
+        self.by_series: dict[str, set[str]] = {}  # series → keys of its open windows
         self.watermarks: dict[str, float] = {}  # series → newest event time seen
         self.last_seen: dict[str, float] = {}   # series → monotonic time of its last sample
         self.closed_until: dict[str, float] = {}  # series|size → end of its latest closed window
+        self.applied: dict[str, dict[str, int]] = {}  # series → source partition → offset
         self.late = 0
-        self.dirty: set[str] = set()
+        self.dirty: set[str] = set()  # series whose record changed
 
     def add(self, name: str, metric_type: str, labels: dict[str, str], value: float, ts: float) -> int:
         """Fold one sample into every window holding it; returns how many windows took it."""
         series = series_key(name, labels)
         watermark = self.watermarks[series] = max(self.watermarks.get(series, 0.0), ts)
         self.last_seen[series] = time.monotonic()
+        self.dirty.add(series)
         taken = 0
         for spec in self.specs:
             for start in spec.starts(ts):
@@ -145,8 +156,8 @@ class Windows:
                 agg = self.open.get(key)
                 if agg is None:
                     agg = self.open[key] = Aggregate(name, metric_type, dict(labels), start, end)
+                    self.by_series.setdefault(series, set()).add(key)
                 agg.add(value)
-                self.dirty.add(key)
                 taken += 1
         return taken
 
@@ -156,7 +167,7 @@ class Windows:
         quiet = time.monotonic() - (idle_s or 0.0)
         out = []
         for k, a in self.open.items():
-            series = k.rsplit("|", 2)[0]
+            series = series_of(k)
             clock = self.watermarks.get(series, 0.0)
             if now is not None and idle_s is not None and self.last_seen.get(series, 0.0) <= quiet:
                 clock = max(clock, now)
@@ -164,15 +175,38 @@ class Windows:
                 out.append(k)
         return out
 
-    def seed(self, key: str, agg: Aggregate) -> None:
-        """Put back a window read from the table (after a restart or a rebalance)."""
-        self.open[key] = agg
-        series = key.rsplit("|", 2)[0]
-        self.watermarks[series] = max(self.watermarks.get(series, 0.0), agg.start)
-
     def pop(self, key: str) -> Aggregate:
-        self.dirty.discard(key)
         agg = self.open.pop(key)
+        series = series_of(key)
+        self.by_series.get(series, set()).discard(key)
+        self.dirty.add(series)
         series_size = key.rsplit("|", 1)[0]
         self.closed_until[series_size] = max(self.closed_until.get(series_size, float("-inf")), agg.end)
         return agg
+
+    def dump_series(self, series: str) -> bytes:
+        """The state record of one series."""
+        prefix = f"{series}|"
+        return orjson.dumps({
+            "series": series, "watermark": self.watermarks.get(series, 0.0),
+            "closed_until": {k[len(prefix):]: v for k, v in self.closed_until.items()
+                             if k.startswith(prefix)},
+            "applied": self.applied.get(series, {}),
+            "windows": {k: orjson.loads(self.open[k].to_json())
+                        for k in sorted(self.by_series.get(series, ()))}})
+
+    def load_series(self, raw: bytes | str) -> str:
+        """Put back a series record read from the table (after a restart or a rebalance). Its
+        series counts as just seen: wall time closes it only after it stays quiet."""
+        d = orjson.loads(raw)
+        series = d["series"]
+        self.watermarks[series] = d["watermark"]
+        self.last_seen[series] = time.monotonic()
+        for size, end in d["closed_until"].items():
+            self.closed_until[f"{series}|{size}"] = end
+        self.applied[series] = {k: int(v) for k, v in d["applied"].items()}
+        keys = self.by_series.setdefault(series, set())
+        for key, agg in d["windows"].items():
+            self.open[key] = Aggregate.from_json(orjson.dumps(agg))
+            keys.add(key)
+        return series

@@ -1,0 +1,228 @@
+"""The one checkpointed processing path every agent runs on.
+
+`run_batches(stream, agent, on_batch)` hands the agent its events in batches (up to
+`max_events`, or what arrived within `within_s`) and acknowledges a batch only after
+`on_batch` has returned. An agent's `on_batch` does, in this order:
+
+1. decode each event (`decode_event`: bad input → dead-letter topic) and apply it to its
+   in-memory state, skipping events its state has already applied (`Applied`);
+2. flush its sinks (PostgreSQL commits);
+3. write the state it changed into its changelogged table (`table_put`), each record carrying,
+   per source topic-partition, the highest offset folded into it;
+4. return: the events are acked, and faust flushes the producer (changelog records and output
+   events) before it commits their offsets.
+
+A worker killed anywhere in there restarts from the last committed offsets with state that may
+be ahead of them; the offsets stored in each state record make the replayed events no-ops, so
+every table, window and model ends as if the crash never happened. Outputs (topics) are
+at-least-once with deterministic event ids, so a subscriber drops a duplicate by id.
+
+Failures that are not the input's fault (streams.errors) are retried with backoff and keep the
+event; failures that are go to the dead-letter topic. An unexpected error outside the
+per-event handlers means state could be half-written: the worker stops hard (nothing of the
+batch is acknowledged) and a restart replays it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from agents.logging import log_context
+from schemas.codec import DecodeError, decode
+from streams.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
+from streams.errors import Backoff, InputRefused, is_retriable
+from streams.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
+from streams.tables import KIND_HEADER, SOURCE_HEADER
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[M, Any], Awaitable[None]]
+
+RECORD_NS = uuid.UUID("0b9c7f1e-3a6d-4e25-8c4b-5d2f9e8a1c37")
+LAST_EVENT: dict[str, float] = {}  # agent → wall time of the last event it took (for /health)
+BATCH_EVENTS = int(os.environ.get("OMNISTREAM_BATCH_EVENTS", "1000"))
+BATCH_WITHIN_S = float(os.environ.get("OMNISTREAM_BATCH_WITHIN_S", "0.5"))
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def record_id(topic: str, partition: int, offset: int) -> uuid.UUID:
+    """The id of an event whose publisher gave none: the same record always gets the same id."""
+    return uuid.uuid5(RECORD_NS, f"{topic}/{partition}/{offset}")
+
+
+def record_defaults(event: Any) -> dict[str, Any]:
+    """Envelope fields for a value that left them out, derived from the record itself, so a
+    replayed record is the same event (same id, same window)."""
+    msg = event.message
+    rid = record_id(msg.topic, msg.partition, msg.offset)
+    ts = msg.timestamp if msg.timestamp and msg.timestamp > 0 else time.time()
+    return {"id": rid, "occurred_at": datetime.fromtimestamp(ts, UTC),
+            "correlation_id": valid_uuid(header(event, CORRELATION_HEADER)) or rid}
+
+
+def internal_topic(topic: str) -> bool:
+    """Topics the workers write for themselves (inboxes, changelogs): `<app id>-…`."""
+    from streams.app import settings
+
+    return topic.startswith(f"{settings.app_id}-")
+
+
+def control_kind(event: Any) -> str | None:
+    """The `omnistream.kind` header, honoured only on internal topics: an outside publisher
+    cannot make its record a tick, an install or anything but data."""
+    if not internal_topic(event.message.topic):
+        return None
+    return header(event, KIND_HEADER)
+
+
+def origin(event: Any) -> tuple[str, int]:
+    """(source topic:partition, offset) of the record this event stands for: the record itself,
+    or for a record an intake re-keyed, the one it came from (SOURCE_HEADER)."""
+    src = header(event, SOURCE_HEADER) if internal_topic(event.message.topic) else None
+    if src:
+        topic, part, off = src.rsplit(":", 2)
+        return f"{topic}:{part}", int(off)
+    msg = event.message
+    return f"{msg.topic}:{msg.partition}", msg.offset
+
+
+def source_headers(event: Any) -> dict[str, bytes]:
+    """Headers that carry an event's origin across a re-keying hop (see `origin`)."""
+    where, offset = origin(event)
+    return {SOURCE_HEADER: f"{where}:{offset}".encode()}
+
+
+class Applied:
+    """Highest offset applied per source topic-partition, kept inside a state record.
+
+    Records of one source partition reach one state record in offset order (a re-keying intake
+    keeps that order; a replay after a crash starts lower), so "at or below the stored offset"
+    means "already in this state"."""
+
+    @staticmethod
+    def seen(applied: dict[str, int], where: str, offset: int) -> bool:
+        return offset <= applied.get(where, -1)
+
+    @staticmethod
+    def mark(applied: dict[str, int], where: str, offset: int) -> None:
+        if offset > applied.get(where, -1):
+            applied[where] = offset
+
+
+# ---------------------------------------------------------------------------- events
+
+
+async def decode_event(event: Any, model: type[M], agent: str) -> M | None:
+    """The event's value as `model` (envelope filled from the record), or None once it has been
+    dead-lettered."""
+    try:
+        return decode(model, event.value, defaults=record_defaults(event))
+    except DecodeError as exc:
+        EVENTS_PROCESSED.labels(agent, "invalid").inc()
+        await send_to_dlq(event, exc.kind, str(exc), agent)
+        return None
+
+
+async def call_retrying(what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Await fn(*args); a retriable failure is retried with capped backoff, others raise."""
+    backoff = Backoff()
+    while True:
+        try:
+            return await fn(*args)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("%s failed, retrying", what, extra={"metadata": {
+                "error": f"{type(exc).__name__}: {exc}"[:500], "attempt": backoff.attempts + 1}})
+            await backoff.wait()
+
+
+async def handle_event(event: Any, model: type[M], agent: str, handler: Handler) -> bool:
+    """Decode and handle one event. Bad input and refused events go to the DLQ; failures that
+    are not the input's fault are retried. True when it was handled."""
+    header_cid = valid_uuid(header(event, CORRELATION_HEADER))
+    started = time.perf_counter()
+    LAST_EVENT[agent] = time.time()
+    with log_context(correlation_id=header_cid, component=agent):
+        value = await decode_event(event, model, agent)
+        if value is None:
+            return False
+        with log_context(correlation_id=getattr(value, "correlation_id", header_cid)):
+            try:
+                await call_retrying(f"{agent} handler", handler, value, event)
+            except InputRefused as exc:
+                EVENTS_PROCESSED.labels(agent, "refused").inc()
+                await send_to_dlq(event, exc.reason, str(exc), agent)
+                return False
+            except Exception as exc:  # a handler bug must not stop the agent
+                log.exception("handler failed")
+                EVENTS_PROCESSED.labels(agent, "error").inc()
+                await send_to_dlq(event, "handler_error", f"{type(exc).__name__}: {exc}", agent)
+                return False
+    EVENTS_PROCESSED.labels(agent, "ok").inc()
+    HANDLE_SECONDS.labels(agent).observe(time.perf_counter() - started)
+    return True
+
+
+# ---------------------------------------------------------------------------- batches
+
+Batch = Callable[[Sequence[Any]], Awaitable[None]]
+
+
+async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: int | None = None,
+                      within_s: float | None = None) -> None:
+    """Feed the stream to `on_batch` in batches; a batch is acked once `on_batch` returns."""
+    async for events in stream.take_events(max_events or BATCH_EVENTS, within_s or BATCH_WITHIN_S):
+        try:
+            await on_batch(events)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the worker is stopping, unacked events come again
+            # State may be half-applied: acking now could lose or double it. Stop hard; the
+            # restart resumes from the last checkpoint.
+            log.critical("batch could not be applied; stopping the worker without acknowledging it",
+                         exc_info=True, extra={"metadata": {"agent": agent, "events": len(events)}})
+            logging.shutdown()
+            os._exit(70)
+
+
+async def run_intake(stream: Any, model: type[M], agent: str, handler: Handler) -> None:
+    """A stateless agent: each event decoded and handled in order, the batch acked after."""
+    async def on_batch(events: Sequence[Any]) -> None:
+        for event in events:
+            await handle_event(event, model, agent, handler)
+
+    await run_batches(stream, agent, on_batch)
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def table_put(table: Any, partition: int, key: Any, value: Any) -> None:
+    """Set a table key and send it to the changelog partition `partition` (faust would take the
+    partition from the current event, which a batch does not have)."""
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def table_delete(table: Any, partition: int, key: Any) -> None:
+    table.data.pop(key, None)
+    table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+def held(topic: str, partition: int) -> bool:
+    """True while this worker is assigned the partition (a batch taken before a rebalance must
+    not write the state of a partition another worker now owns)."""
+    from streams.app import app
+
+    return any(tp.topic == topic and tp.partition == partition for tp in app.consumer.assignment())
