@@ -62,8 +62,18 @@ def isolated_stack():
     return cm()
 
 
-def main(quick: bool = False, only: str | None = None) -> int:
+def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> int:
     from bench import learning, metrics, pipeline, template_cache
+
+    if only == "soak":
+        from bench import soak
+
+        print(f"== soak: {minutes:g} minutes of mixed load (RSS, open windows, table sizes, lag)")
+        with isolated_stack():
+            result = soak.run(minutes)
+        print(f"  RSS at minutes 1/10/30: {result['rss_mib_at']}")
+        print(f"  -> {_write('soak', result)}")
+        return 0
 
     if only in (None, "cache"):
         print("== template cache (5)")

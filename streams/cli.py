@@ -298,7 +298,7 @@ def _bench(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(root))
     from bench.run import main as bench_main
 
-    return bench_main(quick=args.quick, only=args.only)
+    return bench_main(quick=args.quick, only=args.only, minutes=args.minutes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks beside their baselines (on a throwaway stack)")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--only", choices=["cache", "pipeline", "learning", "metrics"])
+    bench.add_argument("--only", choices=["cache", "pipeline", "learning", "metrics", "soak"],
+                       help="one benchmark; `soak` (30 minutes of mixed load) runs only when named")
+    bench.add_argument("--minutes", type=float, default=30, help="length of the soak run")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -1,0 +1,123 @@
+"""Pure pieces of the checkpointed path: offsets in state, series records, deterministic ids,
+error classification, capped dead letters. (The crash tests prove the whole with SIGKILL.)"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
+
+from agents.codegen.fanout import fan_out
+from agents.monitoring.alerting import alert_id
+from agents.monitoring.windows import Windows, WindowSpec, series_key
+from schemas.codec import decode, encode
+from schemas.events import DeadLetter, MetricEvent, PrdSubmitted
+from streams.dlq import EMBED_BYTES, dead_letter
+from streams.errors import InputRefused, RetriableError, is_retriable
+from streams.processing import Applied, record_defaults, record_id
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+    key: bytes | None = None
+    value: bytes | None = None
+
+
+@dataclass
+class Event:
+    message: Message
+    headers: dict = field(default_factory=dict)
+
+    @property
+    def value(self) -> bytes | None:
+        return self.message.value
+
+
+def test_applied_offsets_skip_what_a_record_already_holds():
+    applied: dict[str, int] = {}
+    assert not Applied.seen(applied, "metrics.events:0", 0)
+    Applied.mark(applied, "metrics.events:0", 41)
+    assert Applied.seen(applied, "metrics.events:0", 41) and Applied.seen(applied, "metrics.events:0", 7)
+    assert not Applied.seen(applied, "metrics.events:0", 42)
+    assert not Applied.seen(applied, "metrics.events:1", 3)  # each source partition on its own
+    Applied.mark(applied, "metrics.events:0", 10)  # never goes back
+    assert applied == {"metrics.events:0": 41}
+
+
+def test_a_replayed_record_is_the_same_event():
+    raw = orjson.dumps({"name": "m", "value": 1.0, "metric_type": "gauge"})
+    event = Event(Message("metrics.events", 2, 1234, 1_790_000_000.5, b"m", raw))
+    first = decode(MetricEvent, raw, defaults=record_defaults(event))
+    again = decode(MetricEvent, raw, defaults=record_defaults(event))
+    assert first.id == again.id == record_id("metrics.events", 2, 1234)
+    assert first.occurred_at.timestamp() == 1_790_000_000.5  # the record's timestamp
+    other = decode(MetricEvent, raw, defaults=record_defaults(
+        Event(Message("metrics.events", 2, 1235, 1_790_000_000.5, b"m", raw))))
+    assert other.id != first.id
+    given = MetricEvent(name="m", value=1.0, metric_type="gauge")
+    assert decode(MetricEvent, encode(given), defaults=record_defaults(event)).id == given.id
+
+
+def test_fan_out_and_alert_ids_are_deterministic():
+    prd = PrdSubmitted(title="T", service_name="svc", nodes=[
+        {"node_type": "effect", "name": "A"}, {"node_type": "compute", "name": "B"}])
+    assert [t.id for t in fan_out(prd)] == [t.id for t in fan_out(prd)]
+    assert len({t.id for t in fan_out(prd)}) == 2
+    assert alert_id("fp", 12.5) == alert_id("fp", 12.5) != alert_id("fp", 13.0)
+
+
+def test_window_series_record_round_trips_offsets_watermark_and_closed_windows():
+    w = Windows([WindowSpec(10)], lateness_s=2)
+    for i in range(30):
+        w.add("m", "gauge", {"s": "a"}, float(i), 100 + i)
+    series = series_key("m", {"s": "a"})
+    w.applied[series] = {"metrics.events:0": 29}
+    for key in w.due():
+        w.pop(key)
+    record = w.dump_series(series)
+    restored = Windows([WindowSpec(10)], lateness_s=2)
+    assert restored.load_series(record) == series
+    assert restored.applied[series] == {"metrics.events:0": 29}
+    assert restored.watermarks[series] == w.watermarks[series]
+    assert {k: a.count for k, a in restored.open.items()} == {k: a.count for k, a in w.open.items()}
+    # A replayed sample for a window already closed (written) is late, not a new partial row.
+    late = restored.late
+    assert restored.add("m", "gauge", {"s": "a"}, 1.0, 101) == 0 and restored.late == late + 1
+    assert restored.dump_series(series) == record  # the late sample changed nothing
+
+
+def test_errors_say_whether_to_retry():
+    assert is_retriable(RetriableError("x")) and not is_retriable(InputRefused("r", "x"))
+    assert is_retriable(KafkaConnectionError()) and is_retriable(NotLeaderForPartitionError())
+    assert is_retriable(ConnectionRefusedError()) and is_retriable(TimeoutError())
+    assert is_retriable(asyncpg.DeadlockDetectedError("deadlock"))
+    assert is_retriable(asyncpg.SerializationError("serialization"))
+    assert is_retriable(asyncpg.UndefinedTableError("missing"))
+    assert not is_retriable(asyncpg.CheckViolationError("check"))
+    assert not is_retriable(asyncpg.InvalidTextRepresentationError("bad"))
+    assert not is_retriable(ValueError("a bug or bad input"))
+
+
+def test_a_dead_letter_for_a_record_near_the_limit_still_fits():
+    raw = b'{"a": "' + b"x" * 1_040_000 + b'"}'
+    letter = dead_letter("prd.requests", 1, 99, None, raw, "oversized", "too big", "prd-fanout")
+    body = encode(letter)
+    assert len(body) < 500_000 and letter.truncated and letter.value is None
+    assert letter.value_size == len(raw) and letter.value_sha256 == hashlib.sha256(raw).hexdigest()
+    assert base64.b64decode(letter.value_b64) == raw[:EMBED_BYTES]
+    assert letter.id == dead_letter("prd.requests", 1, 99, None, raw, "x", "y", "z").id
+    small = dead_letter("prd.requests", 1, 100, b"k", b"[1]", "schema", "array", "prd-fanout")
+    assert small.value == "[1]" and not small.truncated and small.id != letter.id
+    assert DeadLetter.model_validate(orjson.loads(body)) == letter
+    garbage = dead_letter("metrics.events", 0, 1, None, b"\xff\xfe", "invalid_json", "x", "a")
+    assert garbage.value is None and base64.b64decode(garbage.value_b64) == b"\xff\xfe"
+    assert isinstance(garbage.id, uuid.UUID)
