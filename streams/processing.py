@@ -25,6 +25,8 @@ batch is acknowledged) and a restart replays it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -50,6 +52,7 @@ RECORD_NS = uuid.UUID("0b9c7f1e-3a6d-4e25-8c4b-5d2f9e8a1c37")
 LAST_EVENT: dict[str, float] = {}  # agent → wall time of the last event it took (for /health)
 BATCH_EVENTS = int(os.environ.get("OMNISTREAM_BATCH_EVENTS", "1000"))
 BATCH_WITHIN_S = float(os.environ.get("OMNISTREAM_BATCH_WITHIN_S", "0.5"))
+STOP_GRACE_S = 30.0  # a stopping worker waits this long for the batch in hand
 
 
 # ---------------------------------------------------------------------------- records
@@ -183,17 +186,28 @@ async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: i
                       within_s: float | None = None) -> None:
     """Feed the stream to `on_batch` in batches; a batch is acked once `on_batch` returns."""
     async for events in stream.take_events(max_events or BATCH_EVENTS, within_s or BATCH_WITHIN_S):
+        # faust acks the batch when this body ends, however it ends: a batch must finish, or
+        # the process must end before those acks can be committed.
+        work = asyncio.ensure_future(on_batch(events))
         try:
-            await on_batch(events)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise  # cancelled: the worker is stopping, unacked events come again
+            await asyncio.shield(work)
+        except asyncio.CancelledError:  # the worker is stopping: let the batch finish first
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(work), STOP_GRACE_S)
+            if not work.done() or work.cancelled() or work.exception() is not None:
+                _stop_hard(agent, len(events), "the worker stopped in the middle of a batch")
+            raise
+        except Exception:
             # State may be half-applied: acking now could lose or double it. Stop hard; the
             # restart resumes from the last checkpoint.
-            log.critical("batch could not be applied; stopping the worker without acknowledging it",
-                         exc_info=True, extra={"metadata": {"agent": agent, "events": len(events)}})
-            logging.shutdown()
-            os._exit(70)
+            _stop_hard(agent, len(events), "batch could not be applied")
+
+
+def _stop_hard(agent: str, events: int, why: str) -> None:
+    log.critical("%s; stopping the worker without acknowledging it", why, exc_info=True,
+                 extra={"metadata": {"agent": agent, "events": events}})
+    logging.shutdown()
+    os._exit(70)
 
 
 async def run_intake(stream: Any, model: type[M], agent: str, handler: Handler) -> None:
