@@ -9,7 +9,10 @@ from __future__ import annotations
 import faust
 
 from schemas import topics as spec
+from streams import faust_patches
 from streams.config import Settings
+
+faust_patches.apply()
 
 
 def _credentials(settings: Settings):
@@ -43,10 +46,12 @@ def create_app(settings: Settings | None = None) -> faust.App:
         web_in_thread=False,
         producer_acks=-1,
         broker_commit_interval=1.0,
-        # Agents hold events unacked on purpose (sinks until their batch commits, the learner
-        # until a snapshot holds them); waiting for those at a rebalance would stall it. Unacked
-        # events are simply delivered again, and every consumer of them is idempotent.
-        stream_wait_empty=False,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        # A rebalance waits until the batches in hand are applied and acked (they are short: see
+        # streams/processing.py); a batch finished after its partitions were revoked could ack
+        # events whose state the new owner never sees.
+        stream_wait_empty=True,
         autodiscover=False,
     )
 

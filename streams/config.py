@@ -62,6 +62,16 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str
@@ -73,6 +83,9 @@ class Settings:
     app_id: str = "omnistream"
     partitions: int = 4
     auto_offset_reset: str = "earliest"
+    # How long the group waits for a member that stopped answering (a killed worker) before its
+    # partitions go to the others: Kafka's default, not faust's 60 s.
+    session_timeout_s: float = 45.0
     kafka_security: dict = field(default_factory=dict)
 
     @classmethod
@@ -92,6 +105,7 @@ class Settings:
             app_id=os.environ.get("OMNISTREAM_APP_ID", "omnistream"),
             partitions=_int_env("OMNISTREAM_PARTITIONS", 4),
             auto_offset_reset=os.environ.get("OMNISTREAM_AUTO_OFFSET_RESET", "earliest"),
+            session_timeout_s=_float_env("OMNISTREAM_SESSION_TIMEOUT_S", 45.0),
             kafka_security=kafka_security_from_env(),
         )
 

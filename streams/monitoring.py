@@ -102,6 +102,8 @@ class Aggregator:
             for key, raw in list(self.table.items()):
                 if raw is not None and key.startswith(prefix):
                     w.load_series(raw)
+            log.info("metric windows restored", extra={"metadata": {
+                "partition": partition, "series": len(w.applied), "open_windows": len(w.open)}})
         return w
 
     def add(self, partition: int, m: MetricEvent, where: str, offset: int) -> bool:
@@ -119,6 +121,11 @@ class Aggregator:
         SAMPLES.inc()
         if w.late > late_before:
             LATE.inc(w.late - late_before)
+            size = f"{SPECS[0].size_s:g}"
+            log.debug("late sample dropped", extra={"metadata": {
+                "series": series, "metric": m.name, "labels": dict(m.labels), "event_time": ts,
+                "watermark": w.watermarks.get(series), "offset": offset, "source": where,
+                "closed_until": w.closed_until.get(f"{series}|{size}")}})
         return True
 
     def close_due(self, partitions: set[int]) -> list[tuple[int, Aggregate]]:
@@ -177,11 +184,8 @@ async def metrics_aggregator(stream: Any) -> None:
     async def on_batch(events: Sequence[Any]) -> None:
         touched: set[int] = set()
         for event in events:
-            partition = event.message.partition
-            if not held(event.message.topic, partition):
-                continue  # revoked while batched: the new owner takes it from the changelog
             if control_kind(event) == "tick":
-                touched.add(partition)
+                touched.add(event.message.partition)
                 continue
             where, offset = origin(event)
 
@@ -197,7 +201,8 @@ async def metrics_aggregator(stream: Any) -> None:
             await handle_event(event, MetricEvent, "metrics-aggregator", handle)
         closed = aggregator.close_due(touched)
         await aggregator.sink.flush()  # closed windows are in PostgreSQL before any record says so
-        aggregator.save(touched, lambda p, k, v: table_put(window_table, p, k, v))
+        aggregator.save({p for p in touched if held(METRICS_EVENTS.name, p)},
+                        lambda p, k, v: table_put(window_table, p, k, v))
         for _, agg in closed:
             WINDOWS_CLOSED.inc()
             await window_closed(agg)
