@@ -94,8 +94,10 @@ def origin(event: Any) -> tuple[str, int]:
     or for a record an intake re-keyed, the one it came from (SOURCE_HEADER)."""
     src = header(event, SOURCE_HEADER) if internal_topic(event.message.topic) else None
     if src:
+        # Its own key: records of one source partition may reach a state record both directly
+        # and through an intake's re-keying hop, each path in order but not with each other.
         topic, part, off = src.rsplit(":", 2)
-        return f"{topic}:{part}", int(off)
+        return f"via:{topic}:{part}", int(off)
     msg = event.message
     return f"{msg.topic}:{msg.partition}", msg.offset
 
@@ -208,7 +210,10 @@ async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: i
     last_offsets: dict[tuple[str, int], int] = {}
     try:
         while True:
-            batch = [await _first(queue, reader)]
+            first = await _first(queue, reader)
+            if first is _ENDED:
+                return
+            batch = [first]
             deadline = loop.time() + within
             while len(batch) < max_events:
                 if not queue.empty():
@@ -244,6 +249,9 @@ def _check_contiguous(agent: str, batch: list[Any], last: dict[tuple[str, int], 
         last[tp] = msg.offset
 
 
+_ENDED = object()  # the stream stopped (the worker is stopping)
+
+
 async def _first(queue: asyncio.Queue, reader: asyncio.Future) -> Any:
     """The next event, waiting as long as it takes; raises if the reading task ended."""
     if not queue.empty():
@@ -257,7 +265,7 @@ async def _first(queue: asyncio.Queue, reader: asyncio.Future) -> Any:
     if getter.done() and not getter.cancelled():
         return getter.result()
     reader.result()  # raises what ended the reader
-    raise RuntimeError("the stream ended")
+    return _ENDED
 
 
 async def _apply(agent: str, on_batch: Batch, batch: list[Any]) -> None:

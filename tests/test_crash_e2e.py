@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import DecodeError, decode, encode
 from schemas.events import DeadLetter, GenerationResult, MetricEvent, PrdCompleted, PrdSubmitted
-from schemas.topics import CODEGEN_COMPLETED, CODEGEN_RESULTS, DLQ, METRICS_EVENTS, PRD_REQUESTS
+from schemas.topics import ALL, CODEGEN_COMPLETED, CODEGEN_RESULTS, DLQ, METRICS_EVENTS, PRD_REQUESTS
 from streams.infra.proc import free_port
 from streams.replica import topic_partitions
 from streams.topics import ensure_topics
@@ -45,16 +45,19 @@ WINDOW_ENV = {"OMNISTREAM_METRIC_WINDOW_S": "10", "OMNISTREAM_METRIC_HOPPING_WIN
 
 
 async def start_group_at_end(bootstrap: str, group: str, topics: list[str]) -> dict[TopicPartition, int]:
-    """Commit the group's offsets at the topics' current ends; returns them."""
+    """Commit the group's offsets at the current ends of every public topic (a new group would
+    otherwise work through the history other tests left, e.g. render old tasks again); returns
+    the ends of `topics`."""
     await ensure_topics(bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [tp for t in topics for tp in await topic_partitions(bootstrap, t)]
+        tps = [tp for t in {*topics, *(spec.name for spec in ALL)}
+               for tp in await topic_partitions(bootstrap, t)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.commit({tp: off for tp, off in ends.items()})
-        return ends
+        return {tp: off for tp, off in ends.items() if tp.topic in topics}
     finally:
         await consumer.stop()
 
@@ -132,7 +135,7 @@ async def read_topic(bootstrap: str, topic: str, start: dict[TopicPartition, int
         for tp in tps:
             consumer.seek(tp, (start or {}).get(tp, 0))
         out = []
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 out.extend(r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)])
         return out
@@ -140,9 +143,10 @@ async def read_topic(bootstrap: str, topic: str, start: dict[TopicPartition, int
         await consumer.stop()
 
 
-def samples(name: str, n: int, series: int = 5) -> tuple[list[MetricEvent], dict[tuple[str, float], int]]:
-    """n samples over 300 s of event time (in order), ending 100 s ago; expected window counts."""
-    base = time.time() - 400
+def samples(name: str, n: int, series: int = 5, ago: float = 400
+            ) -> tuple[list[MetricEvent], dict[tuple[str, float], int]]:
+    """n samples over 300 s of event time (in order), starting `ago` s ago; expected counts."""
+    base = time.time() - ago
     out, expected = [], {}
     for i in range(n):
         ts = base + i * 300 / n
@@ -214,10 +218,15 @@ async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated
     rng = random.Random()
     app_id = f"crash-pair-{uuid.uuid4().hex[:6]}"
     name = f"pair_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 12_000, series=4)
+    events, expected = samples(name, 12_000, series=4, ago=1000)
     await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
-    a = spawn(services, migrated_db, app_id, "a", WINDOW_ENV)
-    b = spawn(services, migrated_db, app_id, "b", WINDOW_ENV)
+    # Re-keyed samples arrive out of event-time order (by how far their source partitions'
+    # owners lag): a lateness covering the whole run (samples end 700 s ago, so wall time can
+    # still close them), and an idle time longer than the takeover, so windows close by idle
+    # time once everything is in.
+    env = {**WINDOW_ENV, "OMNISTREAM_METRIC_LATENESS_S": "400", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "30"}
+    a = spawn(services, migrated_db, app_id, "a", env)
+    b = spawn(services, migrated_db, app_id, "b", env)
     try:
         await web_up(a)
         await web_up(b)
@@ -387,7 +396,7 @@ async def test_broker_stopped_20s_under_load_workers_carry_on(services, migrated
 # ---------------------------------------------------------------------------- hostile input
 
 HOSTILE: list[tuple[bytes | None, bytes | None]] = [
-    (None, None),                                   # null key, tombstone
+    (None, b""),                                    # null key, empty value
     (b"k", None),                                   # tombstone
     (None, b"\xff\xfe\x00garbage\x80"),             # binary garbage
     (b"k", b"[1, 2, 3]"),                           # a JSON array
