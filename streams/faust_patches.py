@@ -25,8 +25,8 @@ from faust.types.tuples import ack_lock
 log = logging.getLogger(__name__)
 _faust_ack = Consumer.ack
 
-REWIND_TTL_S = 30.0  # after this, deliveries from before the rewind are long through
-REWIND: dict[Any, tuple[int, float]] = {}   # tp → (offset it is read again from, when)
+REWIND_RETRY_S = 5.0  # a rewound offset not back by then is sought again
+REWIND: dict[Any, list] = {}  # tp → [offset it is read again from, when that was asked]
 _pending_seek: dict[Any, int] = {}
 _seeker: asyncio.Future | None = None
 
@@ -41,19 +41,20 @@ def _ack_current_generation_only(self: Any, message: Any) -> bool:
         self._unacked_messages.discard(message)
     if not already and app.topics.acks_enabled_for(message.topic):
         tp, offset = message.tp, message.offset
-        current = _rewind(tp)
-        if current is None or offset < current[0]:
-            REWIND[tp] = (offset, time.monotonic())
-            _pending_seek[tp] = offset
-            _start_seeker(self)
+        current = REWIND.get(tp)
+        # `<=`: the rewound message itself may be skipped again (another rebalance)
+        if current is None or offset <= current[0]:
+            REWIND[tp] = [offset, time.monotonic()]  # a new entry: every reader waits for it
+            _seek(self, tp, offset)
             log.info("message skipped by faust during a rebalance: partition rewound to it",
                      extra={"metadata": {"topic": message.topic, "partition": message.partition,
                                          "offset": offset}})
     return False
 
 
-def _start_seeker(consumer: Any) -> None:
+def _seek(consumer: Any, tp: Any, offset: int) -> None:
     global _seeker
+    _pending_seek[tp] = offset
     if _seeker is None or _seeker.done():
         _seeker = asyncio.ensure_future(_seek_when_flowing(consumer))
 
@@ -73,31 +74,26 @@ async def _seek_when_flowing(consumer: Any) -> None:
             await asyncio.sleep(0.05)
 
 
-def _rewind(tp: Any) -> tuple[int, float] | None:
-    entry = REWIND.get(tp)
-    if entry is not None and time.monotonic() - entry[1] > REWIND_TTL_S:
-        del REWIND[tp]
-        return None
-    return entry
-
-
-def holds_back(message: Any, consumer: Any, passed: dict[Any, tuple[int, float]]) -> bool:
+def holds_back(message: Any, consumer: Any, passed: dict[Any, list]) -> bool:
     """True for a delivery that must wait for its partition's rewind (it comes again later).
     `passed`: the reading stream's own record of rewinds it has already seen arrive (a topic
     read by two agents reaches each of them in its own order)."""
     tp = message.tp
-    entry = _rewind(tp)
+    entry = REWIND.get(tp)
     if entry is None or passed.get(tp) is entry:
         return False
     if message.offset == entry[0]:
         passed[tp] = entry
         return False
-    if message.offset > entry[0]:
-        with ack_lock:
-            message.acked = True  # untracked: it is delivered again after the rewound ones
-            consumer._unacked_messages.discard(message)
-        return True
-    return False
+    if message.offset < entry[0]:
+        return False
+    with ack_lock:
+        message.acked = True  # untracked: it is delivered again after the rewound ones
+        consumer._unacked_messages.discard(message)
+    if time.monotonic() - entry[1] > REWIND_RETRY_S:
+        entry[1] = time.monotonic()
+        _seek(consumer, tp, entry[0])
+    return True
 
 
 def apply() -> None:
