@@ -130,7 +130,7 @@ async def soak(minutes: float) -> dict:
         stop_worker(proc)
     first = next((p["rss_mib"] for p in report if p["minute"] >= min(10, len(report))), None)
     return {"minutes": minutes, "sent": sent, "per_minute": report,
-            "rss_mib_at": {m: p["rss_mib"] for p in report for m in (1, 10, 30) if p["minute"] == m},
+            "rss_mib_at": {str(m): p["rss_mib"] for p in report for m in (1, 10, 30) if p["minute"] == m},
             "rss_growth_after_warmup_mib": round(report[-1]["rss_mib"] - first, 1) if first else None,
             "measured_at": datetime.now(UTC).isoformat()}
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 import faust
 
 from schemas import topics as spec
-from streams import faust_patches
 from streams.config import Settings
-
-faust_patches.apply()
 
 
 def _credentials(settings: Settings):

@@ -41,7 +41,6 @@ from agents.logging import log_context
 from schemas.codec import DecodeError, decode
 from streams.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
 from streams.errors import Backoff, InputRefused, is_retriable
-from streams.faust_patches import holds_back
 from streams.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.tables import KIND_HEADER, SOURCE_HEADER
 
@@ -197,14 +196,9 @@ async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: i
     queue: asyncio.Queue = asyncio.Queue(maxsize=max_events)
     loop = asyncio.get_running_loop()
 
-    from streams.app import app
-
-    passed: dict = {}
-
     async def read() -> None:
         async for event in stream.noack().events():
-            if not holds_back(event.message, app.consumer, passed):
-                await queue.put(event)
+            await queue.put(event)
 
     reader = asyncio.ensure_future(read())
     last_offsets: dict[tuple[str, int], int] = {}
