@@ -124,7 +124,10 @@ class OmnistreamClient:
                             continue
                         if correlation_ids and str(value.correlation_id) not in correlation_ids:
                             continue
-                        if seen_ids.seen(value.id):
+                        # Ids are a function of the input: two apps (consumer groups) reading the
+                        # same PRD produce the same ids, so the producing app is part of the key.
+                        worker = getattr(value, "worker", None) or ""
+                        if seen_ids.seen((value.id, worker.split("@", 1)[0])):
                             continue
                         yield value
                         seen += 1
