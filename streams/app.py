@@ -9,7 +9,10 @@ from __future__ import annotations
 import faust
 
 from schemas import topics as spec
+from streams import faust_patches
 from streams.config import Settings
+
+faust_patches.apply()
 
 
 def _credentials(settings: Settings):
@@ -45,9 +48,10 @@ def create_app(settings: Settings | None = None) -> faust.App:
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
-        # A rebalance does not wait for batches in hand (a batch can wait long for PostgreSQL);
-        # their events come again to the new owner, whose state skips what it already holds.
-        stream_wait_empty=False,
+        # A rebalance waits until the batches in hand are applied and acked (they are short: see
+        # streams/processing.py); a batch finished after its partitions were revoked could ack
+        # events whose state the new owner never sees.
+        stream_wait_empty=True,
         autodiscover=False,
     )
 

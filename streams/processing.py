@@ -41,6 +41,7 @@ from agents.logging import log_context
 from schemas.codec import DecodeError, decode
 from streams.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
 from streams.errors import Backoff, InputRefused, is_retriable
+from streams.faust_patches import holds_back
 from streams.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.tables import KIND_HEADER, SOURCE_HEADER
 
@@ -186,23 +187,103 @@ Batch = Callable[[Sequence[Any]], Awaitable[None]]
 
 async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: int | None = None,
                       within_s: float | None = None) -> None:
-    """Feed the stream to `on_batch` in batches; a batch is acked once `on_batch` returns."""
-    async for events in stream.take_events(max_events or BATCH_EVENTS, within_s or BATCH_WITHIN_S):
-        # faust acks the batch when this body ends, however it ends: a batch must finish, or
-        # the process must end before those acks can be committed.
-        work = asyncio.ensure_future(on_batch(events))
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:  # the worker is stopping: let the batch finish first
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(work), STOP_GRACE_S)
-            if not work.done() or work.cancelled() or work.exception() is not None:
-                _stop_hard(agent, len(events), "the worker stopped in the middle of a batch")
-            raise
-        except Exception:
-            # State may be half-applied: acking now could lose or double it. Stop hard; the
-            # restart resumes from the last checkpoint.
-            _stop_hard(agent, len(events), "batch could not be applied")
+    """Feed the stream to `on_batch` in batches; a batch is acked once `on_batch` has returned.
+
+    The events are read by a task of their own into a bounded queue, and batched here (up to
+    `max_events`, or what arrived within `within_s` of the batch's first event); this path, not
+    faust's `take_events`, decides when an event is acked (faust's take acks whatever happens
+    to the batch, and was measured to drop events at a full buffer's edge)."""
+    max_events, within = max_events or BATCH_EVENTS, within_s or BATCH_WITHIN_S
+    queue: asyncio.Queue = asyncio.Queue(maxsize=max_events)
+    loop = asyncio.get_running_loop()
+
+    from streams.app import app
+
+    passed: dict = {}
+
+    async def read() -> None:
+        async for event in stream.noack().events():
+            if not holds_back(event.message, app.consumer, passed):
+                await queue.put(event)
+
+    reader = asyncio.ensure_future(read())
+    last_offsets: dict[tuple[str, int], int] = {}
+    try:
+        while True:
+            first = await _first(queue, reader)
+            if first is _ENDED:
+                return
+            batch = [first]
+            deadline = loop.time() + within
+            while len(batch) < max_events:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), left))
+                except TimeoutError:
+                    break
+            _check_contiguous(agent, batch, last_offsets)
+            await _apply(agent, on_batch, batch)
+            for event in batch:
+                event.ack()
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+def _check_contiguous(agent: str, batch: list[Any], last: dict[tuple[str, int], int]) -> None:
+    """Log when the consumer delivers a partition's records with a hole in their offsets."""
+    for event in batch:
+        msg = event.message
+        tp = (msg.topic, msg.partition)
+        before = last.get(tp)
+        if before is not None and msg.offset > before + 1:
+            log.info("offsets skipped in delivery (read again after the next seek)", extra={"metadata": {
+                "agent": agent, "topic": msg.topic, "partition": msg.partition,
+                "after": before, "next": msg.offset}})
+        last[tp] = msg.offset
+
+
+_ENDED = object()  # the stream stopped (the worker is stopping)
+
+
+async def _first(queue: asyncio.Queue, reader: asyncio.Future) -> Any:
+    """The next event, waiting as long as it takes; raises if the reading task ended."""
+    if not queue.empty():
+        return queue.get_nowait()
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    reader.result()  # raises what ended the reader
+    return _ENDED
+
+
+async def _apply(agent: str, on_batch: Batch, batch: list[Any]) -> None:
+    """Run on_batch to the end. Cancelled (the worker stops): the batch gets a grace period to
+    finish; if it does not, it is left unacked (replayed, and skipped by state, after restart).
+    Failed: state may be half-applied, so the worker stops hard without acking it."""
+    work = asyncio.ensure_future(on_batch(batch))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(work), STOP_GRACE_S)
+        if work.done() and not work.cancelled() and work.exception() is None:
+            for event in batch:
+                event.ack()
+        raise
+    except Exception:
+        _stop_hard(agent, len(batch), "batch could not be applied")
 
 
 def _stop_hard(agent: str, events: int, why: str) -> None:
