@@ -60,6 +60,11 @@ settings = Settings.from_env()
 app = create_app(settings)
 
 
+@app.on_partitions_revoked.connect
+async def _forget_rewinds(sender: object, revoked: object, **kwargs: object) -> None:
+    faust_patches.forget(revoked)
+
+
 def topic(ts: spec.TopicSpec) -> faust.TopicT:
     return app.topic(ts.name, key_type=bytes, value_type=bytes, partitions=ts.partitions,
                      value_serializer="raw", key_serializer="raw")

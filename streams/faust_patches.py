@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from typing import Any
 
 from faust.transport.consumer import Consumer
@@ -29,6 +30,23 @@ REWIND_RETRY_S = 5.0  # a rewound offset not back by then is sought again
 REWIND: dict[Any, list] = {}  # tp → [offset it is read again from, when that was asked]
 _pending_seek: dict[Any, int] = {}
 _seeker: asyncio.Future | None = None
+PINNED: dict[Any, int] = {}  # tp → rewound offset the fetcher's read offset must not pass yet
+
+
+class PinnedReadOffsets(defaultdict):
+    """faust's per-partition read offset, which its fetch loop raises after every message it
+    hands on and below which it drops fetched messages. Right after a rewind, messages fetched
+    before it are still being handed on; they must not raise the read offset past the rewound
+    one, or it is dropped when it is fetched again."""
+
+    def __setitem__(self, tp: Any, offset: Any) -> None:
+        pin = PINNED.get(tp)
+        if pin is not None and offset is not None:
+            if offset == pin:
+                del PINNED[tp]  # the rewound message has been handed on
+            elif offset > pin:
+                return
+        super().__setitem__(tp, offset)
 
 
 def _ack_current_generation_only(self: Any, message: Any) -> bool:
@@ -68,8 +86,10 @@ async def _seek_when_flowing(consumer: Any) -> None:
                 del _pending_seek[tp]
                 if tp in assigned:
                     await consumer.seek(tp, offset)
+                    PINNED[tp] = offset
+                    dict.__setitem__(consumer._read_offset, tp, offset)
                 else:
-                    REWIND.pop(tp, None)  # another worker reads it from the committed offset
+                    forget([tp])  # another worker reads it from the committed offset
         else:
             await asyncio.sleep(0.05)
 
@@ -96,5 +116,22 @@ def holds_back(message: Any, consumer: Any, passed: dict[Any, list]) -> bool:
     return True
 
 
+def forget(tps: Any) -> None:
+    """Partitions this worker no longer holds: their rewinds are the new owner's business."""
+    for tp in tps:
+        REWIND.pop(tp, None)
+        PINNED.pop(tp, None)
+        _pending_seek.pop(tp, None)
+
+
+_faust_init = Consumer.__init__
+
+
+def _init_with_pinned_offsets(self: Any, *args: Any, **kwargs: Any) -> None:
+    _faust_init(self, *args, **kwargs)
+    self._read_offset = PinnedReadOffsets(lambda: None)
+
+
 def apply() -> None:
     Consumer.ack = _ack_current_generation_only  # type: ignore[method-assign]
+    Consumer.__init__ = _init_with_pinned_offsets  # type: ignore[method-assign]
