@@ -10,8 +10,9 @@ MODEL_TABLE = "mixin-models"          # node type → signed model snapshot (raw
 FEEDBACK_TABLE = "pattern-feedback"   # pattern name → posterior state (JSON)
 ASSEMBLY_TABLE = "codegen-assembly"   # correlation id → assembly state (JSON)
 
-KIND_HEADER = "omnistream.kind"                # result | tick | install | node
-SOURCE_HEADER = "omnistream.source"            # partition:offset of the event on codegen.results
+# Honoured on internal topics only: result, sample, tick, install, node, window, command.
+KIND_HEADER = "omnistream.kind"
+SOURCE_HEADER = "omnistream.source"            # topic:partition:offset of the record a re-keying intake read
 TRAINED_HEADER = "omnistream.trained-through"  # install: next offset per codegen.results partition
 
 
