@@ -213,7 +213,8 @@ def _replay(args: argparse.Namespace) -> int:
     except ReplayError as exc:
         raise UsageError(str(exc)) from None
     rate = report.events / report.seconds if report.seconds else 0.0
-    print(f"replayed {report.events} events ({report.invalid} invalid, skipped) in "
+    print(f"replayed {report.events} events ({report.invalid} invalid, {report.duplicates} "
+          f"sent twice, skipped) in "
           f"{report.seconds:.1f}s, {rate:,.0f} events/s")
     print("old: the model in use, scored on the replayed events (it may have learnt from them); "
           "new: the rebuilt model, progressive (each event scored before it is learnt)")
@@ -229,7 +230,8 @@ def _replay(args: argparse.Namespace) -> int:
               f"  {version}")
     if args.json:
         print(orjson.dumps({"events": report.events, "invalid": report.invalid,
-                            "seconds": round(report.seconds, 3), "swapped": report.swapped,
+                            "duplicates": report.duplicates, "seconds": round(report.seconds, 3),
+                            "swapped": report.swapped,
                             "models": report.rows()}).decode())
     if not args.no_swap and not report.swapped:
         print("omnistream: the new models were sent but no worker swapped them in within "

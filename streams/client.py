@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel
 
+from agents.stats import RecentIds
 from schemas import topics as spec
 from schemas.codec import DecodeError, decode, encode
 from schemas.events import GeneratedNode, PrdCompleted, PrdSubmitted
@@ -25,22 +25,6 @@ from streams.replica import topic_partitions
 from streams.topics import ensure_topics
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class RecentIds:
-    """The last `size` ids seen (a duplicate comes soon after its original)."""
-
-    def __init__(self, size: int = 100_000):
-        self.size = size
-        self._ids: OrderedDict[object, None] = OrderedDict()
-
-    def seen(self, value_id: object) -> bool:
-        if value_id in self._ids:
-            return True
-        self._ids[value_id] = None
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-        return False
 
 
 class OmnistreamClient:

@@ -18,7 +18,7 @@ from typing import Any
 
 from schemas.codec import encode
 from schemas.events import DeadLetter
-from streams.errors import Backoff
+from streams.errors import retrying
 from streams.metrics import DLQ_EVENTS
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,11 @@ async def send_to_dlq(event: Any, reason: str, error: str, agent: str) -> None:
     value = encode(letter)
     headers = {**correlation_headers(letter.correlation_id), "dlq.reason": reason[:200].encode(),
                "dlq.topic": msg.topic.encode()}
-    backoff = Backoff()
-    while True:
-        try:
-            await dlq.send(key=msg.key if isinstance(msg.key, bytes) else None, value=value,
-                           headers=headers)
-            break
-        except Exception as exc:  # the broker is away: the letter is not the input's to lose
-            log.warning("dead letter not sent yet, retrying", extra={"metadata": {
-                "topic": msg.topic, "offset": msg.offset, "error": repr(exc)[:300],
-                "attempt": backoff.attempts + 1}})
-            await backoff.wait()
+    # Whatever the broker says, the letter is not the input's to lose: retry until it is sent.
+    await retrying(f"dead letter for {msg.topic}/{msg.partition}@{msg.offset}",
+                   retry_if=lambda _exc: True, log=log)(
+        dlq.send, key=msg.key if isinstance(msg.key, bytes) else None, value=value,
+        headers=headers)
     DLQ_EVENTS.labels(msg.topic, reason).inc()
     log.warning("event sent to dead-letter topic", extra={"metadata": {
         "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,

@@ -10,8 +10,11 @@ row) goes to the dead-letter topic.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
 import asyncpg
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential
 
 
 class OmnistreamError(Exception):
@@ -58,15 +61,28 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | ConnectionError | asyncio.TimeoutError | TimeoutError)
 
 
-class Backoff:
-    """Capped exponential backoff: 0.1 s, 0.2 s, … up to `cap_s`."""
+def retrying(what: str, *, retry_if: Callable[[BaseException], bool] = is_retriable,
+             cap_s: float = 5.0, on_retry: Callable[[BaseException], None] | None = None,
+             log: logging.Logger | None = None) -> AsyncRetrying:
+    """The one retry policy (tenacity): capped exponential backoff 0.1 s, 0.2 s, … `cap_s`,
+    forever, for failures `retry_if` accepts; anything else is raised at once.
 
-    def __init__(self, first_s: float = 0.1, cap_s: float = 5.0):
-        self.first_s, self.cap_s = first_s, cap_s
-        self.delay = first_s
-        self.attempts = 0
+    Use as `await retrying("what", ...)(fn, *args)` or `async for attempt in retrying(...)`.
+    `on_retry(exc)` runs before each wait (e.g. to drop a broken connection pool); every retry
+    is logged as a warning with the error and the attempt number.
+    """
+    logger = log or logging.getLogger("omnistream.retry")
 
-    async def wait(self) -> None:
-        self.attempts += 1
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.cap_s, self.delay * 2)
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is None:
+            return
+        if on_retry is not None:
+            on_retry(exc)
+        logger.warning("%s failed, retrying", what, extra={"metadata": {
+            "error": f"{type(exc).__name__}: {exc}"[:500], "attempt": state.attempt_number,
+            "retry_in_s": round(state.upcoming_sleep, 3)}})
+
+    return AsyncRetrying(retry=retry_if_exception(retry_if), stop=stop_never, reraise=True,
+                         wait=wait_exponential(multiplier=0.1, exp_base=2, max=cap_s),
+                         before_sleep=before_sleep)

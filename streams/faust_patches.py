@@ -132,6 +132,30 @@ def _init_with_pinned_offsets(self: Any, *args: Any, **kwargs: Any) -> None:
     self._read_offset = PinnedReadOffsets(lambda: None)
 
 
+# The faust internals the patch relies on, checked when it is applied: a faust release that
+# renamed them must fail at start-up, not lose records quietly.
+TESTED_WITH = "0.15"
+
+
+def check_faust_internals() -> None:
+    """Raise RuntimeError when faust no longer has what the patch replaces or reads."""
+    import inspect
+
+    import faust
+    from faust import streams
+
+    missing = [name for name in ("ack", "seek", "assignment", "_read_offset", "_unacked_messages")
+               if name not in inspect.getsource(Consumer)]
+    if "generation_id" not in inspect.getsource(streams) or "consumer_generation_id" not in \
+            inspect.getsource(streams):
+        missing.append("streams: skip of an older generation's message")
+    if missing:
+        raise RuntimeError(f"faust-streaming {faust.__version__} changed what streams.faust_patches "
+                           f"corrects (tested with {TESTED_WITH}.x): {', '.join(missing)}")
+
+
 def apply() -> None:
+    """Install the patch (idempotent); call before the faust app is created."""
+    check_faust_internals()
     Consumer.ack = _ack_current_generation_only  # type: ignore[method-assign]
     Consumer.__init__ = _init_with_pinned_offsets  # type: ignore[method-assign]

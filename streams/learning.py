@@ -216,11 +216,14 @@ class Learner:
         if Applied.seen(model.applied, where, offset):
             self.skipped += 1
             return False
+        Applied.mark(model.applied, where, offset)
+        if model.seen_result(result.id):  # the same result sent again (its producer crashed)
+            self.skipped += 1
+            return False
         started = time.perf_counter()
         model.learn_one(result.mixins, result.success)
         LEARN_SECONDS.observe(time.perf_counter() - started)
         MODEL_UPDATES.labels(result.node_type).inc()
-        Applied.mark(model.applied, where, offset)
         self.recent[result.node_type].append((where, offset, tuple(result.mixins), result.success))
         return True
 

@@ -35,12 +35,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from faust.types import TP
 from pydantic import BaseModel
 
 from agents.logging import log_context
 from schemas.codec import DecodeError, decode
 from streams.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
-from streams.errors import Backoff, InputRefused, is_retriable
+from streams.errors import InputRefused, retrying
 from streams.faust_patches import holds_back
 from streams.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.tables import KIND_HEADER, SOURCE_HEADER
@@ -141,16 +142,7 @@ async def decode_event(event: Any, model: type[M], agent: str) -> M | None:
 
 async def call_retrying(what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """Await fn(*args); a retriable failure is retried with capped backoff, others raise."""
-    backoff = Backoff()
-    while True:
-        try:
-            return await fn(*args)
-        except Exception as exc:
-            if not is_retriable(exc):
-                raise
-            log.warning("%s failed, retrying", what, extra={"metadata": {
-                "error": f"{type(exc).__name__}: {exc}"[:500], "attempt": backoff.attempts + 1}})
-            await backoff.wait()
+    return await retrying(what, log=log)(fn, *args)
 
 
 async def handle_event(event: Any, model: type[M], agent: str, handler: Handler) -> bool:
@@ -322,4 +314,4 @@ def held(topic: str, partition: int) -> bool:
     not write the state of a partition another worker now owns)."""
     from streams.app import app
 
-    return any(tp.topic == topic and tp.partition == partition for tp in app.consumer.assignment())
+    return TP(topic, partition) in app.consumer.assignment()  # a set of TopicPartitions

@@ -54,6 +54,7 @@ class NodeReport:
 class ReplayReport:
     events: int = 0
     invalid: int = 0
+    duplicates: int = 0  # results sent twice (same id), learnt once
     seconds: float = 0.0
     nodes: dict[str, NodeReport] = field(default_factory=dict)
     swapped: bool = False
@@ -160,6 +161,9 @@ def _learn(report: ReplayReport, old: ModelRegistry, raw: bytes) -> None:
         node.new = MixinModel(result.node_type)
         current = old.models.get(result.node_type)
         node.old_version = current.version if current else 0
+    if node.new.seen_result(result.id):
+        report.duplicates += 1  # the same result sent twice (its producer crashed): learnt once
+        return
     node.events += 1
     current = old.models.get(result.node_type)
     if current is not None:

@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
-from streams.errors import PG_ROW_REFUSED, Backoff
+from streams.errors import PG_ROW_REFUSED, retrying
 
 log = logging.getLogger(__name__)
 
@@ -152,29 +152,32 @@ class PgBatchSink:
                                                    command_timeout=60)
         return self._pool
 
+    def _after_failure(self, exc: BaseException) -> None:
+        """Before a retry: count it and, when the connection itself failed, drop the pool."""
+        SINK_RETRIES.labels(self.table).inc()
+        if self._pool is not None and not isinstance(exc, asyncpg.PostgresError):
+            with contextlib.suppress(Exception):
+                self._pool.terminate()
+            self._pool = None
+
+    def _retrying(self, what: str):
+        """Retry everything but a refused row (that is the row's fault, not the database's)."""
+        return retrying(f"{what} into {self.table}", cap_s=self.backoff_max_s, log=log,
+                        retry_if=lambda exc: not isinstance(exc, PG_ROW_REFUSED),
+                        on_retry=self._after_failure)
+
     async def _write_with_retry(self, pairs: list[tuple[tuple, Any]], oldest: float | None = None) -> None:
-        backoff, rows = Backoff(0.1, self.backoff_max_s), [r for r, _ in pairs]
-        while True:
-            try:
-                started = time.perf_counter()
-                await self._write(rows, backoff.attempts, oldest)
-                SINK_FLUSH_SECONDS.labels(self.table).observe(time.perf_counter() - started)
-                return
-            except PG_ROW_REFUSED as exc:
-                log.warning("batch refused, isolating bad rows", extra={"metadata": {
-                    "table": self.table, "error": str(exc)}})
-                await self._write_one_by_one(pairs, backoff.attempts, oldest)
-                return
-            except Exception as exc:  # not a row's fault: put the batch back and try again
-                SINK_RETRIES.labels(self.table).inc()
-                log.warning("batch not written, retrying", extra={"metadata": {
-                    "table": self.table, "rows": len(rows), "retry_in_s": backoff.delay,
-                    "error": f"{type(exc).__name__}: {exc}"[:500]}})
-                if self._pool is not None and not isinstance(exc, asyncpg.PostgresError):
-                    with contextlib.suppress(Exception):
-                        self._pool.terminate()
-                    self._pool = None
-                await backoff.wait()
+        rows = [r for r, _ in pairs]
+        try:
+            async for attempt in self._retrying(f"batch of {len(rows)} rows"):
+                with attempt:
+                    started = time.perf_counter()
+                    await self._write(rows, attempt.retry_state.attempt_number - 1, oldest)
+                    SINK_FLUSH_SECONDS.labels(self.table).observe(time.perf_counter() - started)
+        except PG_ROW_REFUSED as exc:
+            log.warning("batch refused, isolating bad rows", extra={"metadata": {
+                "table": self.table, "error": str(exc)}})
+            await self._write_one_by_one(pairs, oldest)
 
     async def _write(self, rows: list[tuple], retries: int = 0, oldest: float | None = None) -> None:
         pool = await self._connect()
@@ -196,33 +199,19 @@ class PgBatchSink:
         self.written += len(rows)
         SINK_ROWS.labels(self.table).inc(len(rows))
 
-    async def _write_one_by_one(self, pairs: list[tuple[tuple, Any]], retries: int,
-                                oldest: float | None) -> None:
+    async def _write_one_by_one(self, pairs: list[tuple[tuple, Any]], oldest: float | None) -> None:
         for row, source in pairs:
-            backoff = Backoff(0.1, self.backoff_max_s)
-            while True:
-                try:
-                    await self._write([row], retries, oldest)
-                    break
-                except PG_ROW_REFUSED as exc:
-                    self.rejected += 1
-                    SINK_REJECTED.labels(self.table).inc()
-                    log.error("row refused by PostgreSQL", extra={"metadata": {
-                        "table": self.table, "error": str(exc), "row": repr(row)[:500]}})
-                    if self.on_reject is not None:
-                        result = self.on_reject(row, str(exc), source)
-                        if asyncio.iscoroutine(result):
-                            await result
-                    break
-                except Exception as exc:  # the database, not the row: retry this row
-                    SINK_RETRIES.labels(self.table).inc()
-                    log.warning("row not written, retrying", extra={"metadata": {
-                        "table": self.table, "error": f"{type(exc).__name__}: {exc}"[:500]}})
-                    if self._pool is not None and not isinstance(exc, asyncpg.PostgresError):
-                        with contextlib.suppress(Exception):
-                            self._pool.terminate()
-                        self._pool = None
-                    await backoff.wait()
+            try:
+                await self._retrying("row")(self._write, [row], 0, oldest)
+            except PG_ROW_REFUSED as exc:
+                self.rejected += 1
+                SINK_REJECTED.labels(self.table).inc()
+                log.error("row refused by PostgreSQL", extra={"metadata": {
+                    "table": self.table, "error": str(exc), "row": repr(row)[:500]}})
+                if self.on_reject is not None:
+                    result = self.on_reject(row, str(exc), source)
+                    if asyncio.iscoroutine(result):
+                        await result
 
 
 def dead_letter_row(agent: str) -> Reject:

@@ -229,3 +229,27 @@ def test_pattern_registry_tracks_suppression():
     assert reg.summaries()[0]["suppressed"] is True
     reg.apply(orjson.dumps("print_call"), None)
     assert reg.suppressed == frozenset()
+
+
+def test_a_result_sent_twice_is_learnt_once_and_the_memory_survives_a_snapshot():
+    """A producer that crashed before its commit sends the same result (same id) again as a new
+    record: the model learns it once, also after being restored from its snapshot."""
+    import uuid
+
+    from agents.learning.model import LEARNT_IDS
+
+    model = MixinModel("effect")
+    ids = [uuid.uuid4() for _ in range(50)]
+    learnt = 0
+    for rid in ids + ids[:10]:
+        if not model.seen_result(rid):
+            model.learn_one(["MixinRetry", "MixinCaching"], True)
+            learnt += 1
+    assert learnt == 50 and model.updates == 50
+    head = snapshot.SnapshotHeader("effect", model.version, model.updates, 0.0)
+    _, restored = snapshot.loads(snapshot.dumps(model, head, b"k" * 32), b"k" * 32)
+    assert all(restored.seen_result(rid) for rid in ids)
+    assert not restored.seen_result(uuid.uuid4())
+    for _ in range(LEARNT_IDS + 5):  # bounded: the oldest ids are forgotten first
+        restored.seen_result(uuid.uuid4())
+    assert len(restored.learnt) == LEARNT_IDS and not restored.seen_result(ids[0])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import uuid
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -29,7 +30,10 @@ from typing import Any
 from river import drift, linear_model, optim
 
 from agents.learning.features import PAIR_SEP, canonical, featurize, pair_key
+from agents.stats import RecentIds
 
+# How many result ids a model remembers to learn a re-sent result once (8 bytes each).
+LEARNT_IDS = 4096
 P_MIN = 1e-6
 
 
@@ -141,6 +145,15 @@ class MixinModel:
         # Highest offset learnt per source topic-partition, set by the stream that feeds the
         # model: a snapshot says exactly which results it holds, so a replay skips them.
         self.applied: dict[str, int] = {}
+        # The last results learnt, by id: a result rendered again after its producer crashed
+        # (same id, another record) is learnt once. 64-bit id prefixes keep snapshots small.
+        self.learnt = RecentIds(LEARNT_IDS)
+
+    def seen_result(self, result_id: uuid.UUID) -> bool:
+        """True when this result (by id) is among the last LEARNT_IDS learnt; else remember it."""
+        if not hasattr(self, "learnt"):  # a snapshot from before ids were kept
+            self.learnt = RecentIds(LEARNT_IDS)
+        return self.learnt.seen(result_id.int >> 64)
 
     # -------------------------------------------------------------- learning
 
