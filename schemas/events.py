@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.nodes import shadowed_member, snake
+
 NodeType = Literal["effect", "compute", "reducer", "orchestrator"]
 NODE_TYPES: tuple[str, ...] = ("effect", "compute", "reducer", "orchestrator")
 
@@ -119,6 +121,15 @@ class PrdNode(Model):
             raise ValueError("must not repeat a name")
         return value
 
+    @model_validator(mode="after")
+    def _operations_keep_the_node_whole(self) -> PrdNode:
+        for operation in self.operations:
+            owner = shadowed_member(operation, self.mixins)
+            if owner is not None:
+                raise ValueError(f"operation {operation!r} of node {self.name} would shadow "
+                                 f"{owner}.{operation}; rename the operation")
+        return self
+
 
 class PrdSubmitted(Envelope):
     prd_id: PrdId = Field(default_factory=lambda: f"prd-{uuid4().hex[:12]}")
@@ -132,6 +143,12 @@ class PrdSubmitted(Envelope):
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ValueError("node names must be unique within a PRD")
+        snakes: dict[str, str] = {}
+        for node in self.nodes:  # folders, loggers and settings prefixes use the snake form
+            other = snakes.setdefault(snake(node.name), node.name)
+            if other != node.name:
+                raise ValueError(f"nodes {other} and {node.name} are both {snake(node.name)!r} "
+                                 f"in file and logger names; rename one")
         return self
 
 

@@ -1,45 +1,61 @@
-"""The mixins the templates know, and the imports each one's code needs."""
+"""The mixins the templates know, the order they wrap a node's calls in, and the imports their
+code needs (found in the rendered code, so a template change cannot leave one missing)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ast
 
 from schemas.events import MIXIN_CATALOGUE
 
+MIXINS: frozenset[str] = frozenset(MIXIN_CATALOGUE)
 
-@dataclass(frozen=True)
-class MixinSpec:
-    name: str
-    stdlib: tuple[str, ...] = ()
-    abc: tuple[str, ...] = ()
-    typing: tuple[str, ...] = ()
+# Outermost first: what observes a call (tracing, metrics, audit, logging, health, failure
+# notifications, the done-event) sees everything inside it; then what refuses a call before it
+# runs (auth, validation, rate limit), what answers without running it (idempotency, cache),
+# and what bounds and repeats the operation itself (timeout → circuit breaker → retry).
+WRAP_ORDER: tuple[str, ...] = (
+    "MixinTracing", "MixinMetrics", "MixinAudit", "MixinLogging", "MixinHealthCheck",
+    "MixinNotification", "MixinEventBus", "MixinAuth", "MixinValidation", "MixinRateLimit",
+    "MixinIdempotency", "MixinCaching", "MixinTimeout", "MixinCircuitBreaker", "MixinRetry",
+)
+assert set(WRAP_ORDER) <= MIXINS
 
 
-_SPECS = [
-    MixinSpec("MixinRetry", ("asyncio", "random"), ("Awaitable", "Callable"), ("Any",)),
-    MixinSpec("MixinCircuitBreaker", ("time",)),
-    MixinSpec("MixinCaching", ("time",), ("Hashable",), ("Any",)),
-    MixinSpec("MixinLogging", ("logging",), (), ("Any",)),
-    MixinSpec("MixinMetrics"),
-    MixinSpec("MixinTracing", ("contextlib", "time", "uuid"), ("Iterator",), ("Any",)),
-    MixinSpec("MixinValidation", (), (), ("Any",)),
-    MixinSpec("MixinSerialization", ("json",), (), ("Any",)),
-    MixinSpec("MixinEventBus", ("asyncio",), ("Awaitable", "Callable"), ("Any",)),
-    MixinSpec("MixinHealthCheck", (), (), ("Any",)),
-    MixinSpec("MixinRateLimit", ("asyncio", "time")),
-    MixinSpec("MixinTimeout", ("asyncio",), ("Awaitable",), ("Any",)),
-    MixinSpec("MixinTransaction", ("contextlib",), ("AsyncIterator", "Awaitable", "Callable")),
-    MixinSpec("MixinIdempotency"),
-    MixinSpec("MixinAuth", ("hashlib", "hmac", "os")),
-    MixinSpec("MixinBatching", (), ("Iterator", "Sequence"), ("Any",)),
-    MixinSpec("MixinStreaming", ("asyncio",), ("AsyncIterator",), ("Any",)),
-    MixinSpec("MixinPersistence", ("json",), (), ("Any",)),
-    MixinSpec("MixinScheduling", ("asyncio", "time"), ("Awaitable", "Callable")),
-    MixinSpec("MixinNotification"),
-    MixinSpec("MixinAudit", ("hashlib", "json"), (), ("Any",)),
-    MixinSpec("MixinEncryption", ("hashlib", "hmac", "os")),
-    MixinSpec("MixinCompression", ("zlib",)),
-    MixinSpec("MixinConfig", ("os",)),
-]
-MIXINS: dict[str, MixinSpec] = {s.name: s for s in _SPECS}
-assert tuple(MIXINS) == MIXIN_CATALOGUE, "catalogue and schema disagree"
+def class_order(mixins: list[str]) -> list[str]:
+    """The node's bases: the mixins that wrap calls in WRAP_ORDER, then the helper mixins
+    (their own methods, nothing in the call path) in the order the PRD named them."""
+    wrapping = [m for m in WRAP_ORDER if m in mixins]
+    return wrapping + [m for m in mixins if m not in WRAP_ORDER]
+
+
+_MODULES = ("asyncio", "contextlib", "hashlib", "hmac", "json", "logging", "os", "random", "time",
+            "uuid", "zlib")
+_FROM = {
+    "collections.abc": ("AsyncIterator", "Awaitable", "Callable", "Hashable", "Iterator", "Sequence"),
+    "typing": ("Any",),
+    "cryptography.exceptions": ("InvalidTag",),
+    "cryptography.hazmat.primitives.ciphers.aead": ("AESGCM",),
+}
+THIRD_PARTY = ("cryptography",)
+
+
+def imports_for(source: str) -> tuple[list[str], list[str]]:
+    """(standard-library import lines, third-party import lines) that `source` uses."""
+    used: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            used.add(node.id)
+    stdlib = [f"import {m}" for m in _MODULES if m in used]
+    third: list[str] = []
+    for module, names in _FROM.items():
+        wanted = [n for n in names if n in used]
+        if wanted:
+            line = f"from {module} import {', '.join(wanted)}"
+            (third if module.split(".")[0] in THIRD_PARTY else stdlib).append(line)
+    return stdlib, third
+
+
+def requirements_for(source: str) -> list[str]:
+    """The packages (pip names) a generated module needs besides the standard library."""
+    _, third = imports_for(source)
+    return ["cryptography>=41"] if third else []

@@ -17,8 +17,9 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agents.codegen.cache import HashingLoader, TemplateCache
-from agents.codegen.catalogue import MIXINS
+from agents.codegen.catalogue import MIXINS, class_order, imports_for, requirements_for
 from schemas.events import GeneratedFile, NodeTask
+from schemas.nodes import EXECUTE_METHOD, snake
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
@@ -41,10 +42,6 @@ def pystr(value: object) -> str:
     """A Python string literal: repr() escapes quotes, backslashes and every non-printable
     character (newlines, U+2028/2029, NUL), so the text cannot end the literal."""
     return repr(str(value))
-
-
-def snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z])(?=[a-z])", r"_\1\2", name).lower()
 
 
 def build_environment(cache: TemplateCache, root: Path = TEMPLATES_DIR) -> ImmutableSandboxedEnvironment:
@@ -91,13 +88,13 @@ class CodeGenerator:
         name = ident(node.name)
         class_name = f"Node{name}{node.node_type.capitalize()}"
         operations = list(node.operations) or DEFAULT_OPERATIONS[node.node_type]
-        specs = [MIXINS[m] for m in node.mixins]
         description = node.description or task.prd_description
         ctx = {
             "node_type": node.node_type, "node_name": name, "class_name": class_name,
             "base_class": f"Node{node.node_type.capitalize()}Base",
             "input_model": f"Model{name}Input", "output_model": f"Model{name}Output",
-            "mixins": list(node.mixins), "operations": operations,
+            "mixins": list(node.mixins), "bases": class_order(list(node.mixins)),
+            "operations": operations, "execute": EXECUTE_METHOD[node.node_type],
             "prd_id": task.prd_id, "service_name": task.service_name, "title": task.title,
             "description": description,
             "module_doc": f"{class_name}: {task.title}\n\n{description}".rstrip(),
@@ -110,20 +107,18 @@ class CodeGenerator:
             "encryption_env": f"{task.service_name.upper()}_SEAL_KEY",
             "config_prefix": f"{task.service_name.upper()}_{snake(name).upper()}_",
         }
-        sources = {
-            "node.py": self.render(f"node/{node.node_type}.py.j2", **ctx),
-            "models.py": self.render("models.py.j2", **ctx),
-            "__init__.py": self.render("init.py.j2", **ctx),
-        }
-        if specs:
-            sources["mixins.py"] = self.render(
-                "mixins.py.j2", **ctx,
-                stdlib_imports=sorted({m for s in specs for m in s.stdlib}),
-                abc_imports=sorted({m for s in specs for m in s.abc}),
-                typing_imports=sorted({m for s in specs for m in s.typing}),
-                mixin_bodies="\n\n\n".join(
-                    self.render(f"mixins/{s.name}.py.j2", **mixin_ctx).strip() for s in specs),
-            )
+        sources = {"node.py": self.render(f"node/{node.node_type}.py.j2", **ctx),
+                   "models.py": self.render("models.py.j2", **ctx)}
+        requirements: list[str] = []
+        if node.mixins:
+            bodies = "\n\n\n".join(self.render(f"mixins/{m}.py.j2", **mixin_ctx).strip()
+                                    for m in ctx["bases"])
+            stdlib, third_party = imports_for(bodies)
+            requirements = requirements_for(bodies)
+            sources["mixins.py"] = self.render("mixins.py.j2", **ctx, stdlib_imports=stdlib,
+                                               third_party_imports=third_party, mixin_bodies=bodies)
+        sources["__init__.py"] = self.render("init.py.j2", **ctx, requirements=requirements)
+        sources["test_node.py"] = self.render("test_node.py.j2", **ctx)
         folder = f"{task.service_name}/nodes/node_{snake(name)}_{node.node_type}/v1_0_0"
         files = [
             GeneratedFile(path=f"{folder}/{fname}", content=src,
