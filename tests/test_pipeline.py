@@ -64,15 +64,24 @@ async def test_bad_bytes_go_to_dlq_and_agent_lives_on(services, worker):
         bad = await producer.send_and_wait("prd.requests", b"\x00" + marker, key=marker)
         invalid = await producer.send_and_wait(
             "prd.requests", orjson.dumps({**PRD, "nodes": [], "title": marker.decode()}), key=marker)
+        shadowing = await producer.send_and_wait("prd.requests", orjson.dumps({**PRD, "nodes": [
+            {"node_type": "effect", "name": "Charger", "mixins": ["MixinLogging"],
+             "operations": ["charge", "log"]}]}), key=marker)
+        colliding = await producer.send_and_wait("prd.requests", orjson.dumps({**PRD, "nodes": [
+            {"node_type": "effect", "name": "HttpServer"}, {"node_type": "effect", "name": "HTTPServer"}]}),
+            key=marker)
         good = PrdSubmitted.model_validate(PRD)
         await producer.send_and_wait("prd.requests", good.model_dump_json().encode(),
                                      key=good.prd_id.encode())
     finally:
         await producer.stop()
 
-    letters = await _collect(services.bootstrap, "omnistream.dlq", lambda r: r.key == marker, 2)
+    letters = await _collect(services.bootstrap, "omnistream.dlq", lambda r: r.key == marker, 4)
     by_offset = {decode(DeadLetter, r.value).offset: decode(DeadLetter, r.value) for r in letters}
-    assert set(by_offset) == {bad.offset, invalid.offset}
+    assert set(by_offset) == {bad.offset, invalid.offset, shadowing.offset, colliding.offset}
+    assert by_offset[shadowing.offset].error_type == "schema"
+    assert "operation 'log' of node Charger would shadow MixinLogging.log" in by_offset[shadowing.offset].error
+    assert "nodes HttpServer and HTTPServer are both 'http_server'" in by_offset[colliding.offset].error
     first = by_offset[bad.offset]
     assert first.topic == "prd.requests" and first.partition == bad.partition
     assert first.error_type == "invalid_json" and first.agent == "prd-fanout"
