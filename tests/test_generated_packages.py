@@ -87,7 +87,8 @@ def test_generated_tests_pass_for_every_example_prd_and_node_type_x_mixin(genera
         for source in folder.glob("*.py"):
             for node in ast.walk(ast.parse(source.read_text())):
                 if isinstance(node, ast.Import | ast.ImportFrom) and not getattr(node, "level", 0):
-                    names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                    names = ([node.module] if isinstance(node, ast.ImportFrom)
+                             else [a.name for a in node.names])
                     assert {n.split(".")[0] for n in names} <= ALLOWED_IMPORTS, (source, names)
     proc = _pytest(tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
@@ -155,4 +156,5 @@ def test_node_names_that_collide_after_snake_casing_are_refused():
     with pytest.raises(ValidationError) as err:
         PrdSubmitted(title="t", service_name="svc", nodes=nodes)
     assert "nodes HttpServer and HTTPServer are both 'http_server'" in str(err.value)
-    PrdSubmitted(title="t", service_name="svc", nodes=[nodes[0], {"node_type": "compute", "name": "HttpClient"}])
+    PrdSubmitted(title="t", service_name="svc",
+                 nodes=[nodes[0], {"node_type": "compute", "name": "HttpClient"}])

@@ -80,7 +80,8 @@ async def test_bad_bytes_go_to_dlq_and_agent_lives_on(services, worker):
     by_offset = {decode(DeadLetter, r.value).offset: decode(DeadLetter, r.value) for r in letters}
     assert set(by_offset) == {bad.offset, invalid.offset, shadowing.offset, colliding.offset}
     assert by_offset[shadowing.offset].error_type == "schema"
-    assert "operation 'log' of node Charger would shadow MixinLogging.log" in by_offset[shadowing.offset].error
+    shadow_error = by_offset[shadowing.offset].error
+    assert "operation 'log' of node Charger would shadow MixinLogging.log" in shadow_error
     assert "nodes HttpServer and HTTPServer are both 'http_server'" in by_offset[colliding.offset].error
     first = by_offset[bad.offset]
     assert first.topic == "prd.requests" and first.partition == bad.partition
