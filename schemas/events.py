@@ -222,6 +222,7 @@ class GeneratedNode(Envelope):
     cache_hits: StrictInt = Field(default=0, ge=0)
     cache_misses: StrictInt = Field(default=0, ge=0)
     compatibility: Compatibility | None = None
+    fanned_out_at: AwareDatetime | None = None  # when its task was made (the PRD's fan-out)
 
 
 class CompletedNode(Model):
@@ -243,6 +244,9 @@ class PrdCompleted(Envelope):
     failed: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)
     duration_ms: Millis
     worker: Name | None = None
+    # sum of the nodes' generation times / wall time from fan-out to completion (> 1: the
+    # nodes were generated side by side)
+    parallel_speedup: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1000)] | None = None
 
 
 class GenerationResult(Envelope):

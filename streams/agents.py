@@ -18,10 +18,8 @@ from typing import Any
 import orjson
 
 from agents.codegen import assembler
-from agents.codegen.cache import TemplateCache
 from agents.codegen.fanout import fan_out, task_partition
-from agents.codegen.pipeline import generate_node
-from agents.codegen.render import CodeGenerator
+from agents.codegen.pool import GenerationPool, default_processes
 from agents.logging import log_context
 from schemas.codec import encode
 from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdCompleted, PrdSubmitted
@@ -36,6 +34,7 @@ from streams.app import (
     prd_requests,
     settings,
 )
+from streams.config import _float_env, _int_env
 from streams.dlq import CORRELATION_HEADER, correlation_headers
 from streams.emit import emitter
 from streams.learning import models, patterns
@@ -57,12 +56,14 @@ WORKER_ID = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
 ASSEMBLY_DEADLINE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_DEADLINE_S", "120"))
 ASSEMBLY_PURGE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_PURGE_S", "3600"))
 
-template_cache = TemplateCache(
-    max_entries=int(os.environ.get("OMNISTREAM_TEMPLATE_CACHE_ENTRIES", "100")),
-    max_bytes=int(os.environ.get("OMNISTREAM_TEMPLATE_CACHE_BYTES", str(50 * 2**20))),
-    ttl_s=float(os.environ.get("OMNISTREAM_TEMPLATE_CACHE_TTL_S", "3600")),
+# Rendering, compiling and the detectors run in a process pool (one process per core by
+# default; 0 runs them on the event loop), each process with its own template cache.
+codegen_pool = GenerationPool(
+    _int_env("OMNISTREAM_CODEGEN_PROCESSES", default_processes()),
+    max_entries=_int_env("OMNISTREAM_TEMPLATE_CACHE_ENTRIES", 100),
+    max_bytes=_int_env("OMNISTREAM_TEMPLATE_CACHE_BYTES", 50 * 2**20),
+    ttl_s=_float_env("OMNISTREAM_TEMPLATE_CACHE_TTL_S", 3600),
 )
-generator = CodeGenerator(template_cache)
 
 # The assembler's inbox: deadline ticks from its timer and nodes that arrived under another key
 # (outside publishers may send no key), re-keyed by correlation id so the table stays
@@ -95,17 +96,20 @@ async def prd_fanout(stream: Any) -> None:
 
 
 @app.task
-async def warm_template_cache() -> None:
-    count = generator.warm_up()
-    log.info("template cache warmed", extra={"metadata": {"templates": count}})
+async def start_codegen_pool() -> None:
+    processes = await codegen_pool.start()
+    log.info("codegen processes started, template caches warmed",
+             extra={"metadata": {"processes": processes}})
+    # No explicit shutdown: the pool's processes exit with the worker (they read from a pipe
+    # to it, which closes when it ends, also when it is killed).
 
 
 @app.agent(codegen_tasks, name="codegen-render")
 async def codegen_render(stream: Any) -> None:
     async def handle(task: NodeTask, event: Any) -> None:
         prediction = models.predict(task.node.node_type, list(task.node.mixins))
-        node, result = generate_node(generator, task, WORKER_ID, patterns.suppressed,
-                                     Compatibility(**prediction.compatibility()))
+        node, result = await codegen_pool.generate(task, WORKER_ID, patterns.suppressed,
+                                                   Compatibility(**prediction.compatibility()))
         headers = correlation_headers(task.correlation_id)
         await codegen_generated.send(key=str(task.correlation_id).encode(), value=encode(node),
                                      headers=headers)
@@ -120,7 +124,9 @@ async def codegen_render(stream: Any) -> None:
             "quality": node.quality_score, "ms": node.duration_ms,
             "compatibility": prediction.score, "risky": prediction.risky}})
 
-    await run_intake(stream, NodeTask, "codegen-render", handle)
+    # a batch's nodes are generated side by side, as many at once as there are processes
+    await run_intake(stream, NodeTask, "codegen-render", handle,
+                     concurrency=max(1, codegen_pool.processes) * 2)
 
 
 # ---------------------------------------------------------------------------- assembler
@@ -130,6 +136,8 @@ def _complete(cid: str, state: dict, timed_out: bool) -> tuple[dict, PrdComplete
     now = time.time()
     done = assembler.completed_event(state, cid, now, WORKER_ID, timed_out=timed_out)
     emitter.emit("prd_completion_ms", done.duration_ms, "histogram", status=done.status)
+    if done.parallel_speedup is not None and not timed_out:
+        emitter.emit("parallel_speedup", done.parallel_speedup, node_count=str(done.node_count))
     log.info("PRD completed", extra={"metadata": {
         "prd_id": done.prd_id, "status": done.status, "missing": done.missing,
         "failed": done.failed, "ms": done.duration_ms}})
@@ -208,7 +216,7 @@ async def prd_assembler(stream: Any) -> None:
                 await handle_event(event, GeneratedNode, "prd-assembler", batch.on_node)
         await batch.finish()
 
-    await run_batches(stream, "prd-assembler", on_batch)
+    await run_batches(stream, "prd-assembler", on_batch, within_s=0.0)  # latency: no waiting to fill
 
 
 _ticks_sent: dict[str, float] = {}
@@ -280,7 +288,7 @@ async def persist_template_cache_stats() -> None:
                 "eviction_count = EXCLUDED.eviction_count, "
                 "last_accessed_at = EXCLUDED.last_accessed_at"),
             dedupe_key=lambda row: (row[0], row[2]), max_ms=1000).start()
-    for st in template_cache.snapshot():
+    for st in codegen_pool.snapshot():
         await _cache_sink.add((
             st.name, st.template_type, WORKER_ID, st.sha256, st.size_bytes,
             round(st.load_time_ms, 3), st.hits + st.misses, st.hits, st.misses, st.evictions,

@@ -58,6 +58,8 @@ def is_retriable(exc: BaseException) -> bool:
         KafkaError = ()  # noqa: N806
     if isinstance(exc, KafkaError):
         return True  # a record that is too large is refused before sending, as input
+    if getattr(exc, "retriable", False) is True:  # errors of the domain layer that say so
+        return True
     return isinstance(exc, OSError | ConnectionError | asyncio.TimeoutError | TimeoutError)
 
 

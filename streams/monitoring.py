@@ -227,15 +227,15 @@ async def send_metric_samples() -> None:
 
 @app.timer(interval=COLLECT_S)
 async def collect_worker_metrics() -> None:
-    from streams.agents import template_cache
+    from streams.agents import codegen_pool
     from streams.learning import patterns
     from streams.web import consumer_lag
 
-    totals = template_cache.totals()
+    totals = codegen_pool.totals()
     lookups = totals["hits"] + totals["misses"]
     if lookups:
         emitter.emit("template_cache_hit_rate", totals["hits"] / lookups)
-    for st in template_cache.snapshot():
+    for st in codegen_pool.snapshot():
         emitter.emit("template_load_ms", st.load_time_ms, template=st.name)
     for summary in patterns.summaries():
         emitter.emit("pattern_precision", summary["precision"], pattern=summary["pattern"])

@@ -185,7 +185,8 @@ async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: i
     `max_events`, or what arrived within `within_s` of the batch's first event); this path, not
     faust's `take_events`, decides when an event is acked (faust's take acks whatever happens
     to the batch, and was measured to drop events at a full buffer's edge)."""
-    max_events, within = max_events or BATCH_EVENTS, within_s or BATCH_WITHIN_S
+    max_events = max_events or BATCH_EVENTS
+    within = BATCH_WITHIN_S if within_s is None else within_s
     queue: asyncio.Queue = asyncio.Queue(maxsize=max_events)
     loop = asyncio.get_running_loop()
 
@@ -285,13 +286,25 @@ def _stop_hard(agent: str, events: int, why: str) -> None:
     os._exit(70)
 
 
-async def run_intake(stream: Any, model: type[M], agent: str, handler: Handler) -> None:
-    """A stateless agent: each event decoded and handled in order, the batch acked after."""
+async def run_intake(stream: Any, model: type[M], agent: str, handler: Handler, *,
+                     concurrency: int = 1) -> None:
+    """A stateless agent: each event decoded and handled, the batch acked after. A batch is
+    whatever has arrived (no waiting to fill it: latency first); with `concurrency` > 1 up to
+    that many of its events are handled at once (their outputs may leave in another order)."""
     async def on_batch(events: Sequence[Any]) -> None:
-        for event in events:
-            await handle_event(event, model, agent, handler)
+        if concurrency <= 1:
+            for event in events:
+                await handle_event(event, model, agent, handler)
+            return
+        gate = asyncio.Semaphore(concurrency)
 
-    await run_batches(stream, agent, on_batch)
+        async def one(event: Any) -> None:
+            async with gate:
+                await handle_event(event, model, agent, handler)
+
+        await asyncio.gather(*(one(event) for event in events))
+
+    await run_batches(stream, agent, on_batch, within_s=0.0)
 
 
 # ---------------------------------------------------------------------------- tables

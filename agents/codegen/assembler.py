@@ -28,10 +28,23 @@ def add_node(state: dict | None, node: GeneratedNode, now: float, deadline_s: fl
         }
     if state["done"]:
         return state
+    timing = {"gen_ms": {**state.get("gen_ms", {}), node.node_name: node.duration_ms}}
+    if node.fanned_out_at is not None:
+        fanned = node.fanned_out_at.timestamp()
+        timing["fanned_out_at"] = min(fanned, state.get("fanned_out_at") or fanned)
     entry = CompletedNode(node_name=node.node_name, node_type=node.node_type, success=node.success,
                           failure_reason=node.failure_reason, files=[f.path for f in node.files],
                           quality_score=node.quality_score if node.success else None)
-    return {**state, "nodes": {**state["nodes"], node.node_name: entry.model_dump(mode="json")}}
+    return {**state, **timing, "nodes": {**state["nodes"], node.node_name: entry.model_dump(mode="json")}}
+
+
+def parallel_speedup(state: dict, now: float) -> float | None:
+    """Sum of the nodes' generation times / wall time from fan-out to now (the seed's metric):
+    above 1 when nodes were generated side by side. None without the timings."""
+    fanned, gen_ms = state.get("fanned_out_at"), state.get("gen_ms")
+    if not fanned or not gen_ms or now <= fanned:
+        return None
+    return round(sum(gen_ms.values()) / ((now - fanned) * 1000), 4)
 
 
 def is_complete(state: dict) -> bool:
@@ -60,7 +73,8 @@ def completed_event(state: dict, correlation_id: str, now: float, worker: str | 
         occurred_at=datetime.fromtimestamp(now, UTC), prd_id=state["prd_id"],
         service_name=state["service_name"], status=status, node_count=state["node_count"],
         nodes=nodes, missing=missing, failed=failed,
-        duration_ms=round(max(0.0, now - state["started_at"]) * 1000, 3), worker=worker)
+        duration_ms=round(max(0.0, now - state["started_at"]) * 1000, 3), worker=worker,
+        parallel_speedup=parallel_speedup(state, now))
 
 
 def mark_done(state: dict, now: float) -> dict:

@@ -41,7 +41,7 @@ def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None =
         prd_nodes=list(task.prd_nodes), submitted_at=task.submitted_at,
         cache_hits=int(after["hits"] - before["hits"]),
         cache_misses=int(after["misses"] - before["misses"]),
-        compatibility=compatibility,
+        compatibility=compatibility, fanned_out_at=task.occurred_at,
     )
     result = GenerationResult(
         id=uuid.uuid5(task.id, "result"), **common, node_type=task.node.node_type,
