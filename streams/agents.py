@@ -108,19 +108,19 @@ async def start_codegen_pool() -> None:
 async def codegen_render(stream: Any) -> None:
     async def handle(task: NodeTask, event: Any) -> None:
         prediction = models.predict(task.node.node_type, list(task.node.mixins))
-        node, result = await codegen_pool.generate(task, WORKER_ID, patterns.suppressed,
-                                                   Compatibility(**prediction.compatibility()))
+        node = await codegen_pool.generate(task, WORKER_ID, patterns.suppressed,
+                                           Compatibility(**prediction.compatibility()))
         headers = correlation_headers(task.correlation_id)
-        await codegen_generated.send(key=str(task.correlation_id).encode(), value=encode(node),
+        await codegen_generated.send(key=str(task.correlation_id).encode(), value=node.node,
                                      headers=headers)
-        await codegen_results.send(key=task.node.node_type.encode(), value=encode(result),
+        await codegen_results.send(key=task.node.node_type.encode(), value=node.result,
                                    headers=headers)
         emitter.emit("codegen_node_duration_ms", node.duration_ms, "histogram",
                      node_type=node.node_type, success=str(node.success).lower())
         emitter.emit("codegen_quality_score", node.quality_score, "histogram", node_type=node.node_type)
         emitter.emit("mixin_compatibility_score", prediction.score, "histogram", node_type=node.node_type)
         log.info("node generated", extra={"metadata": {
-            "node": task.node.name, "success": node.success, "files": len(node.files),
+            "node": task.node.name, "success": node.success, "files": node.files,
             "quality": node.quality_score, "ms": node.duration_ms,
             "compatibility": prediction.score, "risky": prediction.risky}})
 

@@ -31,6 +31,7 @@ import logging
 import os
 import time
 import uuid
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ from pydantic import BaseModel
 from agents.logging import log_context
 from schemas.codec import DecodeError, decode
 from streams.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
-from streams.errors import InputRefused, retrying
+from streams.errors import InputRefused, is_retriable, retrying
 from streams.faust_patches import holds_back
 from streams.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.tables import KIND_HEADER, SOURCE_HEADER
@@ -142,6 +143,13 @@ async def decode_event(event: Any, model: type[M], agent: str) -> M | None:
 
 async def call_retrying(what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """Await fn(*args); a retriable failure is retried with capped backoff, others raise."""
+    try:  # the common case without the retry machinery's per-call cost
+        return await fn(*args)
+    except Exception as exc:
+        if not is_retriable(exc):
+            raise
+        log.warning("%s failed, retrying", what, extra={"metadata": {
+            "error": f"{type(exc).__name__}: {exc}"[:500], "attempt": 1}})
     return await retrying(what, log=log)(fn, *args)
 
 
@@ -289,22 +297,76 @@ def _stop_hard(agent: str, events: int, why: str) -> None:
 async def run_intake(stream: Any, model: type[M], agent: str, handler: Handler, *,
                      concurrency: int = 1) -> None:
     """A stateless agent: each event decoded and handled, the batch acked after. A batch is
-    whatever has arrived (no waiting to fill it: latency first); with `concurrency` > 1 up to
-    that many of its events are handled at once (their outputs may leave in another order)."""
+    whatever has arrived (no waiting to fill it: latency first). With `concurrency` > 1 the
+    events are handled side by side instead (see run_concurrent)."""
+    if concurrency > 1:
+        await run_concurrent(stream, model, agent, handler, concurrency)
+        return
+
     async def on_batch(events: Sequence[Any]) -> None:
-        if concurrency <= 1:
-            for event in events:
-                await handle_event(event, model, agent, handler)
-            return
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(event: Any) -> None:
-            async with gate:
-                await handle_event(event, model, agent, handler)
-
-        await asyncio.gather(*(one(event) for event in events))
+        for event in events:
+            await handle_event(event, model, agent, handler)
 
     await run_batches(stream, agent, on_batch, within_s=0.0)
+
+
+class OrderedAcks:
+    """Acks events handled out of order in their partition's offset order: an event is acked
+    once it and every event before it in its partition are done. (faust's own commit of
+    out-of-order acks does not see a gap of one offset right after the committed one.)"""
+
+    def __init__(self) -> None:
+        self._pending: dict[Any, deque[list]] = defaultdict(deque)  # tp → [event, done]
+
+    def started(self, event: Any) -> list:
+        entry = [event, False]
+        self._pending[event.message.tp].append(entry)
+        return entry
+
+    def done(self, entry: list) -> None:
+        entry[1] = True
+        queue = self._pending[entry[0].message.tp]
+        while queue and queue[0][1]:
+            queue.popleft()[0].ack()
+
+
+async def run_concurrent(stream: Any, model: type[M], agent: str, handler: Handler,
+                         concurrency: int) -> None:
+    """A stateless agent whose events are handled side by side, up to `concurrency` at once
+    (their outputs may leave in another order than they came), each acked in offset order
+    once handled. No batch waits for its slowest event before the next ones start."""
+    from streams.app import app
+
+    gate = asyncio.Semaphore(concurrency)
+    acks = OrderedAcks()
+    passed: dict = {}
+    inflight: set[asyncio.Future] = set()
+
+    async def one(event: Any, entry: list) -> None:
+        try:
+            await handle_event(event, model, agent, handler)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _stop_hard(agent, 1, "event could not be handled")
+        else:
+            acks.done(entry)
+        finally:
+            gate.release()
+
+    try:
+        async for event in stream.noack().events():
+            if holds_back(event.message, app.consumer, passed):
+                continue
+            await gate.acquire()
+            task = asyncio.ensure_future(one(event, acks.started(event)))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+    finally:  # stopping: what is in hand gets the grace period, the rest stays unacked
+        if inflight:
+            await asyncio.wait(set(inflight), timeout=STOP_GRACE_S)
+        for task in inflight:
+            task.cancel()
 
 
 # ---------------------------------------------------------------------------- tables

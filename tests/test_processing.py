@@ -121,3 +121,27 @@ def test_a_dead_letter_for_a_record_near_the_limit_still_fits():
     garbage = dead_letter("metrics.events", 0, 1, None, b"\xff\xfe", "invalid_json", "x", "a")
     assert garbage.value is None and base64.b64decode(garbage.value_b64) == b"\xff\xfe"
     assert isinstance(garbage.id, uuid.UUID)
+
+
+def test_ordered_acks_ack_a_partition_in_offset_order_whatever_order_events_finish():
+    from types import SimpleNamespace
+
+    from streams.processing import OrderedAcks
+
+    acked: list[tuple[str, int]] = []
+
+    def event(tp: str, offset: int) -> SimpleNamespace:
+        ev = SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+        ev.ack = lambda: acked.append((tp, offset))
+        return ev
+
+    acks = OrderedAcks()
+    a0, a1, a2 = (acks.started(event("a", o)) for o in (0, 1, 2))
+    b0 = acks.started(event("b", 0))
+    acks.done(a2)
+    acks.done(a1)
+    assert acked == []  # offset 0 of partition a is still in hand
+    acks.done(b0)
+    assert acked == [("b", 0)]  # another partition is not held up
+    acks.done(a0)
+    assert acked == [("b", 0), ("a", 0), ("a", 1), ("a", 2)]

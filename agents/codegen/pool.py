@@ -14,12 +14,13 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agents.codegen.cache import TemplateCache, TemplateStats
 from agents.codegen.pipeline import generate_node
 from agents.codegen.render import CodeGenerator
+from schemas.codec import decode, encode
 from schemas.events import Compatibility, GeneratedNode, GenerationResult, NodeTask
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,32 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _generate_in_process(task: NodeTask, worker: str | None, suppressed: frozenset[str],
+@dataclass(frozen=True)
+class Generated:
+    """One node, encoded for its topics where it was made (the event loop only sends bytes),
+    with what the worker logs and measures about it."""
+
+    node: bytes
+    result: bytes
+    node_type: str
+    node_name: str
+    success: bool
+    quality_score: float
+    duration_ms: float
+    files: int
+
+    @classmethod
+    def of(cls, node: GeneratedNode, result: GenerationResult) -> Generated:
+        return cls(encode(node), encode(result), node.node_type, node.node_name, node.success,
+                   node.quality_score, node.duration_ms, len(node.files))
+
+
+def _generate_in_process(task: bytes, worker: str | None, suppressed: frozenset[str],
                          compatibility: Compatibility | None
-                         ) -> tuple[GeneratedNode, GenerationResult, int, list[TemplateStats]]:
+                         ) -> tuple[Generated, int, list[TemplateStats]]:
     assert _generator is not None, "pool process started without its initializer"
-    node, result = generate_node(_generator, task, worker, suppressed, compatibility)
-    return node, result, os.getpid(), _generator.cache.snapshot()
+    node, result = generate_node(_generator, decode(NodeTask, task), worker, suppressed, compatibility)
+    return Generated.of(node, result), os.getpid(), _generator.cache.snapshot()
 
 
 def default_processes() -> int:
@@ -85,21 +106,25 @@ class GenerationPool:
         pids = await asyncio.gather(*(loop.run_in_executor(pool, _ready) for _ in range(self.processes)))
         return len(set(pids))
 
-    async def generate(self, task: NodeTask, worker: str | None = None,
+    async def generate(self, task: NodeTask | bytes, worker: str | None = None,
                        suppressed: frozenset[str] = frozenset(),
-                       compatibility: Compatibility | None = None) -> tuple[GeneratedNode, GenerationResult]:
+                       compatibility: Compatibility | None = None) -> Generated:
+        """`task`: the NodeTask or its encoded bytes (as read from Kafka: sent on as they are)."""
         if self.local is not None:
-            return generate_node(self.local, task, worker, suppressed, compatibility)
+            if isinstance(task, bytes):
+                task = decode(NodeTask, task)
+            return Generated.of(*generate_node(self.local, task, worker, suppressed, compatibility))
         loop = asyncio.get_running_loop()
         try:
-            node, result, pid, stats = await loop.run_in_executor(
-                self._pool(), _generate_in_process, task, worker, suppressed, compatibility)
+            generated, pid, stats = await loop.run_in_executor(
+                self._pool(), _generate_in_process, task if isinstance(task, bytes) else encode(task),
+                worker, suppressed, compatibility)
         except BrokenProcessPool:
             log.error("a codegen process died; restarting the pool")
             self.close()
             raise PoolBroken("codegen process pool broke; rebuilt") from None
         self._stats[pid] = stats
-        return node, result
+        return generated
 
     def snapshot(self) -> list[TemplateStats]:
         """Statistics per template, summed over the processes (a process that was replaced

@@ -4,9 +4,10 @@ pattern detectors run on them; a quality score sums it up. Nothing generated is 
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass, field
 
-from agents.codegen.patterns import ModuleNodes, scan
+from agents.codegen.patterns import TEST_IDIOMS, ModuleNodes, scan
 from schemas.events import GeneratedFile, PatternFinding
 
 SEVERITY_WEIGHT = {"info": 0.02, "warning": 0.08, "error": 0.2}
@@ -47,29 +48,44 @@ def c3_linearize(name: str, bases: dict[str, list[str]], _stack: tuple[str, ...]
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _check_module(content: str, suppressed: frozenset[str]
+                  ) -> tuple[tuple[PatternFinding, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """Compile one module and scan it: (findings without their file, classes and their bases).
+    Cached by content: nodes of the same shape share most of their modules (models, mixins,
+    tests), and a module's verdict depends on nothing else. Raises ValidationFailed."""
+    try:  # compiling the AST checks what parsing alone does not (e.g. `return` outside def)
+        tree = ast.parse(content, "<generated>")
+        compile(tree, "<generated>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise ValidationFailed(f"{exc.lineno}: does not compile: {exc.msg}") from None
+    module = ModuleNodes(tree)  # walked once, for the classes and every detector
+    classes = []
+    for node in module.of(ast.ClassDef):
+        names = []
+        for b in node.bases:
+            if not isinstance(b, ast.Name):
+                raise ValidationFailed(f"class {node.name}: unsupported base expression")
+            names.append(b.id)
+        classes.append((node.name, tuple(names)))
+    return tuple(scan(module, None, suppressed)), tuple(classes)
+
+
 def validate(files: list[GeneratedFile], suppressed: frozenset[str] = frozenset()) -> ValidationReport:
-    modules: dict[str, ModuleNodes] = {}
-    for f in files:
-        try:  # compiling the AST checks what parsing alone does not (e.g. `return` outside def)
-            tree = ast.parse(f.content, f.path)
-            compile(tree, f.path, "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            raise ValidationFailed(f"{f.path}:{exc.lineno}: does not compile: {exc.msg}") from None
-        modules[f.path] = ModuleNodes(tree)  # walked once, for the classes and every detector
-    bases: dict[str, list[str]] = {}
-    for module in modules.values():
-        for node in module.of(ast.ClassDef):
-            names = []
-            for b in node.bases:
-                if not isinstance(b, ast.Name):
-                    raise ValidationFailed(f"class {node.name}: unsupported base expression")
-                names.append(b.id)
-            bases[node.name] = names
     report = ValidationReport()
+    bases: dict[str, list[str]] = {}
+    for f in files:
+        try:
+            findings, classes = _check_module(f.content, suppressed)
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"{f.path}:{exc}") from None
+        is_test = f.path.rsplit("/", 1)[-1].startswith("test_")
+        report.findings.extend(x.model_copy(update={"file": f.path}) for x in findings
+                               if not (is_test and x.pattern_name in TEST_IDIOMS))
+        for name, names in classes:
+            bases[name] = list(names)
     for cls in bases:
         report.mro[cls] = c3_linearize(cls, bases)
-    for path, module in modules.items():
-        report.findings.extend(scan(module, path, suppressed))
     penalty = sum(SEVERITY_WEIGHT[f.severity] * f.confidence for f in report.findings)
     report.quality_score = round(max(0.0, 1.0 - penalty), 3)
     return report
