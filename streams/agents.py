@@ -100,8 +100,8 @@ async def start_codegen_pool() -> None:
     processes = await codegen_pool.start()
     log.info("codegen processes started, template caches warmed",
              extra={"metadata": {"processes": processes}})
-    # No explicit shutdown: the pool's processes exit with the worker (they read from a pipe
-    # to it, which closes when it ends, also when it is killed).
+    # No explicit shutdown: the pool's processes exit with the worker, also when it is killed
+    # (agents.codegen.pool watches the parent).
 
 
 @app.agent(codegen_tasks, name="codegen-render")

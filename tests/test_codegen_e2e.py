@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -216,3 +219,34 @@ async def test_assembler_state_survives_a_restart_and_deadline_fires(services, p
     late = expired[lonely_cid]
     assert late.status == "timed_out" and late.missing == [lonely[1].node.name]
     assert [n.node_name for n in late.nodes] == [lonely[0].node.name]
+
+
+def test_codegen_processes_leave_with_a_worker_killed_by_sigkill(services, pipeline_db):
+    """The pool's processes are the worker's children; `kill -9` of the worker alone (not its
+    process group) must not leave them running."""
+    worker = start_worker(services, pipeline_db, f"pool-kill-{uuid.uuid4().hex[:6]}",
+                          extra_env={"OMNISTREAM_CODEGEN_PROCESSES": "2"})
+    try:
+        deadline = time.monotonic() + 30
+        pool: list[int] = []
+        while time.monotonic() < deadline and len(pool) < 2:
+            kids = subprocess.run(["pgrep", "-P", str(worker.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+            pool = [int(k) for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
+            time.sleep(0.3)
+        assert len(pool) == 2, "the worker should run two codegen processes"
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait(10)
+
+        def running(pid: int) -> bool:  # a zombie waiting for init to reap it has left
+            try:
+                return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]
+            except (FileNotFoundError, ProcessLookupError):
+                return False
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(running(p) for p in pool):
+            time.sleep(0.2)
+        assert not any(running(p) for p in pool)
+    finally:
+        stop_worker(worker)

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -28,8 +30,19 @@ log = logging.getLogger(__name__)
 _generator: CodeGenerator | None = None  # in a pool process: its own generator and cache
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker killed with SIGKILL cannot stop its pool: each process leaves on its own once
+    its parent is gone (it is then re-parented)."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def _start_process(cache_settings: dict[str, Any]) -> None:
     global _generator
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True,
+                     name="exit-with-parent").start()
     _generator = CodeGenerator(TemplateCache(**cache_settings))
     _generator.warm_up()
 
