@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import orjson
@@ -57,3 +58,30 @@ def validate(model: type[M], data: object, defaults: dict | None = None) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise DecodeError("schema", f"invalid {model.__name__}: {describe(exc)}") from None
+
+
+def metric_records(samples: Iterable[BaseModel], max_samples: int = 10_000,
+                   max_bytes: int = MAX_VALUE_BYTES) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) records for `metrics.events`: the samples grouped by metric name into
+    `{"samples": [...]}` batches of at most `max_samples` samples and `max_bytes` bytes, keyed by
+    the name; a group of one is sent as the sample itself."""
+    groups: dict[str, list[bytes]] = {}
+    for sample in samples:
+        # only what the sample was given: the envelope the intake derives from the record
+        # (id, correlation id, time) need not travel with every sample
+        body = orjson.dumps(sample.model_dump(mode="json", exclude_unset=True, exclude_none=True))
+        groups.setdefault(sample.name, []).append(body)  # type: ignore[attr-defined]
+    head, tail = b'{"samples":[', b"]}"
+    for name, parts in groups.items():
+        chunk: list[bytes] = []
+        size = len(head) + len(tail)
+        for part in parts:
+            if chunk and (len(chunk) >= max_samples or size + len(part) + 1 > max_bytes):
+                yield name.encode(), head + b",".join(chunk) + tail
+                chunk, size = [], len(head) + len(tail)
+            chunk.append(part)
+            size += len(part) + 1
+        if len(chunk) == 1 and len(parts) == 1:
+            yield name.encode(), chunk[0]
+        else:
+            yield name.encode(), head + b",".join(chunk) + tail

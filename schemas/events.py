@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -279,12 +280,48 @@ class PatternFeedback(Envelope):
     source: Name | None = None  # who sent it: each source's influence on a pattern is bounded
 
 
+MetricName = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$")]
+FiniteNumber = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
+MetricType = Literal["counter", "gauge", "histogram"]
+
+
 class MetricEvent(Envelope):
-    name: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$")]
-    value: Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
-    metric_type: Literal["counter", "gauge", "histogram"]
+    name: MetricName
+    value: FiniteNumber
+    metric_type: MetricType
     labels: Labels = Field(default_factory=dict)
 
+
+MAX_BATCH_SAMPLES = 10_000
+
+
+class MetricBatch(Model):
+    """Many samples in one `metrics.events` record (at most 10,000 and 1 MiB; keyed by the
+    metric name when they all share it). Each sample is checked alone: a bad one is
+    dead-lettered by itself and the rest land."""
+
+    samples: Annotated[list[MetricSample], Field(min_length=1, max_length=MAX_BATCH_SAMPLES)]
+
+
+class MetricSample(Model):
+    """A `MetricEvent` as it travels in a `MetricBatch`: the same fields and checks, its
+    envelope optional (the intake derives what is left out from the record, per sample)."""
+
+    name: MetricName
+    value: FiniteNumber
+    metric_type: MetricType
+    labels: Labels = Field(default_factory=dict)
+    id: UUID | None = None
+    schema_version: StrictInt | None = Field(default=None, ge=1, le=1000)
+    correlation_id: UUID | None = None
+    occurred_at: AwareDatetime | None = None
+
+
+class MetricRecord(RootModel[MetricEvent | MetricBatch]):
+    """What a `metrics.events` record holds: one sample, or a batch of them."""
+
+
+MetricBatch.model_rebuild()
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -326,4 +363,6 @@ class DeadLetter(Envelope):
     error_type: Name
     error: Annotated[str, StringConstraints(max_length=4000)]
     agent: Name | None = None
+    sample_index: StrictInt | None = Field(
+        default=None, ge=0, description="which sample of a batched record (the value is that sample)")
 

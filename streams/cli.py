@@ -118,6 +118,21 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_metrics(args: argparse.Namespace) -> int:
+    from schemas.events import MetricEvent
+    from streams.client import OmnistreamClient
+
+    samples = _validated(args.file, MetricEvent)
+
+    async def go() -> int:
+        async with OmnistreamClient() as client:
+            return await client.publish_metrics(samples)
+
+    records = asyncio.run(go())
+    print(f"published {len(samples)} samples in {records} records", file=sys.stderr)
+    return 0
+
+
 def _subscribe(args: argparse.Namespace) -> int:
     from streams.client import OmnistreamClient
     from streams.output import write_node
@@ -320,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     prd = pub_sub.add_parser("prd", help="one PRD (JSON object) or many (JSON lines)")
     prd.add_argument("file", help="path, or - for stdin")
     prd.set_defaults(func=_publish)
+    metrics = pub_sub.add_parser("metrics", help="metric samples (JSON lines of MetricEvent), sent in "
+                                 "batched records per metric name")
+    metrics.add_argument("file", help="path, or - for stdin")
+    metrics.set_defaults(func=_publish_metrics)
 
     subscribe = sub.add_parser("subscribe", help="stream generated code")
     subscribe.add_argument("kind", choices=["generated"])

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -18,8 +19,8 @@ from pydantic import BaseModel
 
 from agents.stats import RecentIds
 from schemas import topics as spec
-from schemas.codec import DecodeError, decode, encode
-from schemas.events import GeneratedNode, PrdCompleted, PrdSubmitted
+from schemas.codec import DecodeError, decode, encode, metric_records
+from schemas.events import GeneratedNode, MetricEvent, PrdCompleted, PrdSubmitted
 from streams.config import Settings
 from streams.replica import topic_partitions
 from streams.topics import ensure_topics
@@ -62,6 +63,15 @@ class OmnistreamClient:
     async def publish_prd(self, prd: PrdSubmitted) -> uuid.UUID:
         await self.publish(spec.PRD_REQUESTS, prd, key=prd.prd_id)
         return prd.correlation_id
+
+    async def publish_metrics(self, samples: Iterable[MetricEvent]) -> int:
+        """Send metric samples as batched records (one per metric name, at most 10,000 samples
+        and 1 MiB each); returns how many records were sent."""
+        assert self._producer is not None, "use `async with OmnistreamClient()`"
+        sent = [await self._producer.send(spec.METRICS_EVENTS.name, value, key=key)
+                for key, value in metric_records(samples)]
+        await asyncio.gather(*sent)  # every record acknowledged by the broker
+        return len(sent)
 
     async def publish_many(self, topic: spec.TopicSpec, events: Iterable[BaseModel]) -> int:
         n = 0

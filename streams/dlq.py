@@ -49,13 +49,16 @@ def valid_uuid(text: str | None) -> str | None:
         return None
 
 
-def dead_letter_id(topic: str, partition: int, offset: int) -> uuid.UUID:
-    return uuid.uuid5(DEAD_LETTER_NS, f"{topic}/{partition}/{offset}")
+def dead_letter_id(topic: str, partition: int, offset: int, sample_index: int | None = None) -> uuid.UUID:
+    part = "" if sample_index is None else f"/{sample_index}"
+    return uuid.uuid5(DEAD_LETTER_NS, f"{topic}/{partition}/{offset}{part}")
 
 
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
-                reason: str, error: str, agent: str, correlation_id: str | None = None) -> DeadLetter:
-    """The letter for one record (pure: the tests build letters of hostile records with it)."""
+                reason: str, error: str, agent: str, correlation_id: str | None = None,
+                sample_index: int | None = None) -> DeadLetter:
+    """The letter for one record, or for one sample of a batched record (`raw` is then that
+    sample). Pure: the tests build letters of hostile records with it."""
     raw = raw if isinstance(raw, bytes) else (raw or b"")
     kept = raw[:EMBED_BYTES]
     try:
@@ -63,7 +66,7 @@ def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw:
     except UnicodeDecodeError:
         text = None
     return DeadLetter(
-        id=dead_letter_id(topic, partition, offset),
+        id=dead_letter_id(topic, partition, offset, sample_index), sample_index=sample_index,
         topic=topic, partition=partition, offset=offset,
         key=key.decode("utf-8", "replace")[:1000] if isinstance(key, bytes) else key,
         value=text, value_b64=base64.b64encode(kept).decode(), value_size=len(raw),
@@ -73,14 +76,16 @@ def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw:
     )
 
 
-async def send_to_dlq(event: Any, reason: str, error: str, agent: str) -> None:
-    """Dead-letter the record behind `event`; retried (with backoff) until the broker has it."""
+async def send_to_dlq(event: Any, reason: str, error: str, agent: str, *,
+                      sample: bytes | None = None, sample_index: int | None = None) -> None:
+    """Dead-letter the record behind `event` (or its sample `sample_index`, whose bytes are
+    `sample`); retried (with backoff) until the broker has it."""
     from streams.app import dlq
 
     msg = event.message
-    letter = dead_letter(msg.topic, msg.partition, msg.offset, msg.key,
-                         msg.value if isinstance(msg.value, bytes) else None, reason, error, agent,
-                         valid_uuid(header(event, CORRELATION_HEADER)))
+    raw = sample if sample_index is not None else (msg.value if isinstance(msg.value, bytes) else None)
+    letter = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, raw, reason, error, agent,
+                         valid_uuid(header(event, CORRELATION_HEADER)), sample_index)
     value = encode(letter)
     headers = {**correlation_headers(letter.correlation_id), "dlq.reason": reason[:200].encode(),
                "dlq.topic": msg.topic.encode()}

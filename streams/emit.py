@@ -16,7 +16,7 @@ from collections import deque
 from prometheus_client import REGISTRY, Counter
 from pydantic import ValidationError
 
-from schemas.codec import encode
+from schemas.codec import metric_records
 from schemas.events import MetricEvent
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,13 @@ class MetricEmitter:
         return n
 
     async def flush(self, topic) -> int:
-        sent = 0
-        while self.buffer:
-            event = self.buffer.popleft()
-            await topic.send(key=event.name.encode(), value=encode(event))
-            sent += 1
-        return sent
+        """Send what is buffered, as one batched record per metric name; returns samples sent."""
+        samples = list(self.buffer)
+        for key, value in metric_records(samples):
+            await topic.send(key=key, value=value)  # failing: all stay buffered for the next try
+        for _ in samples:  # more may have been emitted meanwhile
+            self.buffer.popleft()
+        return len(samples)
 
 
 emitter = MetricEmitter(os.environ.get("OMNISTREAM_APP_ID", "omnistream") + f":{os.getpid()}")

@@ -15,9 +15,11 @@ for one is late, never a new partial row).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,29 +27,32 @@ from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge
+from pydantic import TypeAdapter, ValidationError
 
 from agents.monitoring.windows import Aggregate, Windows, WindowSpec, series_key
-from schemas.codec import encode
-from schemas.events import MetricEvent
+from schemas.codec import MAX_VALUE_BYTES, DecodeError, encode, validate
+from schemas.events import MAX_BATCH_SAMPLES, MetricEvent, MetricSample
 from schemas.topics import METRICS_EVENTS
 from streams import tables
 from streams.alerting import window_closed
 from streams.app import app, metrics_events, settings
-from streams.dlq import CORRELATION_HEADER, correlation_headers
+from streams.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
 from streams.emit import emitter
 from streams.metrics import EVENTS_PROCESSED
 from streams.processing import (
+    LAST_EVENT,
     Applied,
+    call_retrying,
     control_kind,
-    handle_event,
+    decode_event,
     held,
     origin,
+    record_defaults,
     run_batches,
-    source_headers,
     table_put,
 )
 from streams.sink import PgBatchSink
-from streams.tables import KIND_HEADER
+from streams.tables import KIND_HEADER, SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -106,27 +111,39 @@ class Aggregator:
                 "partition": partition, "series": len(w.applied), "open_windows": len(w.open)}})
         return w
 
-    def add(self, partition: int, m: MetricEvent, where: str, offset: int) -> bool:
-        """Fold one sample in unless its series already holds it; True when folded."""
+    def add(self, partition: int, m: MetricEvent | MetricSample, where: str, offset: int,
+            ts: float) -> bool:
+        """Fold one sample (event time `ts`) in unless its series already holds it; True when
+        folded."""
+        return self.add_many(partition, m.name, m.metric_type, dict(m.labels),
+                             [(float(m.value), ts, where, offset)]) == 1
+
+    def add_many(self, partition: int, name: str, metric_type: str, labels: dict[str, str],
+                 samples: list[tuple[float, float, str, int]]) -> int:
+        """Fold samples of one series, (value, event time, source, position) in source order,
+        skipping those its record already holds; returns how many were folded."""
         w = self.windows(partition)
-        series = series_key(m.name, dict(m.labels))
+        series = series_key(name, labels)
         applied = w.applied.setdefault(series, {})
-        if Applied.seen(applied, where, offset):
-            self.replayed += 1
-            return False
-        ts = min(m.occurred_at.timestamp(), time.time() + LATENESS_S)  # no closing from the future
+        values, stamps, horizon = [], [], time.time() + LATENESS_S  # no closing from the future
+        for value, ts, where, position in samples:
+            if Applied.seen(applied, where, position):
+                self.replayed += 1
+                continue
+            Applied.mark(applied, where, position)
+            values.append(value)
+            stamps.append(ts if ts < horizon else horizon)
+        if not values:
+            return 0
         late_before = w.late
-        w.add(m.name, m.metric_type, dict(m.labels), float(m.value), ts)
-        Applied.mark(applied, where, offset)
-        SAMPLES.inc()
+        w.add_many(name, metric_type, labels, values, stamps, series)
+        SAMPLES.inc(len(values))
         if w.late > late_before:
             LATE.inc(w.late - late_before)
-            size = f"{SPECS[0].size_s:g}"
-            log.debug("late sample dropped", extra={"metadata": {
-                "series": series, "metric": m.name, "labels": dict(m.labels), "event_time": ts,
-                "watermark": w.watermarks.get(series), "offset": offset, "source": where,
-                "closed_until": w.closed_until.get(f"{series}|{size}")}})
-        return True
+            log.debug("late samples dropped", extra={"metadata": {
+                "series": series, "metric": name, "labels": labels, "late": w.late - late_before,
+                "watermark": w.watermarks.get(series)}})
+        return len(values)
 
     def close_due(self, partitions: set[int]) -> list[tuple[int, Aggregate]]:
         """Pop the windows that are due in these partitions and buffer their rows."""
@@ -151,6 +168,68 @@ class Aggregator:
                 put(partition, _table_key(partition, series), w.dump_series(series))
             w.dirty.clear()
         OPEN_WINDOWS.set(sum(len(x.open) for x in self.by_partition.values()))
+
+
+# A batched record's samples share its offset: a sample's position is offset × SAMPLE_SLOTS +
+# its index, so "applied up to" stays one number per source partition.
+SAMPLE_SLOTS = 16384
+assert SAMPLE_SLOTS > MAX_BATCH_SAMPLES
+
+
+def sample_origin(event: Any, index: int) -> tuple[str, int]:
+    """(source, position) of sample `index` of the record behind `event`. A sample re-keyed
+    through the inbox carries its position in the source header already."""
+    where, offset = origin(event)
+    if where.startswith("via:"):
+        return where, offset + index
+    return where, offset * SAMPLE_SLOTS + index
+
+
+_SAMPLES = TypeAdapter(list[MetricSample])
+
+
+async def decode_samples(event: Any, agent: str) -> list[tuple[int, MetricSample | MetricEvent]]:
+    """The samples of one `metrics.events` record, one `MetricEvent` or a `MetricBatch`, with
+    their index. A record that is not one of them is dead-lettered whole; a bad sample of a
+    batch alone (the letter carries that sample and its index). A batch is validated in one
+    call; only when it holds a bad sample are its samples checked one by one."""
+    try:
+        data = orjson.loads(event.value) if event.value is not None else None
+    except orjson.JSONDecodeError as exc:
+        await send_to_dlq(event, "invalid_json", f"not valid JSON: {exc}", agent)
+        return []
+    if not (isinstance(data, dict) and "samples" in data):
+        value = await decode_event(event, MetricEvent, agent)
+        return [] if value is None else [(0, value)]
+    samples = data["samples"]
+    if set(data) != {"samples"} or not isinstance(samples, list) or not samples \
+            or len(samples) > MAX_BATCH_SAMPLES or len(event.value) > MAX_VALUE_BYTES:
+        await send_to_dlq(event, "schema", "a MetricBatch is {\"samples\": [MetricEvent, ...]} "
+                          f"with 1..{MAX_BATCH_SAMPLES} samples in at most {MAX_VALUE_BYTES} bytes", agent)
+        return []
+    try:
+        return list(enumerate(_SAMPLES.validate_python(samples)))
+    except ValidationError:
+        pass
+    out: list[tuple[int, MetricSample | MetricEvent]] = []
+    for index, item in enumerate(samples):
+        try:
+            out.append((index, validate(MetricSample, item)))
+        except DecodeError as exc:
+            EVENTS_PROCESSED.labels(agent, "invalid").inc()
+            await send_to_dlq(event, exc.kind, f"sample {index}: {exc}", agent,
+                              sample=orjson.dumps(item), sample_index=index)
+    return out
+
+
+def as_event(event: Any, index: int, m: MetricSample | MetricEvent) -> MetricEvent:
+    """Sample `index` of the record behind `event` as a whole MetricEvent (its envelope derived
+    from the record where it left it out: a replayed batch gives the same events)."""
+    if isinstance(m, MetricEvent):
+        return m
+    defaults = record_defaults(event)
+    fields = {k: v for k, v in m if v is not None}
+    return MetricEvent(**{"id": uuid.uuid5(defaults["id"], str(index)), **defaults, **fields})
 
 
 def _table_key(partition: int, series: str) -> bytes:
@@ -183,22 +262,33 @@ async def metrics_aggregator(stream: Any) -> None:
 
     async def on_batch(events: Sequence[Any]) -> None:
         touched: set[int] = set()
+        folded = 0
         for event in events:
             if control_kind(event) == "tick":
                 touched.add(event.message.partition)
                 continue
-            where, offset = origin(event)
-
-            async def handle(m: MetricEvent, event: Any, where=where, offset=offset) -> None:
+            partition = event.message.partition
+            received = event.message.timestamp
+            received = received if received and received > 0 else time.time()
+            groups: dict[tuple, list[tuple[float, float, str, int]]] = {}
+            for index, m in await decode_samples(event, "metrics-aggregator"):
+                where, position = sample_origin(event, index)
                 if event.key != m.name.encode():  # repartition: a metric's windows live on one partition
-                    await metrics_inbox.send(key=m.name.encode(), value=encode(m), headers={
-                        **correlation_headers(m.correlation_id), KIND_HEADER: b"sample",
-                        **source_headers(event)})
-                    return
-                aggregator.add(event.message.partition, m, where, offset)
-                touched.add(event.message.partition)
-
-            await handle_event(event, MetricEvent, "metrics-aggregator", handle)
+                    whole = as_event(event, index, m)
+                    await call_retrying("metrics re-key", functools.partial(
+                        metrics_inbox.send, key=m.name.encode(), value=encode(whole), headers={
+                            **correlation_headers(whole.correlation_id), KIND_HEADER: b"sample",
+                            SOURCE_HEADER: f"{where}:{position}".encode()}))
+                    continue
+                ts = m.occurred_at.timestamp() if m.occurred_at is not None else received
+                group = (m.name, m.metric_type, tuple(sorted(m.labels.items())))
+                groups.setdefault(group, []).append((float(m.value), ts, where, position))
+            for (name, metric_type, labels), samples in groups.items():  # a record's series, folded
+                folded += aggregator.add_many(partition, name, metric_type, dict(labels), samples)
+            touched.add(partition)
+        if folded:  # bookkeeping once per batch, not per sample
+            EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
+            LAST_EVENT["metrics-aggregator"] = time.time()
         closed = aggregator.close_due(touched)
         await aggregator.sink.flush()  # closed windows are in PostgreSQL before any record says so
         aggregator.save({p for p in touched if held(METRICS_EVENTS.name, p)},

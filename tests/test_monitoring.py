@@ -157,3 +157,25 @@ async def test_postgresql_stopped_20s_during_20000_metric_events_loses_and_doubl
             stop_worker(worker)
         await asyncio.to_thread(postgres.stop, folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("specs", [[WindowSpec(10)], [WindowSpec(10), WindowSpec(30, 10)]])
+def test_folding_a_batch_equals_folding_its_samples_one_by_one(specs):
+    """add_many keeps add's semantics: each sample is checked against the watermark that
+    includes it, late ones are dropped, every window gets the same count/sum/min/max/sketch."""
+    rng = random.Random(7)
+    stamps = [1000 + i * 0.5 + rng.uniform(-12, 3) for i in range(3000)]  # out of order, some late
+    values = [rng.uniform(-5, 50) for _ in stamps]
+    one, many = Windows(specs, 2.0), Windows(specs, 2.0)
+    for v, ts in zip(values, stamps, strict=True):
+        one.add("m", "gauge", {"a": "1"}, v, ts)
+    for lo in range(0, len(values), 700):  # batches of 700
+        many.add_many("m", "gauge", {"a": "1"}, values[lo:lo + 700], stamps[lo:lo + 700])
+    assert one.late == many.late > 0
+    assert one.watermarks == many.watermarks
+    assert set(one.open) == set(many.open)
+    for key, agg in one.open.items():
+        other = many.open[key]
+        assert (agg.count, agg.low, agg.high) == (other.count, other.low, other.high)
+        assert agg.total == pytest.approx(other.total)
+        assert agg.quantile(0.5) == pytest.approx(other.quantile(0.5), rel=0.2)

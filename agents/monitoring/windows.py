@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from datasketches import kll_floats_sketch
 
@@ -37,6 +38,10 @@ def series_key(name: str, labels: dict[str, str]) -> str:
 class WindowSpec:
     size_s: float
     step_s: float | None = None  # None or == size: tumbling; smaller: hopping
+
+    @property
+    def tumbling(self) -> bool:
+        return self.step_s is None or self.step_s == self.size_s
 
     @property
     def step(self) -> float:
@@ -76,6 +81,16 @@ class Aggregate:
         self.low = min(self.low, value)
         self.high = max(self.high, value)
         self.sketch.update(value)
+
+    def add_many(self, values: list[float]) -> None:
+        if len(values) == 1:
+            self.add(values[0])
+            return
+        self.count += len(values)
+        self.total += sum(values)
+        self.low = min(self.low, min(values))
+        self.high = max(self.high, max(values))
+        self.sketch.update(np.asarray(values, dtype=np.float32))
 
     def merge(self, other: Aggregate) -> None:
         self.count += other.count
@@ -138,27 +153,49 @@ class Windows:
 
     def add(self, name: str, metric_type: str, labels: dict[str, str], value: float, ts: float) -> int:
         """Fold one sample into every window holding it; returns how many windows took it."""
-        series = series_key(name, labels)
-        watermark = self.watermarks[series] = max(self.watermarks.get(series, 0.0), ts)
+        return self.add_many(name, metric_type, labels, [value], [ts])
+
+    def add_many(self, name: str, metric_type: str, labels: dict[str, str], values: list[float],
+                 stamps: list[float], series: str | None = None) -> int:
+        """Fold samples of one series, in their order, exactly as `add` one by one would (each
+        is checked against the watermark including itself), but each window takes its share
+        in one update. Returns how many window updates were made."""
+        series = series or series_key(name, labels)
+        watermark = self.watermarks.get(series, 0.0)
         self.last_seen[series] = time.monotonic()
         self.dirty.add(series)
+        lateness, late = self.lateness_s, 0
+        closed = [self.closed_until.get(f"{series}|{spec.size_s:g}", -math.inf) for spec in self.specs]
+        shares: dict[tuple[int, float], list[float]] = {}
+        for value, ts in zip(values, stamps, strict=True):
+            if ts > watermark:
+                watermark = ts
+            for index, spec in enumerate(self.specs):
+                size = spec.size_s
+                starts = (math.floor(ts / size) * size,) if spec.tumbling else spec.starts(ts)
+                for start in starts:
+                    end = start + size
+                    # Late: past the lateness, or its window was already closed and written (a
+                    # re-opened window would overwrite that row with a partial count).
+                    if end + lateness <= watermark or end <= closed[index]:
+                        late += 1
+                        continue
+                    share = shares.get((index, start))
+                    if share is None:
+                        share = shares[(index, start)] = []
+                    share.append(value)
+        self.watermarks[series] = max(watermark, self.watermarks.get(series, 0.0))
+        self.late += late
         taken = 0
-        for spec in self.specs:
-            for start in spec.starts(ts):
-                end = start + spec.size_s
-                # Late: past the lateness, or its window was already closed and written (a
-                # re-opened window would overwrite that row with a partial count).
-                if end + self.lateness_s <= watermark \
-                        or end <= self.closed_until.get(f"{series}|{spec.size_s:g}", float("-inf")):
-                    self.late += 1
-                    continue
-                key = window_key(series, spec, start)
-                agg = self.open.get(key)
-                if agg is None:
-                    agg = self.open[key] = Aggregate(name, metric_type, dict(labels), start, end)
-                    self.by_series.setdefault(series, set()).add(key)
-                agg.add(value)
-                taken += 1
+        for (index, start), share in shares.items():
+            spec = self.specs[index]
+            key = window_key(series, spec, start)
+            agg = self.open.get(key)
+            if agg is None:
+                agg = self.open[key] = Aggregate(name, metric_type, dict(labels), start, start + spec.size_s)
+                self.by_series.setdefault(series, set()).add(key)
+            agg.add_many(share)
+            taken += len(share)
         return taken
 
     def due(self, now: float | None = None, idle_s: float | None = None) -> list[str]:
