@@ -39,9 +39,12 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(0)
 
 
-def _start_process(cache_settings: dict[str, Any]) -> None:
+def _start_process(cache_settings: dict[str, Any], parent: int) -> None:
+    """`parent`: the worker's pid as it saw it (it may already be gone when this runs)."""
     global _generator
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True,
+    if os.getppid() != parent:
+        os._exit(0)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
                      name="exit-with-parent").start()
     _generator = CodeGenerator(TemplateCache(**cache_settings))
     _generator.warm_up()
@@ -106,7 +109,7 @@ class GenerationPool:
             # spawn, not fork: the worker process runs an event loop and client threads
             self._executor = ProcessPoolExecutor(
                 self.processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_process, initargs=(self.cache_settings,))
+                initializer=_start_process, initargs=(self.cache_settings, os.getpid()))
         return self._executor
 
     async def start(self) -> int:
