@@ -1,14 +1,15 @@
 """Batched, idempotent PostgreSQL sink.
 
 Contract (what callers rely on):
-- `add(row, source)` buffers a row (`source`: the event it came from); a batch is written when
-  it holds `max_rows` rows or its oldest row is `max_ms` old, whichever comes first, and
-  whenever `flush()` is awaited: `flush()` returns once every row added before it has
-  committed. The checkpointed processing path (streams.processing) flushes its sinks at the
+- `add(row, source)` buffers a row (`source`: the event it came from); a batch starts being
+  written when `max_rows` rows wait or the oldest is `max_ms` old, whichever comes first, in
+  the background (pipelined: the next batch fills meanwhile; `add` only waits once
+  `max_pending` rows wait), and whenever `flush()` is awaited: `flush()` returns once every
+  row added before it has committed. The checkpointed processing path (streams.processing) flushes its sinks at the
   end of each batch and only then acks the batch's events, so an offset is committed only
   after its rows are in PostgreSQL.
-- A batch is COPY'd into a temporary staging table and moved with one
-  `INSERT … SELECT … ON CONFLICT …` in one transaction: with the event id as key a replayed
+- A batch is COPY'd into a temporary staging table (made once per connection) and moved with
+  one `INSERT … SELECT … ON CONFLICT …` in one transaction: with the event id as key a replayed
   batch changes nothing.
 - Any failure that is not a row's fault (PostgreSQL unreachable, a deadlock, a serialization
   failure, a table missing until a migration runs) puts the batch back and retries it with
@@ -69,6 +70,7 @@ class PgBatchSink:
         self._room.set()
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task | None = None
+        self._writing: asyncio.Future | None = None  # a flush started by add, in the background
         self._closed = False
         self.written = 0
         self.rejected = 0
@@ -112,8 +114,15 @@ class PgBatchSink:
             await self._room.wait()
         self.add_nowait(row, source)
         self._pending_gauge.set(len(self._rows))
-        if len(self._rows) >= self.max_rows:
+        if len(self._rows) >= self.max_rows and (self._writing is None or self._writing.done()):
+            # pipelined: this batch is written while the next one fills (up to max_pending)
+            self._writing = asyncio.ensure_future(self._flush_logged())
+
+    async def _flush_logged(self) -> None:
+        try:
             await self.flush()
+        except Exception:  # flush retries what is not a row's fault; anything else is logged
+            log.exception("sink flush failed", extra={"metadata": {"table": self.table}})
 
     def add_nowait(self, row: tuple, source: Any = None) -> None:
         """Buffer a row without waiting (no backpressure); the timer or the next flush writes it."""
@@ -126,10 +135,7 @@ class PgBatchSink:
         while True:
             await asyncio.sleep(self.max_ms / 1000 / 2)
             if self._oldest is not None and (time.monotonic() - self._oldest) * 1000 >= self.max_ms:
-                try:
-                    await self.flush()
-                except Exception:  # logged in flush; the timer must keep running
-                    log.exception("sink flush failed", extra={"metadata": {"table": self.table}})
+                await self._flush_logged()  # the timer must keep running
 
     async def flush(self) -> int:
         """Write what is buffered; returns once it has committed (retrying until it does)."""
@@ -148,9 +154,21 @@ class PgBatchSink:
 
     async def _connect(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, timeout=10,
-                                                   command_timeout=60)
+            pool = asyncpg.create_pool(self.dsn, min_size=1, max_size=2, timeout=10,
+                                       command_timeout=60, init=self._create_stage)
+            try:
+                await pool  # opens the first connection (and its staging table)
+            except BaseException:
+                pool.terminate()  # e.g. the table is not migrated yet: retried with a new pool
+                raise
+            self._pool = pool
         return self._pool
+
+    async def _create_stage(self, conn: asyncpg.Connection) -> None:
+        """Once per connection, not per batch: the staging table lives as long as the session
+        and empties itself at every commit."""
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} {self.stage_ddl} ON COMMIT DELETE ROWS")
 
     def _after_failure(self, exc: BaseException) -> None:
         """Before a retry: count it and, when the connection itself failed, drop the pool."""
@@ -183,8 +201,6 @@ class PgBatchSink:
         pool = await self._connect()
         async with pool.acquire() as conn, conn.transaction():
             started = time.monotonic()
-            await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} {self.stage_ddl} ON COMMIT DELETE ROWS")
             await conn.copy_records_to_table(self._stage, records=rows, columns=self.columns)
             await conn.execute(self.apply_sql)
             if self.record_batches:

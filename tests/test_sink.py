@@ -32,15 +32,26 @@ async def test_batches_close_on_size_or_time_and_flush_returns_after_the_commit(
         rows = _rows(250)
         for row in rows:
             await sink.add(row)
-        # Two full batches went at once; the 50 left wait for the timer.
-        assert sink.written == 200 and sink.pending == 50
-        assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 200
-        await asyncio.sleep(0.8)
+        # Past 100 rows a batch is written in the background: add never waited for a commit.
+        assert sink.written == 0 and sink.pending == 250
+        for _ in range(100):
+            if sink.written == 250:
+                break
+            await asyncio.sleep(0.05)
         assert sink.written == 250 and sink.pending == 0
-        more = _rows(30)
+        assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 250
+        few = _rows(20)  # below max_rows: the timer closes this batch
+        for row in few:
+            await sink.add(row)
+        for _ in range(100):
+            if sink.written == 270:
+                break
+            await asyncio.sleep(0.05)
+        assert sink.written == 270
+        more = _rows(10)
         for row in more:
             await sink.add(row)
-        assert await sink.flush() == 30  # flush returns once they are committed
+        assert await sink.flush() == 10  # flush returns once they are committed
         assert await pg_fetchval(migrated_db, "SELECT count(*) FROM pattern_feedback_log") == 280
         # The same rows again (a replay after a crash): nothing changes.
         for row in rows:
@@ -53,6 +64,7 @@ async def test_batches_close_on_size_or_time_and_flush_returns_after_the_commit(
                                           "event_type = 'sink:pattern_feedback_log' ORDER BY created_at")
     assert sum(b["batch_size"] for b in batches) == 530  # written twice, counted as batches
     assert all(b["success"] and b["topic"] == "pattern.feedback" and b["retry_count"] == 0 for b in batches)
+    assert max(float(b["queue_wait_time_ms"]) for b in batches) >= 250  # the timer-closed batch
     assert max(float(b["queue_wait_time_ms"]) for b in batches) >= 250  # the timer-closed batch
 
 
