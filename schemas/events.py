@@ -10,7 +10,7 @@ from __future__ import annotations
 import keyword
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Required
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -26,7 +26,9 @@ from pydantic import (
     StringConstraints,
     field_validator,
     model_validator,
+    with_config,
 )
+from typing_extensions import TypedDict
 
 from schemas.nodes import shadowed_member, snake
 
@@ -315,6 +317,26 @@ class MetricSample(Model):
     schema_version: StrictInt | None = Field(default=None, ge=1, le=1000)
     correlation_id: UUID | None = None
     occurred_at: AwareDatetime | None = None
+
+
+@with_config(ConfigDict(extra="forbid"))
+class MetricSampleFields(TypedDict, total=False):
+    """`MetricSample` as a plain dict: the same fields and checks (tests/test_schemas.py holds
+    them together), validated a batch at a time without building a model per sample."""
+
+    name: Required[MetricName]
+    value: Required[FiniteNumber]
+    metric_type: Required[MetricType]
+    labels: Labels
+    id: UUID | None
+    schema_version: Annotated[StrictInt, Field(ge=1, le=1000)] | None
+    correlation_id: UUID | None
+    occurred_at: AwareDatetime | None
+
+
+@with_config(ConfigDict(extra="forbid"))
+class MetricBatchFields(TypedDict):
+    samples: Annotated[list[MetricSampleFields], Field(min_length=1, max_length=MAX_BATCH_SAMPLES)]
 
 
 class MetricRecord(RootModel[MetricEvent | MetricBatch]):

@@ -30,8 +30,8 @@ from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
 from agents.monitoring.windows import Aggregate, Windows, WindowSpec, series_key
-from schemas.codec import MAX_VALUE_BYTES, DecodeError, encode, validate
-from schemas.events import MAX_BATCH_SAMPLES, MetricEvent, MetricSample
+from schemas.codec import MAX_VALUE_BYTES, describe, encode
+from schemas.events import MAX_BATCH_SAMPLES, MetricBatchFields, MetricEvent, MetricSampleFields
 from schemas.topics import METRICS_EVENTS
 from streams import tables
 from streams.alerting import window_closed
@@ -111,7 +111,7 @@ class Aggregator:
                 "partition": partition, "series": len(w.applied), "open_windows": len(w.open)}})
         return w
 
-    def add(self, partition: int, m: MetricEvent | MetricSample, where: str, offset: int,
+    def add(self, partition: int, m: MetricEvent, where: str, offset: int,
             ts: float) -> bool:
         """Fold one sample (event time `ts`) in unless its series already holds it; True when
         folded."""
@@ -176,60 +176,71 @@ SAMPLE_SLOTS = 16384
 assert SAMPLE_SLOTS > MAX_BATCH_SAMPLES
 
 
-def sample_origin(event: Any, index: int) -> tuple[str, int]:
-    """(source, position) of sample `index` of the record behind `event`. A sample re-keyed
-    through the inbox carries its position in the source header already."""
+def sample_origin(event: Any) -> tuple[str, int]:
+    """(source, base): sample i of the record behind `event` sits at position base + i of
+    `source`. A sample re-keyed through the inbox carries its position in the source header."""
     where, offset = origin(event)
     if where.startswith("via:"):
-        return where, offset + index
-    return where, offset * SAMPLE_SLOTS + index
+        return where, offset
+    return where, offset * SAMPLE_SLOTS
 
 
-_SAMPLES = TypeAdapter(list[MetricSample])
+_BATCH = TypeAdapter(MetricBatchFields)
+_SAMPLE = TypeAdapter(MetricSampleFields)
 
 
-async def decode_samples(event: Any, agent: str) -> list[tuple[int, MetricSample | MetricEvent]]:
-    """The samples of one `metrics.events` record, one `MetricEvent` or a `MetricBatch`, with
-    their index. A record that is not one of them is dead-lettered whole; a bad sample of a
-    batch alone (the letter carries that sample and its index). A batch is validated in one
-    call; only when it holds a bad sample are its samples checked one by one."""
+def _fields(m: MetricEvent) -> dict[str, Any]:
+    return {"name": m.name, "value": m.value, "metric_type": m.metric_type, "labels": m.labels,
+            "occurred_at": m.occurred_at, "id": m.id, "correlation_id": m.correlation_id}
+
+
+async def decode_samples(event: Any, agent: str) -> list[tuple[int, dict[str, Any]]]:
+    """The samples of one `metrics.events` record (one `MetricEvent` or a `MetricBatch`) as
+    `MetricSampleFields` dicts with their index. A batch is validated straight from its bytes
+    in one call; only when that fails are its samples checked one by one: a bad sample is
+    dead-lettered alone (the letter carries it and its index), a record that is neither form
+    whole."""
+    raw = event.value
+    if raw is not None and b'"samples"' in raw[:64]:
+        if len(raw) <= MAX_VALUE_BYTES:
+            try:
+                return list(enumerate(_BATCH.validate_json(raw)["samples"]))
+            except ValidationError:
+                pass
+        return await _decode_one_by_one(event, agent)
+    value = await decode_event(event, MetricEvent, agent)
+    return [] if value is None else [(0, _fields(value))]
+
+
+async def _decode_one_by_one(event: Any, agent: str) -> list[tuple[int, dict[str, Any]]]:
     try:
-        data = orjson.loads(event.value) if event.value is not None else None
+        data = orjson.loads(event.value)
     except orjson.JSONDecodeError as exc:
         await send_to_dlq(event, "invalid_json", f"not valid JSON: {exc}", agent)
         return []
-    if not (isinstance(data, dict) and "samples" in data):
-        value = await decode_event(event, MetricEvent, agent)
-        return [] if value is None else [(0, value)]
-    samples = data["samples"]
-    if set(data) != {"samples"} or not isinstance(samples, list) or not samples \
-            or len(samples) > MAX_BATCH_SAMPLES or len(event.value) > MAX_VALUE_BYTES:
+    samples = data.get("samples") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or set(data) != {"samples"} or not isinstance(samples, list) \
+            or not samples or len(samples) > MAX_BATCH_SAMPLES or len(event.value) > MAX_VALUE_BYTES:
         await send_to_dlq(event, "schema", "a MetricBatch is {\"samples\": [MetricEvent, ...]} "
                           f"with 1..{MAX_BATCH_SAMPLES} samples in at most {MAX_VALUE_BYTES} bytes", agent)
         return []
-    try:
-        return list(enumerate(_SAMPLES.validate_python(samples)))
-    except ValidationError:
-        pass
-    out: list[tuple[int, MetricSample | MetricEvent]] = []
+    out: list[tuple[int, dict[str, Any]]] = []
     for index, item in enumerate(samples):
         try:
-            out.append((index, validate(MetricSample, item)))
-        except DecodeError as exc:
+            out.append((index, _SAMPLE.validate_python(item)))
+        except ValidationError as exc:
             EVENTS_PROCESSED.labels(agent, "invalid").inc()
-            await send_to_dlq(event, exc.kind, f"sample {index}: {exc}", agent,
-                              sample=orjson.dumps(item), sample_index=index)
+            await send_to_dlq(event, "schema", f"sample {index}: invalid MetricEvent: {describe(exc)}",
+                              agent, sample=orjson.dumps(item), sample_index=index)
     return out
 
 
-def as_event(event: Any, index: int, m: MetricSample | MetricEvent) -> MetricEvent:
+def as_event(event: Any, index: int, sample: dict[str, Any]) -> MetricEvent:
     """Sample `index` of the record behind `event` as a whole MetricEvent (its envelope derived
     from the record where it left it out: a replayed batch gives the same events)."""
-    if isinstance(m, MetricEvent):
-        return m
     defaults = record_defaults(event)
-    fields = {k: v for k, v in m if v is not None}
-    return MetricEvent(**{"id": uuid.uuid5(defaults["id"], str(index)), **defaults, **fields})
+    fields = {k: v for k, v in sample.items() if v is not None}
+    return MetricEvent(**{**defaults, "id": uuid.uuid5(defaults["id"], str(index)), **fields})
 
 
 def _table_key(partition: int, series: str) -> bytes:
@@ -270,19 +281,26 @@ async def metrics_aggregator(stream: Any) -> None:
             partition = event.message.partition
             received = event.message.timestamp
             received = received if received and received > 0 else time.time()
+            where, base = sample_origin(event)
+            key = event.key
             groups: dict[tuple, list[tuple[float, float, str, int]]] = {}
             for index, m in await decode_samples(event, "metrics-aggregator"):
-                where, position = sample_origin(event, index)
-                if event.key != m.name.encode():  # repartition: a metric's windows live on one partition
+                name, position = m["name"], base + index
+                if key != name.encode():  # repartition: a metric's windows live on one partition
                     whole = as_event(event, index, m)
                     await call_retrying("metrics re-key", functools.partial(
-                        metrics_inbox.send, key=m.name.encode(), value=encode(whole), headers={
+                        metrics_inbox.send, key=name.encode(), value=encode(whole), headers={
                             **correlation_headers(whole.correlation_id), KIND_HEADER: b"sample",
                             SOURCE_HEADER: f"{where}:{position}".encode()}))
                     continue
-                ts = m.occurred_at.timestamp() if m.occurred_at is not None else received
-                group = (m.name, m.metric_type, tuple(sorted(m.labels.items())))
-                groups.setdefault(group, []).append((float(m.value), ts, where, position))
+                at = m.get("occurred_at")
+                labels = m.get("labels")
+                group = (name, m["metric_type"], tuple(sorted(labels.items())) if labels else ())
+                samples = groups.get(group)
+                if samples is None:
+                    samples = groups[group] = []
+                samples.append((float(m["value"]), at.timestamp() if at is not None else received,
+                                where, position))
             for (name, metric_type, labels), samples in groups.items():  # a record's series, folded
                 folded += aggregator.add_many(partition, name, metric_type, dict(labels), samples)
             touched.add(partition)

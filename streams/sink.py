@@ -5,9 +5,9 @@ Contract (what callers rely on):
   written when `max_rows` rows wait or the oldest is `max_ms` old, whichever comes first, in
   the background (pipelined: the next batch fills meanwhile; `add` only waits once
   `max_pending` rows wait), and whenever `flush()` is awaited: `flush()` returns once every
-  row added before it has committed. The checkpointed processing path (streams.processing) flushes its sinks at the
-  end of each batch and only then acks the batch's events, so an offset is committed only
-  after its rows are in PostgreSQL.
+  row added before it has committed. The checkpointed processing path (streams.processing)
+  flushes its sinks at the end of each batch and only then acks the batch's events, so an
+  offset is committed only after its rows are in PostgreSQL.
 - A batch is COPY'd into a temporary staging table (made once per connection) and moved with
   one `INSERT … SELECT … ON CONFLICT …` in one transaction: with the event id as key a replayed
   batch changes nothing.

@@ -181,3 +181,37 @@ def test_json_schema_export_matches_models():
     assert schema["x-topic"] == "prd.requests"
     assert set(schema["required"]) == {"title", "service_name", "nodes"}
     assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("sample", [
+    {"name": "ok", "value": 1, "metric_type": "gauge"},
+    {"name": "ok", "value": 1.5, "metric_type": "histogram", "labels": {"a": "b"},
+     "occurred_at": "2026-01-01T00:00:00Z", "id": "6c1f3a52-8d0e-4b7a-9f1e-2a5c4d3b7e90"},
+    {"name": "ok", "value": "1", "metric_type": "gauge"},
+    {"name": "ok", "value": 1, "metric_type": "summary"},
+    {"name": "9bad", "value": 1, "metric_type": "gauge"},
+    {"name": "ok", "value": 1, "metric_type": "gauge", "extra": 1},
+    {"name": "ok", "value": 1, "metric_type": "gauge", "labels": {"a": 1}},
+    {"name": "ok", "value": 1, "metric_type": "gauge", "occurred_at": "2026-01-01T00:00:00"},
+    {"name": "ok", "value": 1, "metric_type": "gauge", "schema_version": 0},
+    {"value": 1, "metric_type": "gauge"},
+])
+def test_batched_samples_are_held_to_the_same_checks_as_a_metric_event(sample):
+    """The worker validates a batch as plain dicts (MetricSampleFields); a sample must pass
+    exactly when MetricSample, and MetricEvent, would take it."""
+    import orjson
+    from pydantic import TypeAdapter, ValidationError
+
+    from schemas.events import MetricEvent, MetricSample, MetricSampleFields
+
+    def accepts(check) -> bool:
+        try:
+            check()
+            return True
+        except ValidationError:
+            return False
+
+    as_model = accepts(lambda: MetricSample.model_validate(sample))
+    as_fields = accepts(lambda: TypeAdapter(MetricSampleFields).validate_json(orjson.dumps(sample)))
+    as_event = accepts(lambda: MetricEvent.model_validate(sample))
+    assert as_model == as_fields == as_event
