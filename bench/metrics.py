@@ -41,18 +41,20 @@ def _samples(name: str, n: int, series: int) -> list[MetricEvent]:
             for i in range(n)]
 
 
-async def _publish(bootstrap: str, name: str, n: int, series: int, batched: bool = False
-                   ) -> tuple[dict, dict]:
-    """Publish n samples, one per record or in batched records (encoded before the clock
-    starts: the publisher is not what is measured)."""
+def _records(name: str, n: int, series: int, batched: bool) -> list[tuple[bytes, bytes]]:
+    """n samples, one per record or in batched records, encoded before any clock starts (the
+    publisher is not what is measured)."""
+    samples = _samples(name, n, series)
+    return (list(metric_records(samples)) if batched
+            else [(name.encode(), encode(s)) for s in samples])
+
+
+async def _publish(bootstrap: str, records: list[tuple[bytes, bytes]]) -> tuple[dict, dict]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     tps = [TopicPartition(METRICS_EVENTS.name, p) for p in range(METRICS_EVENTS.partitions)]
     start = await consumer.end_offsets(tps)
     await consumer.stop()
-    samples = _samples(name, n, series)
-    records = (list(metric_records(samples)) if batched
-               else [(name.encode(), encode(s)) for s in samples])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024,
                                 max_request_size=2 * 1024 * 1024)
     await producer.start()
@@ -146,8 +148,9 @@ async def ingest(n: int, batched: bool = False) -> dict:
     try:
         await asyncio.to_thread(wait_healthy, port, worker, 120, lambda m: print(f"  {m}", flush=True))
         await asyncio.sleep(2)
+        records = _records(name, n, series=20, batched=batched)
         began = time.perf_counter()
-        start, end = await _publish(settings.kafka_bootstrap, name, n, series=20, batched=batched)
+        start, end = await _publish(settings.kafka_bootstrap, records)
         published = time.perf_counter() - began
         deadline = time.monotonic() + 300
         while await _aggregated(settings.database_url, name) < n and time.monotonic() < deadline:

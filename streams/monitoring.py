@@ -208,7 +208,12 @@ async def decode_samples(event: Any, agent: str) -> list[tuple[int, dict[str, An
             except ValidationError:
                 pass
         return await _decode_one_by_one(event, agent)
-    value = await decode_event(event, MetricEvent, agent)
+    if raw is not None and len(raw) <= MAX_VALUE_BYTES:
+        try:  # one sample: the same checks, without a model or an envelope made for it
+            return [(0, _SAMPLE.validate_json(raw))]
+        except ValidationError:
+            pass
+    value = await decode_event(event, MetricEvent, agent)  # says what is wrong, dead-letters
     return [] if value is None else [(0, _fields(value))]
 
 
@@ -218,6 +223,9 @@ async def _decode_one_by_one(event: Any, agent: str) -> list[tuple[int, dict[str
     except orjson.JSONDecodeError as exc:
         await send_to_dlq(event, "invalid_json", f"not valid JSON: {exc}", agent)
         return []
+    if isinstance(data, dict) and "samples" not in data:  # one sample with "samples" in its text
+        value = await decode_event(event, MetricEvent, agent)
+        return [] if value is None else [(0, _fields(value))]
     samples = data.get("samples") if isinstance(data, dict) else None
     if not isinstance(data, dict) or set(data) != {"samples"} or not isinstance(samples, list) \
             or not samples or len(samples) > MAX_BATCH_SAMPLES or len(event.value) > MAX_VALUE_BYTES:
