@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -24,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import encode, metric_records, validate
 from schemas.events import MetricEvent
-from schemas.topics import METRICS_EVENTS
+from schemas.topics import METRICS_EVENTS, TopicSpec
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port
 from streams.sink import PgBatchSink
@@ -172,6 +177,70 @@ async def ingest(n: int, batched: bool = False) -> dict:
             "vs_naive": round(rate / naive, 2)}
 
 
+PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
+
+
+def peer(records: list[tuple[bytes, bytes]], n: int, name: str) -> dict:
+    """Quix Streams on the same records (a topic of its own, same broker, same PostgreSQL):
+    samples/s from the first record sent until every sample is in a closed window's row."""
+    python = Path(os.environ.get("OMNISTREAM_BENCH_PEER_PYTHON", PEER_PYTHON))
+    if not python.exists():
+        return {"skipped": f"{python} missing: `make bench` installs Quix Streams there"}
+    settings = Settings.from_env()
+    topic, table = f"bench.quix.{uuid.uuid4().hex[:6]}", f"quix_{uuid.uuid4().hex[:6]}"
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, (
+        TopicSpec(topic, "name", MetricEvent, partitions=METRICS_EVENTS.partitions),)))
+    closing = time.time() + 3600  # a sample an hour ahead closes every window before it
+    tail = orjson.dumps({"name": name, "value": 0, "metric_type": "gauge",
+                         "occurred_at": datetime.fromtimestamp(closing, UTC).isoformat()})
+    state = tempfile.mkdtemp(prefix="quix-state-", dir="/tmp")
+    proc = subprocess.Popen([str(python), str(Path(__file__).with_name("quix_peer.py")),
+                             settings.kafka_bootstrap, topic, settings.database_url, table, state],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(8)  # joined its group, like our worker already running
+        done, elapsed = asyncio.run(_drive_peer(settings, topic, table, records + [(name.encode(), tail)],
+                                                n, int(closing * 1000) - 10_000, proc))
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        shutil.rmtree(state, ignore_errors=True)
+    if done < n:
+        return {"failed": f"{done}/{n} samples in Quix's windows", "stderr": err.decode()[-2000:]}
+    return {"samples": n, "aggregated": done, "samples_per_s": round(n / elapsed)}
+
+
+async def _drive_peer(settings: Settings, topic: str, table: str, records: list[tuple[bytes, bytes]],
+                      n: int, before_ms: int, proc: subprocess.Popen) -> tuple[int, float]:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20,
+                                max_batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    began = time.perf_counter()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    conn = await asyncpg.connect(settings.database_url)
+    done, deadline = 0, time.monotonic() + 600
+    try:
+        while done < n and time.monotonic() < deadline and proc.poll() is None:
+            await asyncio.sleep(0.25)
+            try:
+                done = int(await conn.fetchval(
+                    f'SELECT coalesce(sum("count"), 0) FROM {table} WHERE "start" < $1', before_ms))
+            except asyncpg.UndefinedTableError:
+                continue
+    finally:
+        await conn.close()
+    return done, time.perf_counter() - began
+
+
 async def sink_rates(n: int) -> dict:
     db = Settings.from_env().database_url
     columns = ("id", "pattern_name", "feedback_type", "user_weight")
@@ -218,7 +287,13 @@ async def sink_rates(n: int) -> dict:
 
 def run(quick: bool = False) -> dict:
     single = asyncio.run(ingest(10_000 if quick else 50_000))
-    batched = asyncio.run(ingest(100_000 if quick else 1_000_000, batched=True))
+    n = 100_000 if quick else 1_000_000
+    batched = asyncio.run(ingest(n, batched=True))
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    quix = peer(_records(name, n, 20, batched=True), n, name)
+    batched["quix"] = quix
+    if "samples_per_s" in quix:
+        batched["vs_quix"] = round(batched["pipeline_samples_per_s"] / quix["samples_per_s"], 2)
     batched["vs_naive_one_insert_per_event"] = round(single["naive_insert_events_per_s"]
                                                      / batched["pipeline_samples_per_s"], 3)
     return {"ingest": single, "ingest_batched": batched,
@@ -234,6 +309,12 @@ def print_report(r: dict) -> None:
     print(f"  batched records: {b['aggregated']}/{b['samples']} samples in {b['records']} records: "
           f"{b['pipeline_samples_per_s']:,} samples/s | one INSERT per event / ours "
           f"{b['vs_naive_one_insert_per_event']:.3f} (target <= 0.1)")
+    q = b["quix"]
+    if "samples_per_s" in q:
+        print(f"  Quix Streams, same records, tumbling count/sum/min/max per name into PostgreSQL: "
+              f"{q['samples_per_s']:,} samples/s | ours / Quix {b['vs_quix']:.2f}x (target >= 3x)")
+    else:
+        print(f"  Quix Streams: {q.get('skipped') or q.get('failed')}")
     print(f"  sink {s['rows']} rows: {s['sink_rows_per_s']:,} rows/s | raw copy_records_to_table "
           f"{s['raw_copy_rows_per_s']:,} rows/s into a temp table ({s['sink_vs_raw_copy']:.2f}x), "
           f"{s['copy_same_table_rows_per_s']:,} into the same table ({s['sink_vs_copy_same_table']:.2f}x) "
