@@ -190,6 +190,51 @@ async def ingest(n: int, batched: bool = False) -> dict:
 PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
 
 
+def bare_faust(records: list[tuple[bytes, bytes]]) -> float:
+    """Records/s of a faust agent that only acks (bench/faust_ack.py) on the same records."""
+    import sys
+
+    settings = Settings.from_env()
+    topic = f"bench.faust.{uuid.uuid4().hex[:6]}"
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, (
+        TopicSpec(topic, "name", MetricEvent, partitions=METRICS_EVENTS.partitions),)))
+    count = Path(tempfile.mkdtemp(prefix="faust-ack-", dir="/tmp")) / "count"
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("faust_ack.py")),
+                             settings.kafka_bootstrap, topic, str(count), str(free_port())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not count.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        began = time.perf_counter()
+        asyncio.run(_send(settings.kafka_bootstrap, topic, records))
+        n, seen = len(records), 0
+        deadline = time.monotonic() + 300
+        while seen < n and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            seen = int(count.read_text() or 0)
+        return seen / (time.perf_counter() - began)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(count.parent, ignore_errors=True)
+
+
+async def _send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                                max_batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 def peer(records: list[tuple[bytes, bytes]], n: int, name: str) -> dict:
     """Quix Streams on the same records (a topic of its own, same broker, same PostgreSQL):
     samples/s from the first record sent until every sample is in a closed window's row."""
@@ -297,6 +342,10 @@ async def sink_rates(n: int) -> dict:
 
 def run(quick: bool = False) -> dict:
     single = asyncio.run(ingest(10_000 if quick else 50_000))
+    faust_rate = bare_faust(_records(f"bench_{uuid.uuid4().hex[:8]}", 10_000 if quick else 50_000,
+                                     20, batched=False))
+    single["bare_faust_ack_events_per_s"] = round(faust_rate)
+    single["vs_bare_faust"] = round(single["pipeline_events_per_s"] / faust_rate, 3)
     n = 100_000 if quick else 1_000_000
     batched = asyncio.run(ingest(n, batched=True))
     name = f"bench_{uuid.uuid4().hex[:8]}"
@@ -314,7 +363,9 @@ def print_report(r: dict) -> None:
     i, s = r["ingest"], r["sink"]
     print(f"  metrics ingest {i['aggregated']}/{i['events']} events: {i['pipeline_events_per_s']:,} ev/s "
           f"| bare consumer {i['bare_consumer_events_per_s']:,} ev/s ({i['vs_bare']:.2f}x) "
-          f"| one INSERT per event {i['naive_insert_events_per_s']:,} ev/s ({i['vs_naive']:.2f}x)")
+          f"| one INSERT per event {i['naive_insert_events_per_s']:,} ev/s ({i['vs_naive']:.2f}x) "
+          f"| a faust agent that only acks {i['bare_faust_ack_events_per_s']:,} ev/s "
+          f"({i['vs_bare_faust']:.2f}x, target >= 0.7x)")
     b = r["ingest_batched"]
     print(f"  batched records: {b['aggregated']}/{b['samples']} samples in {b['records']} records: "
           f"{b['pipeline_samples_per_s']:,} samples/s | one INSERT per event / ours "
