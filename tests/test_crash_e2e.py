@@ -216,6 +216,32 @@ async def test_sigkill_three_times_during_20000_metric_samples(services, migrate
         stop_all(worker)
 
 
+async def test_sigkill_three_times_during_100000_samples_in_batched_records(services, migrated_db):
+    """200 records of 500 samples each; a quarter published with no key, so their samples are
+    re-keyed one by one through the inbox (positions carried in a header): every sample lands
+    in its window exactly once."""
+    rng = random.Random()
+    app_id = f"crash-batches-{uuid.uuid4().hex[:6]}"
+    name = f"batch_{uuid.uuid4().hex[:8]}"
+    events, expected = samples(name, 100_000, ago=1000)
+    records = []
+    for i in range(0, len(events), 500):
+        body = b'{"samples":[' + b",".join(encode(e) for e in events[i:i + 500]) + b"]}"
+        records.append((None if (i // 500) % 4 == 3 else name.encode(), body))
+    env = {**WINDOW_ENV, "OMNISTREAM_METRIC_LATENESS_S": "400", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "30"}
+    await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
+    worker = spawn(services, migrated_db, app_id, "first", env)
+    try:
+        publishing = asyncio.ensure_future(
+            publish_paced(services.bootstrap, METRICS_EVENTS.name, records, 20))
+        worker = await kill_and_restart(services, migrated_db, app_id, worker, 3, env, rng, (2, 6))
+        await publishing
+        got = await settle(lambda: window_counts(migrated_db, name), expected)
+        assert got == expected, f"sum {sum(got.values())} of 100000; {diff(got, expected)}"
+    finally:
+        stop_all(worker)
+
+
 async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated_db):
     """Samples published with no key (re-keyed through the inbox), two workers, one killed for
     good mid-run: the survivor takes its partitions over from the changelog."""
