@@ -60,15 +60,7 @@ async def _publish(bootstrap: str, records: list[tuple[bytes, bytes]]) -> tuple[
     tps = [TopicPartition(METRICS_EVENTS.name, p) for p in range(METRICS_EVENTS.partitions)]
     start = await consumer.end_offsets(tps)
     await consumer.stop()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024,
-                                max_request_size=2 * 1024 * 1024)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(METRICS_EVENTS.name, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await _send(bootstrap, METRICS_EVENTS.name, records)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     end = await consumer.end_offsets(tps)
@@ -224,6 +216,7 @@ def bare_faust(records: list[tuple[bytes, bytes]]) -> float:
 
 
 async def _send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Send (key, value) records and wait until the broker has them all."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
                                 max_batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
     await producer.start()
@@ -271,16 +264,8 @@ def peer(records: list[tuple[bytes, bytes]], n: int, name: str) -> dict:
 
 async def _drive_peer(settings: Settings, topic: str, table: str, records: list[tuple[bytes, bytes]],
                       n: int, before_ms: int, proc: subprocess.Popen) -> tuple[int, float]:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20,
-                                max_batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
-    await producer.start()
     began = time.perf_counter()
-    try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await _send(settings.kafka_bootstrap, topic, records)
     conn = await asyncpg.connect(settings.database_url)
     done, deadline = 0, time.monotonic() + 600
     try:
