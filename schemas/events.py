@@ -261,6 +261,23 @@ class GenerationResult(Envelope):
     duration_ms: Millis | None = None
 
 
+@with_config(ConfigDict(extra="forbid"))
+class GenerationResultFields(TypedDict, total=False):
+    """`GenerationResult` as a plain dict: the same fields and checks (tests/test_schemas.py
+    holds them together), for replay to read a topic without building a model per record."""
+
+    node_type: Required[NodeType]
+    mixins: Required[Annotated[list[MixinName], Field(max_length=32)]]
+    success: Required[StrictBool]
+    failure_reason: Text | None
+    source: Name
+    duration_ms: Millis | None
+    id: UUID
+    schema_version: Annotated[StrictInt, Field(ge=1, le=1000)]
+    correlation_id: UUID
+    occurred_at: AwareDatetime
+
+
 class PredictRequest(Model):
     """One question to the mixin model (GET/POST /api/predict, `omnistream predict`)."""
     node_type: NodeType

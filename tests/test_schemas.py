@@ -215,3 +215,36 @@ def test_batched_samples_are_held_to_the_same_checks_as_a_metric_event(sample):
     as_fields = accepts(lambda: TypeAdapter(MetricSampleFields).validate_json(orjson.dumps(sample)))
     as_event = accepts(lambda: MetricEvent.model_validate(sample))
     assert as_model == as_fields == as_event
+
+
+@pytest.mark.parametrize("result", [
+    {"node_type": "effect", "mixins": ["MixinRetry"], "success": True},
+    {"node_type": "compute", "mixins": [], "success": False, "failure_reason": "x", "source": "ci",
+     "duration_ms": 12.5, "id": "6c1f3a52-8d0e-4b7a-9f1e-2a5c4d3b7e90", "schema_version": 1,
+     "occurred_at": "2026-01-01T00:00:00+02:00"},
+    {"node_type": "effect", "mixins": ["MixinRetry"], "success": 1},
+    {"node_type": "daemon", "mixins": [], "success": True},
+    {"node_type": "effect", "mixins": ["retry"], "success": True},
+    {"node_type": "effect", "mixins": ["MixinA"] * 33, "success": True},
+    {"node_type": "effect", "mixins": [], "success": True, "extra": 1},
+    {"node_type": "effect", "mixins": [], "success": True, "occurred_at": "2026-01-01T00:00:00"},
+    {"node_type": "effect", "mixins": [], "success": True, "duration_ms": -1},
+    {"mixins": [], "success": True},
+])
+def test_replayed_results_are_held_to_the_same_checks_as_a_generation_result(result):
+    """Replay reads results as plain dicts (GenerationResultFields); one must pass exactly when
+    GenerationResult would take it."""
+    import orjson
+    from pydantic import TypeAdapter, ValidationError
+
+    from schemas.events import GenerationResult, GenerationResultFields
+
+    def accepts(check) -> bool:
+        try:
+            check()
+            return True
+        except ValidationError:
+            return False
+
+    assert accepts(lambda: GenerationResult.model_validate(result)) == accepts(
+        lambda: TypeAdapter(GenerationResultFields).validate_json(orjson.dumps(result)))
