@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from faust.types import TP
 from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
@@ -373,6 +374,26 @@ async def metric_window_ticks() -> None:
     """A tick per partition holding open windows: wall time closes idle series' windows, in
     the partition's own batch."""
     for partition, w in list(aggregator.by_partition.items()):
-        if w.open:
+        if w.open and await _caught_up(partition):
             await metrics_inbox.send(key=b"tick", value=b"{}", partition=partition,
                                      headers={KIND_HEADER: b"tick", CORRELATION_HEADER: b""})
+
+
+async def _caught_up(partition: int) -> bool:
+    """True when this worker has read everything its sources hold for `partition`: a partition
+    that is only behind (restoring after a restart, rewound, catching up) is not idle, and
+    closing its windows by wall time would drop the samples still on their way as late. (A
+    rewound partition reads as behind too: its position is back at the rewound offset.)"""
+    consumer = app.consumer
+    assigned = consumer.assignment()
+    for topic in (METRICS_EVENTS.name, metrics_inbox.get_topic_name()):
+        tp = TP(topic, partition)
+        if tp not in assigned:
+            continue
+        try:
+            high, position = consumer.highwater(tp), await consumer.position(tp)
+        except Exception:  # not known yet (just assigned): not idle either
+            return False
+        if high is None or position is None or position < high:
+            return False
+    return True
