@@ -112,13 +112,6 @@ class Aggregator:
                 "partition": partition, "series": len(w.applied), "open_windows": len(w.open)}})
         return w
 
-    def add(self, partition: int, m: MetricEvent, where: str, offset: int,
-            ts: float) -> bool:
-        """Fold one sample (event time `ts`) in unless its series already holds it; True when
-        folded."""
-        return self.add_many(partition, m.name, m.metric_type, dict(m.labels),
-                             [(float(m.value), ts, where, offset)]) == 1
-
     def add_many(self, partition: int, name: str, metric_type: str, labels: dict[str, str],
                  samples: list[tuple[float, float, str, int]]) -> int:
         """Fold samples of one series, (value, event time, source, position) in source order,

@@ -183,6 +183,17 @@ def test_json_schema_export_matches_models():
     assert schema["additionalProperties"] is False
 
 
+def accepts(check) -> bool:
+    """True when `check()` validates, False when it raises a pydantic ValidationError."""
+    from pydantic import ValidationError
+
+    try:
+        check()
+        return True
+    except ValidationError:
+        return False
+
+
 @pytest.mark.parametrize("sample", [
     {"name": "ok", "value": 1, "metric_type": "gauge"},
     {"name": "ok", "value": 1.5, "metric_type": "histogram", "labels": {"a": "b"},
@@ -200,16 +211,9 @@ def test_batched_samples_are_held_to_the_same_checks_as_a_metric_event(sample):
     """The worker validates a batch as plain dicts (MetricSampleFields); a sample must pass
     exactly when MetricSample, and MetricEvent, would take it."""
     import orjson
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import TypeAdapter
 
     from schemas.events import MetricEvent, MetricSample, MetricSampleFields
-
-    def accepts(check) -> bool:
-        try:
-            check()
-            return True
-        except ValidationError:
-            return False
 
     as_model = accepts(lambda: MetricSample.model_validate(sample))
     as_fields = accepts(lambda: TypeAdapter(MetricSampleFields).validate_json(orjson.dumps(sample)))
@@ -235,16 +239,9 @@ def test_replayed_results_are_held_to_the_same_checks_as_a_generation_result(res
     """Replay reads results as plain dicts (GenerationResultFields); one must pass exactly when
     GenerationResult would take it."""
     import orjson
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import TypeAdapter
 
     from schemas.events import GenerationResult, GenerationResultFields
-
-    def accepts(check) -> bool:
-        try:
-            check()
-            return True
-        except ValidationError:
-            return False
 
     assert accepts(lambda: GenerationResult.model_validate(result)) == accepts(
         lambda: TypeAdapter(GenerationResultFields).validate_json(orjson.dumps(result)))
