@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from itertools import combinations
 
-from agents.learning.features import pair_key
 from agents.learning.model import DriftConfig, MixinModel
 from agents.stats import percentile
 from bench.mixin_stream import NODE_TYPES, MixinStream
@@ -90,14 +89,13 @@ def conflicts(models: dict[str, MixinModel], stream: MixinStream) -> dict:
     def plain_probe(m: MixinModel) -> set[frozenset[str]]:
         out = set()
         for a, b in combinations(m.mixins, 2):
-            if (m.counts.get(pair_key(a, b), 0) >= 3 and m.predict_proba([a, b]) < 0.5
+            if (m.observations(a, b) >= 3 and m.predict_proba([a, b]) < 0.5
                     and m.predict_proba([a]) > 0.5 and m.predict_proba([b]) > 0.5):
                 out.add(frozenset((a, b)))
         return out
 
     def pair_weights(m: MixinModel) -> set[frozenset[str]]:
-        w = m._active().weights
-        return {frozenset(k.split("&")) for k, v in w.items() if "&" in k and v < -1.0}
+        return {frozenset((a, b)) for a, b in combinations(m.mixins, 2) if m.pair_weight(a, b) < -1.0}
 
     started = time.perf_counter()
     ours = score(lambda m: {frozenset(c.pair) for c in m.find_conflicts()})

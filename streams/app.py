@@ -10,7 +10,7 @@ import faust
 
 from schemas import topics as spec
 from streams import faust_patches
-from streams.config import Settings
+from streams.config import Settings, omnistream_home
 
 faust_patches.apply()
 
@@ -37,6 +37,9 @@ def create_app(settings: Settings | None = None) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
+        # faust's default is "<app id>-data" in the working directory: one stray folder per app
+        # id (every test and bench run) wherever the command was started.
+        datadir=str(omnistream_home() / "faust" / settings.app_id),
         topic_partitions=settings.partitions,
         topic_disable_leader=True,
         consumer_auto_offset_reset=settings.auto_offset_reset,

@@ -2,12 +2,13 @@
 
 Reads the topic in a consumer group of its own (nothing is committed, so the workers' group and
 any later replay are untouched) from the beginning or from a point in time up to the end
-offsets seen at start, trains fresh models one event at a time (progress bar: events/s, ETA),
-scores the models in use on the same events (prediction only) beside the new ones, and then
-swaps each new model in: a signed install message goes through the learner's inbox, where the
-worker owning that node type catches the model up on events that arrived after the replay
-stopped reading, gives it the next model_version and snapshots it. Until then nothing changes;
-a replay that fails or is interrupted sends nothing.
+offsets seen at start, decodes each fetch in one parse, trains fresh models one event at a time
+(progress bar: events/s, ETA) and scores the models in use on the same events (prediction only)
+beside the new ones (agents/learning/trainer.py). Then it swaps each new model in: a signed
+install message goes through the learner's inbox, where the worker owning that node type
+catches the model up on events that arrived after the replay stopped reading, gives it the
+next model_version and snapshots it. Until then nothing changes; a replay that fails or is
+interrupted sends nothing.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from agents.learning import snapshot
-from agents.learning.model import MixinModel, Progressive
+from agents.learning.model import Progressive
 from agents.learning.registry import ModelRegistry
+from agents.learning.trainer import NodeReport, Result, Trainer
 from schemas.codec import MAX_VALUE_BYTES
 from schemas.events import GenerationResultFields
 from schemas.topics import CODEGEN_RESULTS
@@ -39,16 +41,6 @@ from streams.replica import read_all, topic_partitions
 
 class ReplayError(Exception):
     """The replay cannot run as asked (unknown topic, nothing to read); nothing was changed."""
-
-
-@dataclass
-class NodeReport:
-    node_type: str
-    events: int = 0
-    old: Progressive = field(default_factory=Progressive)
-    new: MixinModel | None = None
-    old_version: int = 0
-    new_version: int | None = None
 
 
 @dataclass
@@ -108,6 +100,7 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
     await consumer.start()
     report = ReplayReport()
     trained_through: dict[int, int] = {}
+    trainer = Trainer(old.models)
     try:
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
@@ -127,19 +120,22 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=2000)
             for tp, records in batches.items():
-                for rec in records:
-                    if rec.offset >= end[tp]:
-                        break
-                    report.events += 1
-                    _learn(report, old, rec.value)
-                bar.update(sum(1 for r in records if r.offset < end[tp]))
-                if records and records[-1].offset + 1 >= end[tp]:
+                stop = end[tp]
+                if records and records[-1].offset >= stop:
+                    records = [r for r in records if r.offset < stop]
+                results = decode_results([r.value for r in records])
+                report.events += len(records)
+                report.invalid += len(records) - len(results)
+                trainer.learn(results)
+                bar.update(len(records))
+                if records and records[-1].offset + 1 >= stop:
                     remaining.discard(tp)
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
         bar.close()
         report.seconds = time.perf_counter() - started
+        report.nodes, report.duplicates = trainer.nodes, trainer.duplicates
     finally:
         await consumer.stop()
     if report.events == 0:
@@ -151,32 +147,33 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
 
 
 _RESULT = TypeAdapter(GenerationResultFields)
+_RESULTS = TypeAdapter(list[GenerationResultFields])
 
 
-def _learn(report: ReplayReport, old: ModelRegistry, raw: bytes) -> None:
-    try:  # a dict with GenerationResult's checks: no model (and no envelope) made per record
-        result = _RESULT.validate_json(raw) if raw is not None and len(raw) <= MAX_VALUE_BYTES else None
-    except ValidationError:
-        result = None
-    if result is None:
-        report.invalid += 1  # the workers sent it to the dead-letter topic; so does replay: skip
-        return
-    node_type, mixins, success = result["node_type"], result["mixins"], result["success"]
-    node = report.nodes.get(node_type)
-    if node is None:
-        node = report.nodes[node_type] = NodeReport(node_type)
-        node.new = MixinModel(node_type)
-        current = old.models.get(node_type)
-        node.old_version = current.version if current else 0
-    result_id = result.get("id")
-    if result_id is not None and node.new.seen_result(result_id):
-        report.duplicates += 1  # the same result sent twice (its producer crashed): learnt once
-        return
-    node.events += 1
-    current = old.models.get(node_type)
-    if current is not None:
-        node.old.update(current.predict_proba(mixins), success)
-    node.new.learn_one(mixins, success)
+def _result(fields: GenerationResultFields) -> Result:
+    result_id = fields.get("id")
+    return (fields["node_type"], fields["mixins"], fields["success"],
+            None if result_id is None else result_id.int >> 64)
+
+
+def decode_results(values: list[bytes | None]) -> list[Result]:
+    """The values that are results (with GenerationResult's checks, no model or envelope built
+    per record), in order; the others are left out: the workers dead-lettered them. One parse
+    for the whole fetch; only a fetch holding a bad record is parsed again one by one."""
+    if all(v is not None and len(v) <= MAX_VALUE_BYTES for v in values):
+        try:
+            return [_result(f) for f in _RESULTS.validate_json(b"[" + b",".join(values) + b"]")]  # type: ignore[arg-type]
+        except ValidationError:
+            pass
+    out: list[Result] = []
+    for raw in values:
+        if raw is None or len(raw) > MAX_VALUE_BYTES:
+            continue
+        try:
+            out.append(_result(_RESULT.validate_json(raw)))
+        except ValidationError:
+            continue
+    return out
 
 
 async def _install(settings: Settings, key: bytes, report: ReplayReport,

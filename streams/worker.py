@@ -23,6 +23,9 @@ def run() -> None:
     inboxes = [TopicSpec(t.get_topic_name(), "internal", CODEGEN_GENERATED.model, partitions=t.partitions)
                for t in (assembler_inbox, results_inbox, feedback_inbox, metrics_inbox, alert_inbox)]
     asyncio.run(ensure_topics(settings.kafka_bootstrap, (*ALL, *inboxes), **settings.kafka_security))
+    # faust makes its data folder (it keeps nothing there: tables live in memory and changelogs)
+    # but not its parents.
+    app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     # mode's Worker wants argv it can own; it reads nothing from it that we need.
     sys.argv = sys.argv[:1]
     Worker(

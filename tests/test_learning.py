@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from agents.learning import feedback, snapshot
-from agents.learning.features import canonical, featurize
+from agents.learning.features import canonical
 from agents.learning.model import MixinModel
 from agents.learning.registry import ModelRegistry, PatternRegistry
 from bench.mixin_stream import MixinStream
@@ -95,9 +95,13 @@ def test_registry_never_goes_back_to_an_older_snapshot(trained):
 
 def test_features_are_order_free_and_hold_pairs():
     assert canonical(["MixinB", "MixinA", "MixinA"]) == ("MixinA", "MixinB")
-    assert featurize(("MixinA", "MixinB", "MixinC")) == {
-        "MixinA": 1.0, "MixinB": 1.0, "MixinC": 1.0,
-        "MixinA&MixinB": 1.0, "MixinA&MixinC": 1.0, "MixinB&MixinC": 1.0}
+    model = MixinModel("effect", max_mixins=8)
+    model.learn_one(["MixinC", "MixinA", "MixinB", "MixinA"], True)
+    assert model.names == ["MixinA", "MixinB", "MixinC"]
+    # singles 0..2, then the pairs (0,1) (0,2) (1,2) at 8 + i*8 + j
+    assert model.features(model._learnt_ids(["MixinB", "MixinC", "MixinA"])) == [0, 1, 2, 9, 10, 18]
+    assert [model.observations(m) for m in "MixinA MixinB MixinC MixinD".split()] == [1, 1, 1, 0]
+    assert model.observations("MixinC", "MixinA") == 1 and model.observations("MixinA", "MixinA") == 0
 
 
 def test_model_learns_rules_well_above_chance(trained):

@@ -1,13 +1,13 @@
-"""Features of a mixin combination: one per mixin and one per pair of mixins.
+"""Names of mixin combinations: one feature per mixin and one per pair of mixins.
 
 Interaction features decide the result (a linear model over single mixins cannot express a
-forbidden pair). These are module-level functions, not lambdas, so a model holding them pickles.
+forbidden pair). The model numbers its features (see model.py); these helpers are for the
+names people read ("MixinA&MixinB") and for combinations given in any order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import combinations
 
 PAIR_SEP = "&"
 
@@ -19,11 +19,3 @@ def canonical(mixins: Iterable[str]) -> tuple[str, ...]:
 
 def pair_key(a: str, b: str) -> str:
     return f"{a}{PAIR_SEP}{b}" if a < b else f"{b}{PAIR_SEP}{a}"
-
-
-def featurize(combo: tuple[str, ...]) -> dict[str, float]:
-    """`combo` must be canonical (sorted, unique)."""
-    x = dict.fromkeys(combo, 1.0)
-    for a, b in combinations(combo, 2):
-        x[a + PAIR_SEP + b] = 1.0
-    return x

@@ -1,7 +1,8 @@
 """Per-node-type mixin compatibility model, learned one result at a time.
 
-The learner is river's LogisticRegression over single mixins and mixin pairs (see features.py)
-with a learning rate of 0.2 (river's default 0.01 is far too slow for this stream; 0.2 beat
+The learner is logistic regression by SGD over single mixins and mixin pairs (see linear.py:
+river's LogisticRegression, computed the same way without its generic overhead) with a
+learning rate of 0.2 (river's default 0.01 is far too slow for this stream; 0.2 beat
 0.1, 0.3, AdaGrad, Adam and RMSProp on the benchmark stream). Around it:
 
 - evidence: how often each feature was seen, so a prediction's confidence says how much data
@@ -16,20 +17,24 @@ with a learning rate of 0.2 (river's default 0.01 is far too slow for this strea
   other, found by probing the model in each mixin's best context (see `find_conflicts`);
 - bounded size: at most `max_mixins` distinct names are learnt (outside systems may send any
   name); later unknown names are reported as unseen and carry no weight.
+
+Features are numbered: the i-th mixin learnt is feature i, the pair of mixins i < j is feature
+`max_mixins + i * max_mixins + j`; weights and observation counts are flat arrays over them.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import uuid
+from array import array
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from river import drift, linear_model, optim
+from river import drift
 
-from agents.learning.features import PAIR_SEP, canonical, featurize, pair_key
+from agents.learning.features import PAIR_SEP, canonical
+from agents.learning.linear import Logistic, sigmoid
 from agents.stats import RecentIds
 
 # How many result ids a model remembers to learn a re-sent result once (8 bytes each).
@@ -37,8 +42,6 @@ LEARNT_IDS = 4096
 P_MIN = 1e-6
 
 
-def new_learner(lr: float = 0.2) -> linear_model.LogisticRegression:
-    return linear_model.LogisticRegression(optimizer=optim.SGD(lr), intercept_lr=lr)
 
 
 @dataclass
@@ -126,10 +129,13 @@ class MixinModel:
     drift_cfg: DriftConfig = field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
-        self.champion = new_learner(self.lr)
-        self.challenger: linear_model.LogisticRegression | None = None
-        self.counts: dict[str, int] = {}
-        self.n_mixins = 0
+        k = self.max_mixins
+        self.n_features = k + k * k
+        self.champion = Logistic(self.n_features, self.lr)
+        self.challenger: Logistic | None = None
+        self.names: list[str] = []        # mixin names by feature number, in the order learnt
+        self.index: dict[str, int] = {}   # ... and back
+        self.counts = [0] * self.n_features  # results learnt that held each feature
         self.updates = 0
         self.version = 1
         self.progressive = Progressive()
@@ -149,54 +155,117 @@ class MixinModel:
         # (same id, another record) is learnt once. 64-bit id prefixes keep snapshots small.
         self.learnt = RecentIds(LEARNT_IDS)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "counts": array("q", self.counts)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Snapshots from before numbered features (counts by name, river learners) carry over."""
+        if isinstance(state.get("counts"), dict):
+            state = _from_named(state)
+        state["counts"] = list(state["counts"])
+        self.__dict__.update(state)
+
     def seen_result(self, result_id: uuid.UUID) -> bool:
         """True when this result (by id) is among the last LEARNT_IDS learnt; else remember it."""
+        return self.seen_id(result_id.int >> 64)
+
+    def seen_id(self, id_prefix: int) -> bool:
+        """`seen_result` by the id's first 64 bits (what the model keeps)."""
         if not hasattr(self, "learnt"):  # a snapshot from before ids were kept
             self.learnt = RecentIds(LEARNT_IDS)
-        return self.learnt.seen(result_id.int >> 64)
+        return self.learnt.seen(id_prefix)
 
-    # -------------------------------------------------------------- learning
+    # -------------------------------------------------------------- features
 
-    def _known(self, combo: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
-        known = tuple(m for m in combo if m in self.counts)
-        unseen = [m for m in combo if m not in self.counts]
-        return known, unseen
+    @property
+    def n_mixins(self) -> int:
+        return len(self.names)
 
     @property
     def mixins(self) -> list[str]:
-        return sorted(k for k in self.counts if PAIR_SEP not in k)
+        return sorted(self.names)
 
-    def _active(self) -> linear_model.LogisticRegression:
-        if (self.challenger is not None and self.chall_n >= self.drift_cfg.lead_after
-                and self.err_chall_fast < self.err_champ_fast):
-            return self.challenger
-        return self.champion
+    def features(self, ids: list[int]) -> list[int]:
+        """Features of a combination given as sorted, distinct mixin numbers."""
+        k = self.max_mixins
+        return ids + [k + a * k + b for a, b in combinations(ids, 2)]
+
+    def pair_feature(self, a: str, b: str) -> int | None:
+        i, j = self.index.get(a), self.index.get(b)
+        if i is None or j is None or i == j:
+            return None
+        i, j = min(i, j), max(i, j)
+        return self.max_mixins + i * self.max_mixins + j
+
+    def observations(self, a: str, b: str | None = None) -> int:
+        """Results learnt that held mixin `a` (and `b`, when given)."""
+        f = self.index.get(a) if b is None else self.pair_feature(a, b)
+        return 0 if f is None else self.counts[f]
+
+    def pair_weight(self, a: str, b: str) -> float:
+        f = self.pair_feature(a, b)
+        return 0.0 if f is None else self._active().weights[f]
+
+    def _known(self, combo: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+        known = tuple(m for m in combo if m in self.index)
+        unseen = [m for m in combo if m not in self.index]
+        return known, unseen
+
+    def _ids(self, known: tuple[str, ...] | list[str]) -> list[int]:
+        index = self.index
+        return sorted(index[m] for m in known)
+
+    def _learnt_ids(self, mixins: list[str] | tuple[str, ...]) -> list[int]:
+        """Sorted numbers of the combination's mixins, numbering new ones; names beyond
+        `max_mixins` are dropped (in name order, like `canonical`)."""
+        index = self.index
+        try:
+            return sorted({index[m] for m in mixins})
+        except KeyError:
+            pass
+        names = self.names
+        for m in sorted(set(mixins)):
+            if m not in index and len(names) < self.max_mixins:
+                index[m] = len(names)
+                names.append(m)
+        return sorted({index[m] for m in mixins if m in index})
+
+    # -------------------------------------------------------------- learning
+
+    def _challenger_leads(self) -> bool:
+        return (self.challenger is not None and self.chall_n >= self.drift_cfg.lead_after
+                and self.err_chall_fast < self.err_champ_fast)
+
+    def _active(self) -> Logistic:
+        return self.challenger if self._challenger_leads() else self.champion  # type: ignore[return-value]
 
     def learn_one(self, mixins: list[str] | tuple[str, ...], success: bool) -> float:
         """Learn one result; returns the probability predicted before learning (progressive)."""
-        combo = canonical(mixins)
-        fresh = [m for m in combo if m not in self.counts]
-        if fresh and self.n_mixins + len(fresh) > self.max_mixins:  # names beyond the cap are ignored
-            keep = set(fresh[:max(0, self.max_mixins - self.n_mixins)])
-            fresh = [m for m in fresh if m in keep]
-            combo = tuple(m for m in combo if m in self.counts or m in keep)
-        self.n_mixins += len(fresh)
-        x = featurize(combo)
+        x = self.features(self._learnt_ids(mixins))
         y = bool(success)
-        p_active = self._active().predict_proba_one(x)[True]
+        champion, challenger = self.champion, self.challenger
+        z_champ = champion.logit(x)
+        p_champ = sigmoid(z_champ)
+        if challenger is None:
+            p_active, z_chall = p_champ, None
+        else:
+            z_chall = challenger.logit(x)
+            p_active = sigmoid(z_chall) if self._challenger_leads() else p_champ
         self.progressive.update(p_active, y)
 
-        p_champ = p_active if self.challenger is None else self.champion.predict_proba_one(x)[True]
         self._watch_drift((p_champ >= 0.5) != y)
-        if self.challenger is not None:
-            p_chall = self.challenger.predict_proba_one(x)[True]
-            self.challenger.learn_one(x, y)
-            self.champion.learn_one(x, y)
-            self._race((p_chall >= 0.5) != y, (p_champ >= 0.5) != y)
+        challenger = self.challenger  # may have just started: a copy of the champion
+        if challenger is not None:
+            if z_chall is None:
+                z_chall = z_champ
+            challenger.learn(x, y, z_chall)
+            champion.learn(x, y, z_champ)
+            self._race((sigmoid(z_chall) >= 0.5) != y, (p_champ >= 0.5) != y)
         else:
-            self.champion.learn_one(x, y)
-        for k in x:
-            self.counts[k] = self.counts.get(k, 0) + 1
+            champion.learn(x, y, z_champ)
+        counts = self.counts
+        for i in x:
+            counts[i] += 1
         self.updates += 1
         return p_active
 
@@ -211,9 +280,7 @@ class MixinModel:
         if self.adwin.drift_detected and self.err_champ_fast > self.err_champ_slow:
             self.drifts.append(self.updates)
             if self.challenger is None:
-                self.challenger = copy.deepcopy(self.champion)
-                self.challenger.optimizer = optim.SGD(cfg.boost_lr)
-                self.challenger.intercept_lr = optim.schedulers.Constant(cfg.boost_lr)
+                self.challenger = self.champion.copy(lr=cfg.boost_lr)
                 self.err_chall_fast = self.err_champ_fast
                 self.chall_n = 0
                 self.chall_better_for = 0
@@ -226,8 +293,7 @@ class MixinModel:
         if self.chall_better_for >= cfg.promote_after:
             # The challenger wins: it becomes the champion, back at the normal learning rate.
             self.champion = self.challenger
-            self.champion.optimizer = optim.SGD(self.lr)
-            self.champion.intercept_lr = optim.schedulers.Constant(self.lr)
+            self.champion.lr = self.champion.intercept_lr = self.lr
             self.err_champ_fast = self.err_champ_slow = self.err_chall_fast
             self.challenger = None
             self.promotions.append(self.updates)
@@ -237,16 +303,17 @@ class MixinModel:
     # -------------------------------------------------------------- prediction
 
     def predict_proba(self, mixins: list[str] | tuple[str, ...]) -> float:
-        known, _ = self._known(canonical(mixins))
-        return self._p(known)
+        index = self.index
+        ids = sorted({index[m] for m in mixins if m in index})
+        return self._active().proba(self.features(ids))
 
     def _p(self, known: tuple[str, ...]) -> float:
-        return self._active().predict_proba_one(featurize(known))[True]
+        return self._active().proba(self.features(self._ids(known)))
 
     def evidence(self, known: tuple[str, ...]) -> int:
         """Least-seen feature of the combination: the evidence behind its weakest part."""
-        keys = list(known) + [a + PAIR_SEP + b for a, b in combinations(known, 2)]
-        return min((self.counts.get(k, 0) for k in keys), default=0)
+        counts = self.counts
+        return min((counts[f] for f in self.features(self._ids(known))), default=0)
 
     def predict(self, mixins: list[str] | tuple[str, ...]) -> Prediction:
         combo = canonical(mixins)
@@ -256,8 +323,8 @@ class MixinModel:
         support = n / (n + self.confidence_k)
         certainty = abs(2 * p - 1)
         confidence = support * (0.5 + 0.5 * certainty)
-        pairs = {pair_key(a, b) for a, b in combinations(combo, 2)}
-        found = [c.as_dict() for c in self.conflicts if pair_key(*c.pair) in pairs]
+        members = set(combo)
+        found = [c.as_dict() for c in self.conflicts if c.pair[0] in members and c.pair[1] in members]
         return Prediction(
             node_type=self.node_type, mixins=list(combo), score=p, confidence=confidence,
             evidence=n, conflicts=found, unseen=unseen, risky=p < 0.5 or bool(found),
@@ -285,14 +352,14 @@ class MixinModel:
         weights = self._active().weights
         found = []
         for a, b in combinations(names, 2):
-            key = pair_key(a, b)
-            observations = self.counts.get(key, 0)
+            f = self.pair_feature(a, b)
+            observations = self.counts[f]  # type: ignore[index]
             if observations < min_observations:
                 continue
             (p_a, ctx_a), (p_b, ctx_b) = best[a], best[b]
             if p_a <= threshold or p_b <= threshold:
                 continue
-            weight = float(weights.get(key, 0.0))
+            weight = weights[f]  # type: ignore[index]
             if weight > -min_weight:  # the pair itself must carry the failure
                 continue
             # Each mixin in the context where it succeeds: none when it succeeds alone.
@@ -310,3 +377,39 @@ class MixinModel:
                 "progressive_log_loss": round(self.progressive.log_loss, 4),
                 "drifts": len(self.drifts), "challenger": self.challenger is not None,
                 "conflicts": len(self.conflicts)}
+
+
+def _from_named(state: dict[str, Any]) -> dict[str, Any]:
+    """A model pickled when counts were keyed by name ("A", "A&B") and the learners were river
+    LogisticRegressions (weights keyed the same way), in today's numbered layout."""
+    k = state.get("max_mixins", 128)
+    named_counts: dict[str, int] = state.pop("counts")
+    state.pop("n_mixins", None)
+    names = sorted(m for m in named_counts if PAIR_SEP not in m)[:k]
+    index = {m: i for i, m in enumerate(names)}
+
+    def number(key: str) -> int | None:
+        if PAIR_SEP not in key:
+            return index.get(key)
+        a, b = key.split(PAIR_SEP, 1)
+        i, j = index.get(a), index.get(b)
+        return None if i is None or j is None else k + min(i, j) * k + max(i, j)
+
+    counts = [0] * (k + k * k)
+    for key, n in named_counts.items():
+        if (f := number(key)) is not None:
+            counts[f] = n
+
+    def learner(old: Any) -> Logistic | None:
+        if old is None:
+            return None
+        out = Logistic(k + k * k, float(old.optimizer.learning_rate), float(old.intercept_lr.get(0)),
+                       intercept=float(old.intercept))
+        for key, w in old.weights.items():
+            if (f := number(key)) is not None:
+                out.weights[f] = w
+        return out
+
+    state.update(names=names, index=index, counts=counts, n_features=k + k * k,
+                 champion=learner(state.get("champion")), challenger=learner(state.get("challenger")))
+    return state
