@@ -34,6 +34,7 @@ services: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m schemas.export --check
+	$(BIN)/python -m streams.config --check README.md
 
 test: setup lint
 	$(BIN)/python -m pytest -q

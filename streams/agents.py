@@ -34,7 +34,6 @@ from streams.app import (
     prd_requests,
     settings,
 )
-from streams.config import _float_env, _int_env
 from streams.dlq import CORRELATION_HEADER, correlation_headers
 from streams.emit import emitter
 from streams.learning import models, patterns
@@ -53,16 +52,16 @@ from streams.tables import KIND_HEADER
 log = logging.getLogger(__name__)
 
 WORKER_ID = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
-ASSEMBLY_DEADLINE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_DEADLINE_S", "120"))
-ASSEMBLY_PURGE_S = float(os.environ.get("OMNISTREAM_ASSEMBLY_PURGE_S", "3600"))
+ASSEMBLY_DEADLINE_S = settings.assembly_deadline_s
+ASSEMBLY_PURGE_S = settings.assembly_purge_s
 
 # Rendering, compiling and the detectors run in a process pool (one process per core by
 # default; 0 runs them on the event loop), each process with its own template cache.
 codegen_pool = GenerationPool(
-    _int_env("OMNISTREAM_CODEGEN_PROCESSES", default_processes()),
-    max_entries=_int_env("OMNISTREAM_TEMPLATE_CACHE_ENTRIES", 100),
-    max_bytes=_int_env("OMNISTREAM_TEMPLATE_CACHE_BYTES", 50 * 2**20),
-    ttl_s=_float_env("OMNISTREAM_TEMPLATE_CACHE_TTL_S", 3600),
+    default_processes() if settings.codegen_processes is None else settings.codegen_processes,
+    max_entries=settings.template_cache_entries,
+    max_bytes=settings.template_cache_bytes,
+    ttl_s=settings.template_cache_ttl_s,
 )
 
 # The assembler's inbox: deadline ticks from its timer and nodes that arrived under another key
@@ -273,7 +272,7 @@ CACHE_COLUMNS = ("template_name", "template_type", "worker_id", "content_hash", 
 _cache_sink: PgBatchSink | None = None
 
 
-@app.timer(interval=float(os.environ.get("OMNISTREAM_CACHE_STATS_INTERVAL_S", "5")))
+@app.timer(interval=settings.cache_stats_interval_s)
 async def persist_template_cache_stats() -> None:
     """Absolute counters per (template, worker): writing the same snapshot twice is harmless."""
     global _cache_sink

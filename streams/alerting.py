@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -51,14 +50,26 @@ from streams.tables import KIND_HEADER
 log = logging.getLogger(__name__)
 
 ENGINE_KEY = "engine"
-TICK_S = float(os.environ.get("OMNISTREAM_ALERT_TICK_S", "5"))
-WEBHOOK_URL = os.environ.get("OMNISTREAM_ALERT_WEBHOOK_URL")
-WEBHOOK_TIMEOUT_S = float(os.environ.get("OMNISTREAM_ALERT_WEBHOOK_TIMEOUT_S", "5"))
-WEBHOOK_RETRIES = int(os.environ.get("OMNISTREAM_ALERT_WEBHOOK_RETRIES", "3"))
-STALE_S = float(os.environ.get("OMNISTREAM_ALERT_STALE_S", "600"))
+TICK_S = settings.alert_tick_s
+WEBHOOK_URL = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else None
+WEBHOOK_TIMEOUT_S = settings.alert_webhook_timeout_s
+WEBHOOK_RETRIES = settings.alert_webhook_retries
+STALE_S = settings.alert_stale_s
 
-RULES, GROUPING = load(os.environ.get("OMNISTREAM_ALERT_RULES") or None)
-engine = AlertEngine(RULES, GROUPING, stale_s=STALE_S)
+# Loaded from the rules file by `start()` when the worker starts (a bad file stops the start).
+_engine: AlertEngine | None = None
+
+
+def start() -> None:
+    global _engine
+    rules, grouping = load(settings.alert_rules)
+    _engine = AlertEngine(rules, grouping, stale_s=STALE_S)
+
+
+def engine() -> AlertEngine:
+    if _engine is None:
+        raise RuntimeError("streams.alerting.start() has not run: the alert rules are not loaded")
+    return _engine
 
 ALERT_CHANGES = Counter("omnistream_alert_changes_total", "Alert state changes",
                         ["rule", "severity", "state"])
@@ -71,7 +82,7 @@ alert_table = app.Table(tables.ALERT_TABLE, default=None, partitions=1, key_type
 
 async def window_closed(agg: Aggregate) -> None:
     """Called by the metrics aggregator for each closed window whose metric has rules."""
-    if agg.name not in engine.by_metric:
+    if agg.name not in engine().by_metric:
         return
     row = agg.row()
     stats = {"count": row["sample_count"], "sum": row["value_sum"], "min": row["value_min"],
@@ -180,11 +191,11 @@ class Evaluation:
             try:
                 w = orjson.loads(event.value)
                 if not _window_seen(state, w):
-                    self.changes += engine.observe(state, w["metric"], w["stats"], w["labels"], now)
+                    self.changes += engine().observe(state, w["metric"], w["stats"], w["labels"], now)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 await send_to_dlq(event, "schema", f"not a closed window: {exc}", "alert-evaluator")
         elif kind == "tick":
-            self.changes += engine.tick(state, now)
+            self.changes += engine().tick(state, now)
 
     async def on_command(self, cmd: AlertCommand, event: Any) -> None:
         applied = self.state.setdefault("applied", {})
@@ -193,7 +204,7 @@ class Evaluation:
             return
         Applied.mark(applied, where, offset)
         try:
-            self.changes += engine.command(self.state, cmd.action, cmd.alert_id, self.state["clock"],
+            self.changes += engine().command(self.state, cmd.action, cmd.alert_id, self.state["clock"],
                                            by=cmd.by, duration_s=cmd.duration_s)
         except (KeyError, ValueError) as exc:
             raise InputRefused("alert_command_refused", str(exc)) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 
+from streams.config import ConfigError
 from streams.infra.errors import InfraError
 
 
@@ -409,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"omnistream: {exc}", file=sys.stderr)
         if exc.detail:
             print(exc.detail, file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"omnistream: bad setting: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

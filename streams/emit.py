@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from schemas.codec import metric_records
 from schemas.events import MetricEvent
+from streams.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,4 +69,4 @@ class MetricEmitter:
         return len(samples)
 
 
-emitter = MetricEmitter(os.environ.get("OMNISTREAM_APP_ID", "omnistream") + f":{os.getpid()}")
+emitter = MetricEmitter(f"{Settings.from_env(local_stack=False).app_id}:{os.getpid()}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -57,8 +56,8 @@ from streams.tables import FEEDBACK_TABLE, KIND_HEADER, MODEL_TABLE, TRAINED_HEA
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY = int(os.environ.get("OMNISTREAM_MODEL_SNAPSHOT_EVERY", "100"))
-SNAPSHOT_INTERVAL_S = float(os.environ.get("OMNISTREAM_MODEL_SNAPSHOT_INTERVAL_S", "2"))
+SNAPSHOT_EVERY = settings.model_snapshot_every
+SNAPSHOT_INTERVAL_S = settings.model_snapshot_interval_s
 RECENT_EVENTS = 20_000  # kept per node type so an installed (replayed) model can catch up
 
 MODEL_UPDATES = Counter("omnistream_model_updates_total", "Results learnt", ["node_type"])
@@ -73,9 +72,6 @@ LEARN_SECONDS = Histogram("omnistream_model_learn_seconds", "learn_one time",
                           buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 PATTERN_SUPPRESSED = Gauge("omnistream_pattern_suppressed", "1 when a pattern is suppressed", ["pattern"])
 
-KEY = model_key()
-
-
 def _internal(name: str, partitions: int) -> Any:
     return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions, internal=True,
                      value_serializer="raw", key_serializer="raw")
@@ -88,7 +84,8 @@ model_table = app.Table(MODEL_TABLE, default=None, partitions=CODEGEN_RESULTS.pa
 feedback_table = app.Table(FEEDBACK_TABLE, default=None, partitions=PATTERN_FEEDBACK.partitions,
                            key_type=str)  # json keys and values
 
-models = ModelRegistry(KEY)
+# The snapshot key is set by `start()` when the worker starts (it may create the key file).
+models = ModelRegistry(b"")
 patterns = PatternRegistry()
 
 
@@ -267,7 +264,12 @@ class Learner:
         return model
 
 
-learner = Learner(model_table, KEY, models)
+learner = Learner(model_table, b"", models)
+
+
+def start() -> None:
+    """At worker start: the key that signs and verifies model snapshots."""
+    models.key = learner.key = model_key()
 
 
 @app.on_partitions_revoked.connect
@@ -355,8 +357,7 @@ async def mixin_matrix_sink(stream: Any) -> None:
 # ---------------------------------------------------------------------------- pattern feedback
 
 POLICY = feedback.FeedbackPolicy(
-    floor=float(os.environ.get("OMNISTREAM_PATTERN_PRECISION_FLOOR", "0.8")),
-    source_cap=float(os.environ.get("OMNISTREAM_FEEDBACK_SOURCE_CAP", "20")))
+    floor=settings.pattern_precision_floor, source_cap=settings.feedback_source_cap)
 patterns.policy = POLICY
 
 

@@ -7,14 +7,13 @@ applied file's SHA-256 is recorded and a changed file is refused before anything
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
-from streams.config import repo_root
+from streams.config import Settings, repo_root
 
 ADVISORY_LOCK_KEY = 0x6F6D6E69  # "omni"
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
@@ -40,9 +39,9 @@ class Migration:
 
 
 def migrations_dir() -> Path:
-    env = os.environ.get("OMNISTREAM_MIGRATIONS_DIR")
-    if env:
-        return Path(env)
+    configured = Settings.from_env(local_stack=False).migrations_dir
+    if configured is not None:
+        return configured
     root = repo_root()
     if root is None:
         raise MigrationError("cannot find migrations/: set OMNISTREAM_MIGRATIONS_DIR")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -57,12 +56,12 @@ from streams.tables import KIND_HEADER, SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 
-TUMBLING_S = float(os.environ.get("OMNISTREAM_METRIC_WINDOW_S", "60"))
-HOPPING_S = float(os.environ.get("OMNISTREAM_METRIC_HOPPING_WINDOW_S", "300"))
-HOP_STEP_S = float(os.environ.get("OMNISTREAM_METRIC_HOPPING_STEP_S", "60"))
-LATENESS_S = float(os.environ.get("OMNISTREAM_METRIC_LATENESS_S", "5"))
-FLUSH_S = float(os.environ.get("OMNISTREAM_METRIC_FLUSH_S", "1"))
-IDLE_CLOSE_S = float(os.environ.get("OMNISTREAM_METRIC_IDLE_CLOSE_S", "30"))
+TUMBLING_S = settings.metric_window_s
+HOPPING_S = settings.metric_hopping_window_s
+HOP_STEP_S = settings.metric_hopping_step_s
+LATENESS_S = settings.metric_lateness_s
+FLUSH_S = settings.metric_flush_s
+IDLE_CLOSE_S = settings.metric_idle_close_s
 SPECS = [WindowSpec(TUMBLING_S)] + ([WindowSpec(HOPPING_S, HOP_STEP_S)] if HOPPING_S > 0 else [])
 
 SAMPLES = Counter("omnistream_metric_samples_total", "Metric samples folded into windows")
@@ -323,8 +322,8 @@ async def metrics_aggregator(stream: Any) -> None:
         await aggregator.sink.stop()
 
 
-EMIT_S = float(os.environ.get("OMNISTREAM_METRIC_EMIT_S", "1"))
-COLLECT_S = float(os.environ.get("OMNISTREAM_METRIC_COLLECT_S", "10"))
+EMIT_S = settings.metric_emit_s
+COLLECT_S = settings.metric_collect_s
 
 
 @app.timer(interval=EMIT_S)

@@ -41,6 +41,7 @@ from pydantic import BaseModel
 
 from agents.logging import log_context
 from schemas.codec import DecodeError, decode
+from streams.config import Settings
 from streams.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
 from streams.errors import InputRefused, is_retriable, retrying
 from streams.faust_patches import holds_back
@@ -53,8 +54,9 @@ Handler = Callable[[M, Any], Awaitable[None]]
 
 RECORD_NS = uuid.UUID("0b9c7f1e-3a6d-4e25-8c4b-5d2f9e8a1c37")
 LAST_EVENT: dict[str, float] = {}  # agent → wall time of the last event it took (for /health)
-BATCH_EVENTS = int(os.environ.get("OMNISTREAM_BATCH_EVENTS", "1000"))
-BATCH_WITHIN_S = float(os.environ.get("OMNISTREAM_BATCH_WITHIN_S", "0.5"))
+_DEFAULTS = Settings.from_env(local_stack=False)
+BATCH_EVENTS = _DEFAULTS.batch_events
+BATCH_WITHIN_S = _DEFAULTS.batch_within_s
 STOP_GRACE_S = 30.0  # a stopping worker waits this long for the batch in hand
 
 

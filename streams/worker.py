@@ -12,7 +12,7 @@ def run() -> None:
     from faust.worker import Worker
 
     from schemas.topics import ALL, CODEGEN_GENERATED, TopicSpec
-    from streams import agents, alerting, dashboard, monitoring, web  # noqa: F401 - agents, pages
+    from streams import agents, alerting, dashboard, learning, monitoring, web  # noqa: F401 - agents, pages
     from streams.agents import assembler_inbox
     from streams.alerting import alert_inbox
     from streams.app import app, settings
@@ -20,6 +20,9 @@ def run() -> None:
     from streams.monitoring import metrics_inbox
     from streams.topics import ensure_topics
 
+    # What importing must not do (create the model key file, read the rules file) happens here.
+    learning.start()
+    alerting.start()
     inboxes = [TopicSpec(t.get_topic_name(), "internal", CODEGEN_GENERATED.model, partitions=t.partitions)
                for t in (assembler_inbox, results_inbox, feedback_inbox, metrics_inbox, alert_inbox)]
     asyncio.run(ensure_topics(settings.kafka_bootstrap, (*ALL, *inboxes), **settings.kafka_security))

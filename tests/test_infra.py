@@ -30,15 +30,15 @@ async def _pg_settings(url: str, *names: str) -> list[str]:
 
 
 def test_pg_durability_setting_is_checked(monkeypatch):
+    from streams.config import ConfigError
     from streams.infra import postgres
-    from streams.infra.errors import InfraError
 
     monkeypatch.delenv("OMNISTREAM_PG_DURABILITY", raising=False)
     assert postgres.durability() == "full"
     monkeypatch.setenv("OMNISTREAM_PG_DURABILITY", "off")
     assert postgres.durability() == "off"
     monkeypatch.setenv("OMNISTREAM_PG_DURABILITY", "fast")
-    with pytest.raises(InfraError, match="must be 'full' or 'off'"):
+    with pytest.raises(ConfigError, match="^OMNISTREAM_PG_DURABILITY: Input should be 'full' or 'off'"):
         postgres.durability()
 
 

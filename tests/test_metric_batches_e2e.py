@@ -9,7 +9,7 @@ import uuid
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import MAX_VALUE_BYTES, decode, metric_records
 from schemas.events import DeadLetter, MetricEvent
@@ -77,11 +77,16 @@ async def test_a_bad_sample_is_dead_lettered_alone_and_the_rest_land(services, m
     name = f"bad{uuid.uuid4().hex[:6]}"
     samples = [{"name": name, "value": i, "metric_type": "counter"} for i in range(100)]
     samples[37] = {"name": name, "value": "forty", "metric_type": "counter"}
-    dlq = AIOKafkaConsumer(DLQ.name, bootstrap_servers=services.bootstrap, group_id=None,
-                           auto_offset_reset="latest")
+    dlq = AIOKafkaConsumer(bootstrap_servers=services.bootstrap, group_id=None)
     await dlq.start()
     try:
-        await asyncio.sleep(1)
+        # Where the topic ends now, resolved before publishing ("latest" on a subscription is
+        # only resolved at the first fetch, which may come after the dead letter).
+        tps = [TopicPartition(DLQ.name, p) for p in range(DLQ.partitions)]
+        dlq.assign(tps)
+        await dlq.seek_to_end(*tps)
+        for tp in tps:
+            await dlq.position(tp)
         async with OmnistreamClient(services.bootstrap) as client:
             await client.publish_raw(METRICS_EVENTS.name, orjson.dumps({"samples": samples}),
                                      key=name.encode())

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class ModelRegistry:
     def __init__(self, key: bytes):
-        self._key = key
+        self.key = key
         self.models: dict[str, MixinModel] = {}
         self.refused = 0
         self.last_refusal: str | None = None
@@ -30,7 +30,7 @@ class ModelRegistry:
             self.models.pop(node_type, None)
             return True
         try:
-            header, model = snapshot.loads(blob, self._key)
+            header, model = snapshot.loads(blob, self.key)
             if not isinstance(model, MixinModel) or header.node_type != node_type:
                 raise snapshot.SnapshotRejected("snapshot holds something other than this node type's model")
         except snapshot.SnapshotRejected as exc:

@@ -70,10 +70,9 @@ def _make_traversable(path: Path) -> None:
 def durability() -> str:
     """`full` (default): every commit is flushed to disk, as in production. `off`: no fsync, for
     throwaway clusters (the test suite) where an OS crash may lose the data without harm."""
-    value = os.environ.get("OMNISTREAM_PG_DURABILITY", "full")
-    if value not in ("full", "off"):
-        raise InfraError(f"OMNISTREAM_PG_DURABILITY must be 'full' or 'off', not {value!r}")
-    return value
+    from streams.config import Settings
+
+    return Settings.from_env(local_stack=False).pg_durability
 
 
 def start(folder: Path, port: int, progress=print) -> int:
