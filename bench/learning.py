@@ -112,8 +112,8 @@ async def replay_rate(n: int) -> dict:
     from schemas.events import GenerationResult
     from schemas.topics import CODEGEN_RESULTS
     from streams.config import Settings
-    from streams.replay import replay
-    from streams.topics import ensure_topics
+    from streams.learning.replay import replay
+    from streams.runtime.topics import ensure_topics
 
     settings = Settings.from_env()
     await ensure_topics(settings.kafka_bootstrap)

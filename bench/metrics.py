@@ -32,9 +32,9 @@ from schemas.events import MetricEvent
 from schemas.topics import METRICS_EVENTS, TopicSpec
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port
-from streams.sink import PgBatchSink
-from streams.topics import ensure_topics
-from streams.workerproc import spawn_worker, stop_worker, wait_healthy
+from streams.infra.workerproc import spawn_worker, stop_worker, wait_healthy
+from streams.runtime.sink import PgBatchSink
+from streams.runtime.topics import ensure_topics
 
 
 def _samples(name: str, n: int, series: int) -> list[MetricEvent]:

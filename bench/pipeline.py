@@ -14,10 +14,10 @@ from agents.stats import percentile
 from schemas.codec import decode
 from schemas.events import PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_COMPLETED
-from streams.client import OmnistreamClient
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port
-from streams.workerproc import spawn_worker, stop_worker, wait_healthy
+from streams.infra.workerproc import spawn_worker, stop_worker, wait_healthy
+from streams.interfaces.client import OmnistreamClient
 
 PRD = {"title": "Bench", "service_name": "bench", "description": "load",
        "nodes": [{"node_type": "effect", "name": "BenchWriter", "mixins": ["MixinRetry", "MixinLogging"]},
@@ -88,7 +88,7 @@ async def relay_load(bootstrap: str, rate: int, seconds: float, hops: int = 3) -
     run_id = uuid.uuid4().hex[:6]
     topics = [f"bench.relay.{run_id}.{i}" for i in range(hops + 1)]
     from schemas.topics import TopicSpec
-    from streams.topics import ensure_topics
+    from streams.runtime.topics import ensure_topics
     await ensure_topics(bootstrap, tuple(TopicSpec(t, "k", PrdSubmitted) for t in topics))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     await producer.start()

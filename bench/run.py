@@ -47,7 +47,7 @@ def isolated_stack():
             stack.up(progress=lambda m: print(f"  {m}"))
             import asyncio
 
-            from streams.migrate import migrate
+            from streams.infra.migrate import migrate
             asyncio.run(migrate(os.environ["DATABASE_URL"], progress=lambda _: None))
             yield
         finally:

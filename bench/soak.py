@@ -28,7 +28,7 @@ from schemas.events import GenerationResult, MetricEvent, PatternFeedback, PrdSu
 from schemas.topics import CODEGEN_RESULTS, METRICS_EVENTS, PATTERN_FEEDBACK, PRD_REQUESTS
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port
-from streams.workerproc import spawn_worker, stop_worker, wait_healthy
+from streams.infra.workerproc import spawn_worker, stop_worker, wait_healthy
 
 TABLES = ("generation_performance_metrics", "mixin_results_log", "mixin_compatibility_matrix",
           "pattern_feedback_log", "metric_window_aggregates", "alerts", "event_processing_metrics")

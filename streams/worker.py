@@ -12,19 +12,22 @@ def run() -> None:
     from faust.worker import Worker
 
     from schemas.topics import ALL, CODEGEN_GENERATED, TopicSpec
-    from streams import agents, alerting, dashboard, learning, monitoring, web  # noqa: F401 - agents, pages
-    from streams.agents import assembler_inbox
-    from streams.alerting import alert_inbox
-    from streams.app import app, settings
-    from streams.learning import feedback_inbox, results_inbox
-    from streams.monitoring import metrics_inbox
-    from streams.topics import ensure_topics
+
+    # Importing a topology registers its agents, tables and timers with the app.
+    from streams.alerting import topology as alerting
+    from streams.codegen import topology as codegen
+    from streams.interfaces import dashboard, web  # noqa: F401 - pages
+    from streams.learning import topology as learning
+    from streams.monitoring import topology as monitoring
+    from streams.runtime.app import app, settings
+    from streams.runtime.topics import ensure_topics
 
     # What importing must not do (create the model key file, read the rules file) happens here.
     learning.start()
     alerting.start()
     inboxes = [TopicSpec(t.get_topic_name(), "internal", CODEGEN_GENERATED.model, partitions=t.partitions)
-               for t in (assembler_inbox, results_inbox, feedback_inbox, metrics_inbox, alert_inbox)]
+               for t in (codegen.assembler_inbox, learning.results_inbox, learning.feedback_inbox,
+                         monitoring.metrics_inbox, alerting.alert_inbox)]
     asyncio.run(ensure_topics(settings.kafka_bootstrap, (*ALL, *inboxes), **settings.kafka_security))
     # faust makes its data folder (it keeps nothing there: tables live in memory and changelogs)
     # but not its parents.

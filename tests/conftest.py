@@ -133,7 +133,7 @@ def fresh_db(services: Services) -> Iterator[str]:
 
 @pytest.fixture
 def migrated_db(fresh_db: str) -> str:
-    from streams.migrate import migrate
+    from streams.infra.migrate import migrate
 
     asyncio.run(migrate(fresh_db, progress=lambda _: None))
     return fresh_db
@@ -230,7 +230,7 @@ async def wait_split(workers: list[Worker], topic: str, partitions: int, timeout
 
 @pytest.fixture(scope="session")
 def pipeline_db(services: Services) -> Iterator[str]:
-    from streams.migrate import migrate
+    from streams.infra.migrate import migrate
 
     name = f"pipeline_{uuid.uuid4().hex[:8]}"
     url = asyncio.run(_create_db(services.database_url, name))

@@ -155,7 +155,7 @@ async def _receiver(statuses: list[int], delay_s: float = 0.0):
 
 
 async def test_webhook_retries_server_errors_then_delivers():
-    from streams.notify import post_webhook
+    from streams.alerting.notify import post_webhook
 
     runner, url, got = await _receiver([500, 503, 200])
     try:
@@ -166,7 +166,7 @@ async def test_webhook_retries_server_errors_then_delivers():
 
 
 async def test_webhook_gives_up_on_timeouts_and_does_not_retry_a_refusal():
-    from streams.notify import post_webhook
+    from streams.alerting.notify import post_webhook
 
     runner, url, got = await _receiver([200], delay_s=2.0)
     try:

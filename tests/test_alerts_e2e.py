@@ -15,8 +15,8 @@ from aiohttp import web
 from agents.monitoring.alerting import fingerprint
 from schemas.events import Alert, MetricEvent
 from schemas.topics import ALERTS, METRICS_EVENTS
-from streams.client import OmnistreamClient
 from streams.infra.proc import free_port
+from streams.interfaces.client import OmnistreamClient
 from tests.conftest import OMNISTREAM, pg_fetch, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow

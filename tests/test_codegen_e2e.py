@@ -19,7 +19,7 @@ from agents.codegen.fanout import fan_out
 from schemas.codec import encode
 from schemas.events import GeneratedNode, GenerationResult, PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_COMPLETED, CODEGEN_GENERATED, CODEGEN_RESULTS
-from streams.client import OmnistreamClient
+from streams.interfaces.client import OmnistreamClient
 from tests.conftest import OMNISTREAM, ROOT, start_worker, stop_worker, wait_split
 
 

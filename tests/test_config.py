@@ -90,10 +90,9 @@ def test_importing_the_worker_modules_creates_no_file(tmp_path):
     """The model key file and the alert rules are made/read when the worker starts, not on import."""
     env = {**os.environ, "OMNISTREAM_HOME": str(tmp_path / "home")}
     env.pop("OMNISTREAM_MODEL_KEY", None)
-    out = subprocess.run([sys.executable, "-c", "import streams.learning, streams.alerting, streams.agents, "
-                          "streams.monitoring, streams.web; import streams.alerting as a; "
-                          "print(a._engine is None)"],
-                         env=env, capture_output=True, text=True, cwd=tmp_path)
+    code = ("import streams.learning.topology, streams.codegen.topology, streams.monitoring.topology, "
+            "streams.interfaces.web; import streams.alerting.topology as a; print(a._engine is None)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
     assert not (tmp_path / "home").exists() or list((tmp_path / "home").rglob("*")) == []
@@ -101,8 +100,8 @@ def test_importing_the_worker_modules_creates_no_file(tmp_path):
 
 def test_the_cli_refuses_a_bad_setting_with_exit_2(tmp_path):
     env = {**os.environ, "OMNISTREAM_HOME": str(tmp_path), "OMNISTREAM_WEB_PORT": "0"}
-    out = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "streams.interfaces.cli", "worker"], env=env,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip() == ("omnistream: bad setting: OMNISTREAM_WEB_PORT: Input should be greater "
                                   "than or equal to 1 (got '0')")

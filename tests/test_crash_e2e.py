@@ -29,8 +29,8 @@ from schemas.codec import DecodeError, decode, encode
 from schemas.events import DeadLetter, GenerationResult, MetricEvent, PrdCompleted, PrdSubmitted
 from schemas.topics import ALL, CODEGEN_COMPLETED, CODEGEN_RESULTS, DLQ, METRICS_EVENTS, PRD_REQUESTS
 from streams.infra.proc import free_port
-from streams.replica import topic_partitions
-from streams.topics import ensure_topics
+from streams.runtime.replica import topic_partitions
+from streams.runtime.topics import ensure_topics
 from tests.conftest import OMNISTREAM, Services, Worker, http_json, pg_fetch, pg_fetchval, stop_worker
 
 pytestmark = pytest.mark.slow

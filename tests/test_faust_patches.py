@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams import faust_patches as fp
+from streams.runtime import faust_patches as fp
 
 
 @pytest.fixture(autouse=True)

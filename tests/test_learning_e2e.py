@@ -19,8 +19,8 @@ from bench.mixin_stream import MixinStream
 from schemas.codec import encode
 from schemas.events import DeadLetter, GeneratedNode, GenerationResult, PatternFeedback, PrdSubmitted
 from schemas.topics import CODEGEN_RESULTS, DLQ, PATTERN_FEEDBACK
-from streams import tables
-from streams.client import OmnistreamClient
+from streams.interfaces.client import OmnistreamClient
+from streams.runtime import tables
 from tests.conftest import (
     OMNISTREAM,
     ROOT,
@@ -71,7 +71,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(services) -> Iterator[Cluster]:
-    from streams.migrate import migrate
+    from streams.infra.migrate import migrate
 
     name = f"learn_{uuid.uuid4().hex[:8]}"
     db = asyncio.run(_create_db(services.database_url, name))

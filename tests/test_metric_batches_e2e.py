@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.codec import MAX_VALUE_BYTES, decode, metric_records
 from schemas.events import DeadLetter, MetricEvent
 from schemas.topics import DLQ, METRICS_EVENTS
-from streams.client import OmnistreamClient
+from streams.interfaces.client import OmnistreamClient
 from tests.conftest import OMNISTREAM, pg_fetchval, start_worker, stop_worker
 
 WORKER_ENV = {"OMNISTREAM_AUTO_OFFSET_RESET": "latest", "OMNISTREAM_METRIC_WINDOW_S": "5",

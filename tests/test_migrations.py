@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
-from streams.migrate import MigrationError, migrate, migrations_dir
+from streams.infra.migrate import MigrationError, migrate, migrations_dir
 from tests.conftest import pg_fetch
 
 TABLES = {"mixin_compatibility_matrix", "mixin_results_log", "pattern_feedback_log",

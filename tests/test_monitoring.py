@@ -88,8 +88,8 @@ async def test_postgresql_stopped_20s_during_20000_metric_events_loses_and_doubl
     from schemas.events import MetricEvent
     from schemas.topics import METRICS_EVENTS
     from streams.infra import postgres
+    from streams.infra.migrate import migrate
     from streams.infra.proc import free_port
-    from streams.migrate import migrate
     from tests.conftest import start_worker, stop_worker
 
     folder = Path(tempfile.mkdtemp(prefix="omnistream-metrics-", dir="/tmp"))

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.codec import decode
 from schemas.events import DeadLetter, NodeTask, PrdSubmitted
-from streams.client import OmnistreamClient
+from streams.interfaces.client import OmnistreamClient
 
 PRD = {"title": "Orders", "service_name": "orders", "description": "Order service",
        "nodes": [{"node_type": "effect", "name": "OrderWriter", "mixins": ["MixinRetry"]},

@@ -17,9 +17,9 @@ from agents.monitoring.alerting import alert_id
 from agents.monitoring.windows import Windows, WindowSpec, series_key
 from schemas.codec import decode, encode
 from schemas.events import DeadLetter, MetricEvent, PrdSubmitted
-from streams.dlq import EMBED_BYTES, dead_letter
-from streams.errors import InputRefused, RetriableError, is_retriable
-from streams.processing import Applied, record_defaults, record_id
+from streams.runtime.dlq import EMBED_BYTES, dead_letter
+from streams.runtime.errors import InputRefused, RetriableError, is_retriable
+from streams.runtime.processing import Applied, record_defaults, record_id
 
 
 @dataclass
@@ -126,7 +126,7 @@ def test_a_dead_letter_for_a_record_near_the_limit_still_fits():
 def test_ordered_acks_ack_a_partition_in_offset_order_whatever_order_events_finish():
     from types import SimpleNamespace
 
-    from streams.processing import OrderedAcks
+    from streams.runtime.processing import OrderedAcks
 
     acked: list[tuple[str, int]] = []
 

@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from streams.infra import postgres
+from streams.infra.migrate import migrate
 from streams.infra.proc import free_port
-from streams.migrate import migrate
-from streams.sink import PgBatchSink
+from streams.runtime.sink import PgBatchSink
 from tests.conftest import pg_fetch, pg_fetchval
 
 COLUMNS = ("id", "pattern_name", "feedback_type", "user_weight")

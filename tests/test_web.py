@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 
 from agents.monitoring.windows import labels_hash
-from streams.client import OmnistreamClient
+from streams.interfaces.client import OmnistreamClient
 from tests.conftest import ROOT, http_json
 
 

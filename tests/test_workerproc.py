@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from streams.workerproc import unhealthy_reasons, wait_healthy
+from streams.infra.workerproc import unhealthy_reasons, wait_healthy
 
 
 def test_unhealthy_reasons_name_what_is_wrong():

@@ -1,6 +1,6 @@
 """Replay's training: fresh mixin models learnt from results in order, with the models in use
 scored on the same results (prediction only) beside them. Pure: no Kafka, so it is tested
-without a broker; streams/replay.py feeds it the decoded records.
+without a broker; streams/learning/replay.py feeds it the decoded records.
 
 Tried and dropped: the trainer in a spawned process of its own (the replay decoding on one
 core while models learn on the other) was no faster on a 2-core machine that also runs the

@@ -4,7 +4,7 @@ metrics-aggregator reads metrics.events itself: a sample keyed by its metric nam
 contract) is already on the partition that owns that metric's windows and is folded in at
 once; one with another key or none is re-keyed by name through <app>-metric-series first
 (faust assigns the same partition numbers of both topics to the same worker). Bad events go to
-the DLQ. On the checkpointed path (streams.processing) each batch folds its samples into
+the DLQ. On the checkpointed path (streams.runtime.processing) each batch folds its samples into
 in-memory windows (agents/monitoring/windows.py), upserts the windows past their end (plus
 lateness) into metric_window_aggregates and waits for that commit, then writes each changed
 series' record (open windows, watermark, closed-until marks, source offsets applied) into the
@@ -33,13 +33,13 @@ from agents.monitoring.windows import Aggregate, Windows, WindowSpec, series_key
 from schemas.codec import MAX_VALUE_BYTES, describe, encode
 from schemas.events import MAX_BATCH_SAMPLES, MetricBatchFields, MetricEvent, MetricSampleFields
 from schemas.topics import METRICS_EVENTS
-from streams import tables
-from streams.alerting import window_closed
-from streams.app import app, metrics_events, settings
-from streams.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
-from streams.emit import emitter
-from streams.metrics import EVENTS_PROCESSED
-from streams.processing import (
+from streams.alerting.topology import window_closed
+from streams.runtime import tables
+from streams.runtime.app import app, metrics_events, settings
+from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
+from streams.runtime.emit import emitter
+from streams.runtime.metrics import EVENTS_PROCESSED
+from streams.runtime.processing import (
     LAST_EVENT,
     Applied,
     call_retrying,
@@ -51,8 +51,8 @@ from streams.processing import (
     run_batches,
     table_put,
 )
-from streams.sink import PgBatchSink
-from streams.tables import KIND_HEADER, SOURCE_HEADER
+from streams.runtime.sink import PgBatchSink
+from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -336,9 +336,9 @@ async def send_metric_samples() -> None:
 
 @app.timer(interval=COLLECT_S)
 async def collect_worker_metrics() -> None:
-    from streams.agents import codegen_pool
-    from streams.learning import patterns
-    from streams.web import consumer_lag
+    from streams.codegen.topology import codegen_pool
+    from streams.learning.topology import patterns
+    from streams.runtime.introspect import consumer_lag
 
     totals = codegen_pool.totals()
     lookups = totals["hits"] + totals["misses"]

@@ -42,7 +42,7 @@ def _infra(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from streams.config import Settings
-    from streams.migrate import MigrationError, migrate
+    from streams.infra.migrate import MigrationError, migrate
 
     try:
         asyncio.run(migrate(Settings.from_env().database_url))
@@ -105,7 +105,7 @@ def _validated(source: str, model) -> list:
 
 def _publish(args: argparse.Namespace) -> int:
     from schemas.events import PrdSubmitted
-    from streams.client import OmnistreamClient
+    from streams.interfaces.client import OmnistreamClient
 
     prds = _validated(args.file, PrdSubmitted)
 
@@ -121,7 +121,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _publish_metrics(args: argparse.Namespace) -> int:
     from schemas.events import MetricEvent
-    from streams.client import OmnistreamClient
+    from streams.interfaces.client import OmnistreamClient
 
     samples = _validated(args.file, MetricEvent)
 
@@ -135,8 +135,8 @@ def _publish_metrics(args: argparse.Namespace) -> int:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
-    from streams.client import OmnistreamClient
-    from streams.output import write_node
+    from streams.interfaces.client import OmnistreamClient
+    from streams.interfaces.output import write_node
 
     ids = set(args.correlation_id or [])
     out = Path(args.out) if args.out else None
@@ -170,7 +170,7 @@ def _feedback(args: argparse.Namespace) -> int:
 
     from schemas import topics as spec
     from schemas.events import PatternFeedback
-    from streams.client import OmnistreamClient
+    from streams.interfaces.client import OmnistreamClient
 
     events = _validated(args.file, PatternFeedback)
     who = args.source or f"cli:{getpass.getuser()}"
@@ -192,7 +192,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from schemas.events import PredictRequest
     from streams.config import Settings, model_key
-    from streams.replay import current_models
+    from streams.learning.replay import current_models
 
     mixins = [m.strip() for m in args.mixins.split(",") if m.strip()]
     try:
@@ -213,7 +213,7 @@ def _replay(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from streams.config import Settings
-    from streams.replay import ReplayError, replay
+    from streams.learning.replay import ReplayError, replay
 
     since = None
     if args.since:
@@ -261,7 +261,7 @@ def _alerts(args: argparse.Namespace) -> int:
         return _alert_command(args)
     from schemas.events import Alert
     from schemas.topics import ALERTS
-    from streams.client import OmnistreamClient
+    from streams.interfaces.client import OmnistreamClient
 
     async def go() -> None:
         async with OmnistreamClient() as client:
@@ -278,7 +278,7 @@ def _alert_command(args: argparse.Namespace) -> int:
 
     from schemas import topics as spec
     from schemas.events import AlertCommand
-    from streams.client import OmnistreamClient
+    from streams.interfaces.client import OmnistreamClient
 
     if not args.alert_id:
         raise UsageError(f"alerts {args.action} needs the alert id or fingerprint")
@@ -298,8 +298,8 @@ def _alert_command(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
-    from streams.migrate import MigrationError
+    from streams.infra.migrate import MigrationError
+    from streams.interfaces.demo import run_demo
 
     try:
         return run_demo(Path(args.examples), Path(args.out), serve=args.serve, timeout=args.timeout)

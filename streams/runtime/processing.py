@@ -17,7 +17,7 @@ be ahead of them; the offsets stored in each state record make the replayed even
 every table, window and model ends as if the crash never happened. Outputs (topics) are
 at-least-once with deterministic event ids, so a subscriber drops a duplicate by id.
 
-Failures that are not the input's fault (streams.errors) are retried with backoff and keep the
+Failures that are not the input's fault (streams.runtime.errors) are retried with backoff and keep the
 event; failures that are go to the dead-letter topic. An unexpected error outside the
 per-event handlers means state could be half-written: the worker stops hard (nothing of the
 batch is acknowledged) and a restart replays it.
@@ -42,11 +42,11 @@ from pydantic import BaseModel
 from agents.logging import log_context
 from schemas.codec import DecodeError, decode
 from streams.config import Settings
-from streams.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
-from streams.errors import InputRefused, is_retriable, retrying
-from streams.faust_patches import holds_back
-from streams.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
-from streams.tables import KIND_HEADER, SOURCE_HEADER
+from streams.runtime.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
+from streams.runtime.errors import InputRefused, is_retriable, retrying
+from streams.runtime.faust_patches import holds_back
+from streams.runtime.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
+from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -80,7 +80,7 @@ def record_defaults(event: Any) -> dict[str, Any]:
 
 def internal_topic(topic: str) -> bool:
     """Topics the workers write for themselves (inboxes, changelogs): `<app id>-…`."""
-    from streams.app import settings
+    from streams.runtime.app import settings
 
     return topic.startswith(f"{settings.app_id}-")
 
@@ -200,7 +200,7 @@ async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: i
     queue: asyncio.Queue = asyncio.Queue(maxsize=max_events)
     loop = asyncio.get_running_loop()
 
-    from streams.app import app
+    from streams.runtime.app import app
 
     passed: dict = {}
 
@@ -337,7 +337,7 @@ async def run_concurrent(stream: Any, model: type[M], agent: str, handler: Handl
     """A stateless agent whose events are handled side by side, up to `concurrency` at once
     (their outputs may leave in another order than they came), each acked in offset order
     once handled. No batch waits for its slowest event before the next ones start."""
-    from streams.app import app
+    from streams.runtime.app import app
 
     gate = asyncio.Semaphore(concurrency)
     acks = OrderedAcks()
@@ -389,6 +389,6 @@ def table_delete(table: Any, partition: int, key: Any) -> None:
 def held(topic: str, partition: int) -> bool:
     """True while this worker is assigned the partition (a batch taken before a rebalance must
     not write the state of a partition another worker now owns)."""
-    from streams.app import app
+    from streams.runtime.app import app
 
     return TP(topic, partition) in app.consumer.assignment()  # a set of TopicPartitions

@@ -28,12 +28,12 @@ from agents.monitoring.rules import load
 from agents.monitoring.windows import Aggregate, labels_hash
 from schemas.codec import encode
 from schemas.events import Alert, AlertCommand
-from streams import tables
-from streams.app import alerts, alerts_commands, app, settings
-from streams.dlq import CORRELATION_HEADER, send_to_dlq
-from streams.errors import InputRefused
-from streams.notify import post_webhook
-from streams.processing import (
+from streams.alerting.notify import post_webhook
+from streams.runtime import tables
+from streams.runtime.app import alerts, alerts_commands, app, settings
+from streams.runtime.dlq import CORRELATION_HEADER, send_to_dlq
+from streams.runtime.errors import InputRefused
+from streams.runtime.processing import (
     Applied,
     control_kind,
     handle_event,
@@ -44,8 +44,8 @@ from streams.processing import (
     source_headers,
     table_put,
 )
-from streams.sink import PgBatchSink
-from streams.tables import KIND_HEADER
+from streams.runtime.sink import PgBatchSink
+from streams.runtime.tables import KIND_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def start() -> None:
 
 def engine() -> AlertEngine:
     if _engine is None:
-        raise RuntimeError("streams.alerting.start() has not run: the alert rules are not loaded")
+        raise RuntimeError("streams.alerting.topology.start() has not run: the alert rules are not loaded")
     return _engine
 
 ALERT_CHANGES = Counter("omnistream_alert_changes_total", "Alert state changes",

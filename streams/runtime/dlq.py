@@ -18,8 +18,8 @@ from typing import Any
 
 from schemas.codec import encode
 from schemas.events import DeadLetter
-from streams.errors import retrying
-from streams.metrics import DLQ_EVENTS
+from streams.runtime.errors import retrying
+from streams.runtime.metrics import DLQ_EVENTS
 
 log = logging.getLogger(__name__)
 CORRELATION_HEADER = "correlation_id"
@@ -80,7 +80,7 @@ async def send_to_dlq(event: Any, reason: str, error: str, agent: str, *,
                       sample: bytes | None = None, sample_index: int | None = None) -> None:
     """Dead-letter the record behind `event` (or its sample `sample_index`, whose bytes are
     `sample`); retried (with backoff) until the broker has it."""
-    from streams.app import dlq
+    from streams.runtime.app import dlq
 
     msg = event.message
     raw = sample if sample_index is not None else (msg.value if isinstance(msg.value, bytes) else None)

@@ -150,7 +150,7 @@ def check_faust_internals() -> None:
             inspect.getsource(streams):
         missing.append("streams: skip of an older generation's message")
     if missing:
-        raise RuntimeError(f"faust-streaming {faust.__version__} changed what streams.faust_patches "
+        raise RuntimeError(f"faust-streaming {faust.__version__} changed what streams.runtime.faust_patches "
                            f"corrects (tested with {TESTED_WITH}.x): {', '.join(missing)}")
 
 

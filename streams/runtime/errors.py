@@ -2,7 +2,7 @@
 
 In the spirit of aiokafka's `errors.py`: every error the pipeline raises on purpose carries a
 `retriable` flag, and `is_retriable()` classifies the ones libraries raise. The processing path
-(streams.processing) retries a retriable failure with backoff and keeps the event; only input
+(streams.runtime.processing) retries a retriable failure with backoff and keeps the event; only input
 that can never succeed (it does not decode, or the domain refuses it, or PostgreSQL refuses the
 row) goes to the dead-letter topic.
 """

@@ -1,4 +1,4 @@
-"""Faust agents. Each stays thin: decode (streams.processing), call the domain code in agents/, send.
+"""Faust agents. Each stays thin: decode (streams.runtime.processing), call the domain code in agents/, send.
 
 PRD flow: prd.requests → prd-fanout → codegen.tasks → codegen-render → codegen.generated
 (+ codegen.results) → prd-assembler (table keyed by correlation id) → codegen.completed.
@@ -24,8 +24,9 @@ from agents.logging import log_context
 from schemas.codec import encode
 from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_GENERATED, CODEGEN_TASKS
-from streams import tables
-from streams.app import (
+from streams.learning.topology import models, patterns
+from streams.runtime import tables
+from streams.runtime.app import (
     app,
     codegen_completed,
     codegen_generated,
@@ -34,10 +35,9 @@ from streams.app import (
     prd_requests,
     settings,
 )
-from streams.dlq import CORRELATION_HEADER, correlation_headers
-from streams.emit import emitter
-from streams.learning import models, patterns
-from streams.processing import (
+from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers
+from streams.runtime.emit import emitter
+from streams.runtime.processing import (
     control_kind,
     handle_event,
     held,
@@ -46,8 +46,8 @@ from streams.processing import (
     table_delete,
     table_put,
 )
-from streams.sink import PgBatchSink, run_sink
-from streams.tables import KIND_HEADER
+from streams.runtime.sink import PgBatchSink, run_sink
+from streams.runtime.tables import KIND_HEADER
 
 log = logging.getLogger(__name__)
 

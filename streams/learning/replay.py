@@ -33,10 +33,10 @@ from agents.learning.trainer import NodeReport, Result, Trainer
 from schemas.codec import MAX_VALUE_BYTES
 from schemas.events import GenerationResultFields
 from schemas.topics import CODEGEN_RESULTS
-from streams import tables
-from streams.client import OmnistreamClient
 from streams.config import Settings, model_key
-from streams.replica import read_all, topic_partitions
+from streams.interfaces.client import OmnistreamClient
+from streams.runtime import tables
+from streams.runtime.replica import read_all, topic_partitions
 
 
 class ReplayError(Exception):

@@ -16,12 +16,12 @@ from schemas.topics import CODEGEN_COMPLETED as CODEGEN_COMPLETED_SPEC
 from schemas.topics import CODEGEN_GENERATED, DLQ, PRD_REQUESTS
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port, port_is_free
-from streams.workerproc import spawn_worker, stop_worker, wait_healthy
+from streams.infra.workerproc import spawn_worker, stop_worker, wait_healthy
 
 
 async def _run(examples: Path, out: Path, timeout: float) -> dict:
-    from streams.client import OmnistreamClient
-    from streams.output import write_node
+    from streams.interfaces.client import OmnistreamClient
+    from streams.interfaces.output import write_node
 
     valid: list[PrdSubmitted] = []
     invalid: list[tuple[str, bytes, str]] = []
@@ -102,7 +102,7 @@ def _models(port: int, at_least: int = 0, timeout: float = 10) -> dict:
 
 def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 180) -> int:
     from streams.infra import stack
-    from streams.migrate import migrate
+    from streams.infra.migrate import migrate
 
     print("== infra up")
     state = stack.up()

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from streams.app import app, settings
+from streams.runtime.app import app, settings
 
 PAGE = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 VIEWS = ("mixin_compatibility_summary", "pattern_feedback_analysis", "performance_metrics_summary",
@@ -49,7 +49,7 @@ async def _fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 async def dashboard_data(window_s: float | None = None) -> dict[str, Any]:
-    from streams.monitoring import TUMBLING_S
+    from streams.monitoring.topology import TUMBLING_S
 
     size = window_s or TUMBLING_S
     metrics = sorted({m for m, _ in CHARTS.values()})

@@ -5,7 +5,7 @@ Contract (what callers rely on):
   written when `max_rows` rows wait or the oldest is `max_ms` old, whichever comes first, in
   the background (pipelined: the next batch fills meanwhile; `add` only waits once
   `max_pending` rows wait), and whenever `flush()` is awaited: `flush()` returns once every
-  row added before it has committed. The checkpointed processing path (streams.processing)
+  row added before it has committed. The checkpointed processing path (streams.runtime.processing)
   flushes its sinks at the end of each batch and only then acks the batch's events, so an
   offset is committed only after its rows are in PostgreSQL.
 - A batch is COPY'd into a temporary staging table (made once per connection) and moved with
@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
-from streams.errors import PG_ROW_REFUSED, retrying
+from streams.runtime.errors import PG_ROW_REFUSED, retrying
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class PgBatchSink:
 
 def dead_letter_row(agent: str) -> Reject:
     """An `on_reject` that sends the refused row's source event to the dead-letter topic."""
-    from streams.dlq import send_to_dlq
+    from streams.runtime.dlq import send_to_dlq
 
     async def reject(row: tuple, error: str, source: Any) -> None:
         if source is not None:
@@ -247,7 +247,7 @@ async def run_sink(stream: Any, agent: str, model: type, sink: PgBatchSink,
     """A sink agent on the checkpointed path: decode each event (bad ones dead-lettered), buffer
     its row, flush at the end of the batch; the batch is acked only after the commit.
     `accept(event)` False: the event is not for this sink (e.g. a control message)."""
-    from streams.processing import decode_event, run_batches
+    from streams.runtime.processing import decode_event, run_batches
 
     if sink.on_reject is None:
         sink.on_reject = dead_letter_row(agent)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import faust
 
 from schemas import topics as spec
-from streams import faust_patches
 from streams.config import Settings, omnistream_home
+from streams.runtime import faust_patches
 
 faust_patches.apply()
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         # A rebalance waits until the batches in hand are applied and acked (they are short: see
-        # streams/processing.py); a batch finished after its partitions were revoked could ack
+        # streams/runtime/processing.py); a batch finished after its partitions were revoked could ack
         # events whose state the new owner never sees.
         stream_wait_empty=True,
         autodiscover=False,

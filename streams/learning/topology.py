@@ -3,14 +3,14 @@
 Mixin flow: codegen.results → results-intake (decode, DLQ) → {app}-mixin-results, keyed by
 node type (outside publishers may send no key) → mixin-learner (the live model, snapshotted
 into the `mixin-models` table) and mixin-matrix-sink (mixin_results_log +
-update_mixin_compatibility()). Every worker reads the table's changelog (streams.replica) into
+update_mixin_compatibility()). Every worker reads the table's changelog (streams.runtime.replica) into
 a ModelRegistry and predicts from it.
 
 Feedback flow: pattern.feedback → feedback-intake → {app}-pattern-feedback keyed by pattern
 → pattern-feedback-learner (posterior per pattern in the `pattern-feedback` table) and
 pattern-feedback-sink (pattern_feedback_log through record_pattern_feedback()).
 
-All of them run on the checkpointed path (streams.processing): the learner snapshots every
+All of them run on the checkpointed path (streams.runtime.processing): the learner snapshots every
 model a batch changed (at most SNAPSHOT_EVERY results, or what came within
 SNAPSHOT_INTERVAL_S) before the batch is acked, and each snapshot says which offsets it holds,
 so a crash neither loses a result nor learns one twice.
@@ -35,11 +35,11 @@ from agents.learning.registry import ModelRegistry, PatternRegistry
 from schemas.codec import encode
 from schemas.events import GenerationResult, PatternFeedback
 from schemas.topics import CODEGEN_RESULTS, PATTERN_FEEDBACK
-from streams import tables
-from streams.app import app, codegen_results, pattern_feedback, settings
 from streams.config import model_key
-from streams.dlq import correlation_headers, header, send_to_dlq
-from streams.processing import (
+from streams.runtime import tables
+from streams.runtime.app import app, codegen_results, pattern_feedback, settings
+from streams.runtime.dlq import correlation_headers, header, send_to_dlq
+from streams.runtime.processing import (
     Applied,
     control_kind,
     handle_event,
@@ -50,9 +50,9 @@ from streams.processing import (
     source_headers,
     table_put,
 )
-from streams.replica import ChangelogReplica
-from streams.sink import PgBatchSink, run_sink
-from streams.tables import FEEDBACK_TABLE, KIND_HEADER, MODEL_TABLE, TRAINED_HEADER
+from streams.runtime.replica import ChangelogReplica
+from streams.runtime.sink import PgBatchSink, run_sink
+from streams.runtime.tables import FEEDBACK_TABLE, KIND_HEADER, MODEL_TABLE, TRAINED_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Faust wiring of the alert engine: its inbox, table, sink, notifications."""

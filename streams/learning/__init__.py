@@ -1,0 +1,1 @@
+"""Faust wiring of the mixin models and pattern feedback, and `omnistream replay`."""

@@ -1,0 +1,68 @@
+"""What a worker can say about itself: the partitions it holds, its lag, its agents' states.
+Read by /health and by the worker's own metrics."""
+
+from __future__ import annotations
+
+from streams.runtime.app import app
+from streams.runtime.metrics import CONSUMER_LAG
+
+
+def assignment() -> dict[str, list[int]]:
+    """Partitions this worker holds now, by topic (several workers split them)."""
+    consumer = getattr(app, "consumer", None)
+    out: dict[str, list[int]] = {}
+    if consumer is None:
+        return out
+    for tp in consumer.assignment():
+        out.setdefault(tp.topic, []).append(tp.partition)
+    return {topic: sorted(parts) for topic, parts in sorted(out.items())}
+
+
+async def lag_by_topic() -> dict[str, int] | None:
+    consumer = getattr(app, "consumer", None)
+    if consumer is None:
+        return None
+    out: dict[str, int] = {}
+    for tp in consumer.assignment():
+        try:
+            high = consumer.highwater(tp)
+        except Exception:
+            continue
+        position = await consumer.position(tp)
+        if high is not None and position is not None:
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, high - position)
+    return out
+
+
+async def consumer_lag(by_topic: dict[str, int] | None = None) -> int | None:
+    """Total lag (also sets the gauge); pass `by_topic` when it was just measured."""
+    by_topic = by_topic if by_topic is not None else await lag_by_topic()
+    if by_topic is None:
+        return None
+    lag = sum(by_topic.values())
+    CONSUMER_LAG.set(lag)
+    return lag
+
+
+def agent_topics() -> dict[str, list[str]]:
+    out = {}
+    for name, agent in app.agents.items():
+        try:
+            topics = sorted(agent.channel.get_topic_names())
+        except Exception:
+            topics = []
+        out[name.rsplit(".", 1)[-1]] = topics
+    return out
+
+
+def agent_states() -> dict[str, str]:
+    out = {}
+    for name, agent in app.agents.items():
+        short = name.rsplit(".", 1)[-1]
+        if agent.crashed or getattr(agent, "crash_reason", None):
+            out[short] = f"crashed: {agent.crash_reason!r}"
+        elif not agent.started:
+            out[short] = "not started"
+        else:
+            out[short] = "running"
+    return out
