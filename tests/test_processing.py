@@ -145,3 +145,24 @@ def test_ordered_acks_ack_a_partition_in_offset_order_whatever_order_events_fini
     assert acked == [("b", 0)]  # another partition is not held up
     acks.done(a0)
     assert acked == [("b", 0), ("a", 0), ("a", 1), ("a", 2)]
+
+
+def test_control_kinds_are_honoured_on_internal_topics_only():
+    from types import SimpleNamespace
+
+    from streams.runtime.app import settings
+    from streams.runtime.processing import control_kind
+    from streams.runtime.tables import KIND_HEADER, ControlKind
+
+    def event(topic: str, kind: bytes | None) -> SimpleNamespace:
+        headers = {KIND_HEADER: kind} if kind is not None else {}
+        return SimpleNamespace(message=SimpleNamespace(topic=topic), headers=headers)
+
+    inbox = f"{settings.app_id}-alert-engine"
+    assert control_kind(event(inbox, ControlKind.TICK.header)) is ControlKind.TICK
+    assert control_kind(event(inbox, b"install")) is ControlKind.INSTALL
+    assert control_kind(event(inbox, b"format-disk")) is None  # unknown: data
+    assert control_kind(event(inbox, None)) is None
+    assert control_kind(event("codegen.results", b"install")) is None  # outside: always data
+    assert {k.value for k in ControlKind} == {"result", "install", "node", "sample", "window", "command",
+                                              "tick"}

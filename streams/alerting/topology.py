@@ -45,7 +45,7 @@ from streams.runtime.processing import (
     table_put,
 )
 from streams.runtime.sink import PgBatchSink
-from streams.runtime.tables import KIND_HEADER
+from streams.runtime.tables import KIND_HEADER, ControlKind
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,14 @@ async def window_closed(agg: Aggregate) -> None:
              "max": row["value_max"], "p50": row["p50"], "p95": row["p95"], "p99": row["p99"]}
     await alert_inbox.send(key=ENGINE_KEY.encode(), value=orjson.dumps({
         "metric": agg.name, "stats": stats, "labels": agg.labels, "start": agg.start, "end": agg.end}),
-        headers={KIND_HEADER: b"window", CORRELATION_HEADER: b""})
+        headers={KIND_HEADER: ControlKind.WINDOW.header, CORRELATION_HEADER: b""})
 
 
 @app.agent(alerts_commands, name="alert-commands-intake")
 async def alert_commands_intake(stream: Any) -> None:
     async def handle(cmd: AlertCommand, event: Any) -> None:
         await alert_inbox.send(key=ENGINE_KEY.encode(), value=encode(cmd), headers={
-            KIND_HEADER: b"command", CORRELATION_HEADER: str(cmd.correlation_id).encode(),
+            KIND_HEADER: ControlKind.COMMAND.header, CORRELATION_HEADER: str(cmd.correlation_id).encode(),
             **source_headers(event)})
 
     await run_intake(stream, AlertCommand, "alert-commands-intake", handle)
@@ -185,16 +185,16 @@ class Evaluation:
         now = state["clock"] = max(state.get("clock", 0.0), stamp)
         state["inbox_offset"] = offset
         kind = control_kind(event)
-        if kind == "command":
+        if kind is ControlKind.COMMAND:
             await handle_event(event, AlertCommand, "alert-evaluator", self.on_command)
-        elif kind == "window":
+        elif kind is ControlKind.WINDOW:
             try:
                 w = orjson.loads(event.value)
                 if not _window_seen(state, w):
                     self.changes += engine().observe(state, w["metric"], w["stats"], w["labels"], now)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 await send_to_dlq(event, "schema", f"not a closed window: {exc}", "alert-evaluator")
-        elif kind == "tick":
+        elif kind is ControlKind.TICK:
             self.changes += engine().tick(state, now)
 
     async def on_command(self, cmd: AlertCommand, event: Any) -> None:
@@ -234,4 +234,4 @@ async def alert_evaluator(stream: Any) -> None:
 @app.timer(interval=TICK_S)
 async def alert_ticks() -> None:
     await alert_inbox.send(key=ENGINE_KEY.encode(), value=b"{}",
-                           headers={KIND_HEADER: b"tick", CORRELATION_HEADER: b""})
+                           headers={KIND_HEADER: ControlKind.TICK.header, CORRELATION_HEADER: b""})

@@ -47,7 +47,7 @@ from streams.runtime.processing import (
     table_put,
 )
 from streams.runtime.sink import PgBatchSink, run_sink
-from streams.runtime.tables import KIND_HEADER
+from streams.runtime.tables import KIND_HEADER, ControlKind
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Assembly:
         cid = str(node.correlation_id)
         if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
             await assembler_inbox.send(key=cid.encode(), value=encode(node), headers={
-                **correlation_headers(cid), KIND_HEADER: b"node"})
+                **correlation_headers(cid), KIND_HEADER: ControlKind.NODE.header})
             return
         state = assembler.add_node(self.state(cid), node, time.time(), ASSEMBLY_DEADLINE_S)
         if assembler.is_complete(state):
@@ -209,7 +209,7 @@ async def prd_assembler(stream: Any) -> None:
     async def on_batch(events: Sequence[Any]) -> None:
         batch = Assembly()
         for event in events:
-            if control_kind(event) == "tick":
+            if control_kind(event) is ControlKind.TICK:
                 batch.on_tick(event)
             else:
                 await handle_event(event, GeneratedNode, "prd-assembler", batch.on_node)
@@ -238,7 +238,8 @@ async def assembly_deadlines() -> None:
             continue
         _ticks_sent[key] = now
         await assembler_inbox.send(key=key.encode(), value=orjson.dumps({"action": action}),
-                                   headers={KIND_HEADER: b"tick", CORRELATION_HEADER: key.encode()})
+                                   headers={KIND_HEADER: ControlKind.TICK.header,
+                                            CORRELATION_HEADER: key.encode()})
     for key in [k for k, t in _ticks_sent.items() if now - t > 60]:
         del _ticks_sent[key]
 

@@ -37,6 +37,7 @@ from streams.config import Settings, model_key
 from streams.interfaces.client import OmnistreamClient
 from streams.runtime import tables
 from streams.runtime.replica import read_all, topic_partitions
+from streams.runtime.tables import ControlKind
 
 
 class ReplayError(Exception):
@@ -186,7 +187,7 @@ async def _install(settings: Settings, key: bytes, report: ReplayReport,
             model.find_conflicts()
             head = snapshot.SnapshotHeader(nt, model.version, model.updates, time.time())
             await client.publish_raw(inbox, snapshot.dumps(model, head, key), key=nt.encode(), headers={
-                tables.KIND_HEADER: b"install",
+                tables.KIND_HEADER: ControlKind.INSTALL.header,
                 tables.TRAINED_HEADER: orjson.dumps({str(p): o for p, o in trained_through.items()})})
 
 

@@ -52,7 +52,7 @@ from streams.runtime.processing import (
 )
 from streams.runtime.replica import ChangelogReplica
 from streams.runtime.sink import PgBatchSink, run_sink
-from streams.runtime.tables import FEEDBACK_TABLE, KIND_HEADER, MODEL_TABLE, TRAINED_HEADER
+from streams.runtime.tables import FEEDBACK_TABLE, KIND_HEADER, MODEL_TABLE, TRAINED_HEADER, ControlKind
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ async def results_intake(stream: Any) -> None:
         # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream;
         # the source header lets the learner skip what a replay sends again.
         await results_inbox.send(key=result.node_type.encode(), value=encode(result), headers={
-            **correlation_headers(result.correlation_id), KIND_HEADER: b"result",
+            **correlation_headers(result.correlation_id), KIND_HEADER: ControlKind.RESULT.header,
             **source_headers(event)})
 
     await run_intake(stream, GenerationResult, "results-intake", handle)
@@ -290,7 +290,7 @@ async def mixin_learner(stream: Any) -> None:
         for event in events:
             kind = control_kind(event)
             node_type = (event.key or b"").decode("utf-8", "replace")
-            if kind == "install":
+            if kind is ControlKind.INSTALL:
                 try:
                     trained = {int(k): int(v) for k, v in
                                orjson.loads(header(event, TRAINED_HEADER) or "{}").items()}
@@ -351,7 +351,7 @@ async def mixin_matrix_sink(stream: Any) -> None:
     await run_sink(stream, "mixin-matrix-sink", GenerationResult, PgBatchSink(
         settings.database_url, "mixin_results_log", RESULT_COLUMNS, apply_sql=MATRIX_SQL,
         dedupe_key=lambda row: row[0], source_topic=CODEGEN_RESULTS.name), result_row,
-        accept=lambda event: control_kind(event) == "result")
+        accept=lambda event: control_kind(event) is ControlKind.RESULT)
 
 
 # ---------------------------------------------------------------------------- pattern feedback

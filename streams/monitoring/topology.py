@@ -52,7 +52,7 @@ from streams.runtime.processing import (
     table_put,
 )
 from streams.runtime.sink import PgBatchSink
-from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER
+from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER, ControlKind
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ async def metrics_aggregator(stream: Any) -> None:
         touched: set[int] = set()
         folded = 0
         for event in events:
-            if control_kind(event) == "tick":
+            if control_kind(event) is ControlKind.TICK:
                 touched.add(event.message.partition)
                 continue
             partition = event.message.partition
@@ -291,7 +291,8 @@ async def metrics_aggregator(stream: Any) -> None:
                     whole = as_event(event, index, m)
                     await call_retrying("metrics re-key", functools.partial(
                         metrics_inbox.send, key=name.encode(), value=encode(whole), headers={
-                            **correlation_headers(whole.correlation_id), KIND_HEADER: b"sample",
+                            **correlation_headers(whole.correlation_id),
+                            KIND_HEADER: ControlKind.SAMPLE.header,
                             SOURCE_HEADER: f"{where}:{position}".encode()}))
                     continue
                 at = m.get("occurred_at")
@@ -368,7 +369,7 @@ async def metric_window_ticks() -> None:
     for partition, w in list(aggregator.by_partition.items()):
         if w.open and await _caught_up(partition):
             await metrics_inbox.send(key=b"tick", value=b"{}", partition=partition,
-                                     headers={KIND_HEADER: b"tick", CORRELATION_HEADER: b""})
+                                     headers={KIND_HEADER: ControlKind.TICK.header, CORRELATION_HEADER: b""})
 
 
 async def _caught_up(partition: int) -> bool:

@@ -46,7 +46,7 @@ from streams.runtime.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_u
 from streams.runtime.errors import InputRefused, is_retriable, retrying
 from streams.runtime.faust_patches import holds_back
 from streams.runtime.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
-from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER
+from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER, ControlKind
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -85,12 +85,16 @@ def internal_topic(topic: str) -> bool:
     return topic.startswith(f"{settings.app_id}-")
 
 
-def control_kind(event: Any) -> str | None:
+def control_kind(event: Any) -> ControlKind | None:
     """The `omnistream.kind` header, honoured only on internal topics: an outside publisher
-    cannot make its record a tick, an install or anything but data."""
+    cannot make its record a tick, an install or anything but data. An unknown kind is data."""
     if not internal_topic(event.message.topic):
         return None
-    return header(event, KIND_HEADER)
+    kind = header(event, KIND_HEADER)
+    try:
+        return ControlKind(kind) if kind is not None else None
+    except ValueError:
+        return None
 
 
 def origin(event: Any) -> tuple[str, int]:

@@ -6,14 +6,32 @@ without building a Faust app.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 MODEL_TABLE = "mixin-models"          # node type → signed model snapshot (raw bytes)
 FEEDBACK_TABLE = "pattern-feedback"   # pattern name → posterior state (JSON)
 ASSEMBLY_TABLE = "codegen-assembly"   # correlation id → assembly state (JSON)
 
-# Honoured on internal topics only: result, sample, tick, install, node, window, command.
-KIND_HEADER = "omnistream.kind"
+KIND_HEADER = "omnistream.kind"  # a ControlKind; honoured on internal topics only
 SOURCE_HEADER = "omnistream.source"            # topic:partition:offset of the record a re-keying intake read
 TRAINED_HEADER = "omnistream.trained-through"  # install: next offset per codegen.results partition
+
+
+class ControlKind(StrEnum):
+    """What a record on an internal topic is, in its KIND_HEADER (processing.control_kind reads
+    it). Everything else a worker reads is data from outside, whatever its headers say."""
+
+    RESULT = "result"    # learning inbox: a codegen.results record re-keyed by node type
+    INSTALL = "install"  # learning inbox: a replayed, signed model to swap in (TRAINED_HEADER)
+    NODE = "node"        # assembler inbox: a generated node re-keyed by correlation id
+    SAMPLE = "sample"    # metrics inbox: a sample re-keyed by its series
+    WINDOW = "window"    # alert inbox: a closed metric window
+    COMMAND = "command"  # alert inbox: ack / resolve / silence from alerts.commands
+    TICK = "tick"        # any inbox: its timer's tick (assembler deadlines, idle windows, alerts)
+
+    @property
+    def header(self) -> bytes:
+        return self.value.encode()
 
 
 def changelog_topic(app_id: str, table: str) -> str:
