@@ -33,6 +33,7 @@ services: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m schemas.export --check
 	$(BIN)/python -m streams.config --check README.md
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import logging.handlers
+import os
 import traceback
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -66,7 +67,7 @@ def handlers_for(log_file: str | None, max_bytes: int = 100 * 2**20, backups: in
     return out
 
 
-def logging_config(level: str = "INFO", log_file: str | None = None) -> dict:
+def logging_config(level: str = "INFO", log_file: str | os.PathLike[str] | None = None) -> dict:
     """A dictConfig for the root logger (handed to the Faust worker, which applies it)."""
     handlers: dict = {
         "stderr": {"class": "logging.StreamHandler", "formatter": "json",

@@ -228,6 +228,9 @@ class GeneratedNode(Envelope):
     fanned_out_at: AwareDatetime | None = None  # when its task was made (the PRD's fan-out)
 
 
+CompletionStatus = Literal["complete", "partial", "failed", "timed_out"]
+
+
 class CompletedNode(Model):
     node_name: PascalIdent
     node_type: NodeType
@@ -240,7 +243,7 @@ class CompletedNode(Model):
 class PrdCompleted(Envelope):
     prd_id: PrdId
     service_name: SnakeIdent
-    status: Literal["complete", "partial", "failed", "timed_out"]
+    status: CompletionStatus
     node_count: StrictInt = Field(ge=1, le=16)
     nodes: Annotated[list[CompletedNode], Field(max_length=16)]
     missing: Annotated[list[PascalIdent], Field(max_length=16)] = Field(default_factory=list)

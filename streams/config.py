@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.json_schema import JsonDict
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/omnistream"
@@ -63,7 +64,7 @@ class ConfigError(ValueError):
 def _setting(env: str, default: Any, help: str, shown: str | None = None, **bounds: Any) -> Any:
     """A declared setting: its environment variable, default, bounds and one line of help
     (`shown`: how the README shows a default that is computed or long)."""
-    extra = {"shown_default": shown} if shown is not None else None
+    extra: JsonDict | None = {"shown_default": shown} if shown is not None else None
     return Field(default, alias=env, description=help, json_schema_extra=extra, **bounds)
 
 
@@ -216,7 +217,7 @@ class Settings(BaseModel):
         database fall back to what `omnistream infra up` started (`local_stack`), then to the
         defaults. Raises ConfigError naming the first variable with a bad value."""
         env = os.environ if environ is None else environ
-        values = {f.alias: env[f.alias] for f in cls.model_fields.values() if env.get(f.alias)}
+        values = {name: env[name] for name in map(_env_name, cls.model_fields.values()) if env.get(name)}
         if local_stack:
             home = values.get("OMNISTREAM_HOME")
             state = read_state(Path(home).resolve() if home else None)
@@ -249,6 +250,10 @@ class Settings(BaseModel):
                 ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
             out["ssl_context"] = ctx
         return out
+
+
+def _env_name(field: Any) -> str:
+    return str(field.alias)  # every field is declared with its variable as alias
 
 
 def _one_sentence(exc: ValidationError) -> str:

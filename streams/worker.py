@@ -25,7 +25,8 @@ def run() -> None:
     # What importing must not do (create the model key file, read the rules file) happens here.
     learning.start()
     alerting.start()
-    inboxes = [TopicSpec(t.get_topic_name(), "internal", CODEGEN_GENERATED.model, partitions=t.partitions)
+    inboxes = [TopicSpec(t.get_topic_name(), "internal", CODEGEN_GENERATED.model,
+                         partitions=t.partitions or 1)
                for t in (codegen.assembler_inbox, learning.results_inbox, learning.feedback_inbox,
                          monitoring.metrics_inbox, alerting.alert_inbox)]
     asyncio.run(ensure_topics(settings.kafka_bootstrap, (*ALL, *inboxes), **settings.kafka_security))

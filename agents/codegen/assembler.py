@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from schemas.events import CompletedNode, GeneratedNode, PrdCompleted
+from schemas.events import CompletedNode, CompletionStatus, GeneratedNode, PrdCompleted
 
 COMPLETED_NS = uuid.UUID("2f1d1b8e-7c11-4c4e-9a55-1e3f6b0c9d21")
 
@@ -28,7 +29,7 @@ def add_node(state: dict | None, node: GeneratedNode, now: float, deadline_s: fl
         }
     if state["done"]:
         return state
-    timing = {"gen_ms": {**state.get("gen_ms", {}), node.node_name: node.duration_ms}}
+    timing: dict[str, Any] = {"gen_ms": {**state.get("gen_ms", {}), node.node_name: node.duration_ms}}
     if node.fanned_out_at is not None:
         fanned = node.fanned_out_at.timestamp()
         timing["fanned_out_at"] = min(fanned, state.get("fanned_out_at") or fanned)
@@ -62,6 +63,7 @@ def completed_event(state: dict, correlation_id: str, now: float, worker: str | 
                               if n.node_name in state["expected"] else 99, n.node_name))
     failed = [n.node_name for n in nodes if not n.success]
     missing = [name for name in state["expected"] if name not in state["nodes"]]
+    status: CompletionStatus
     if timed_out:
         status = "timed_out"
     elif not failed:

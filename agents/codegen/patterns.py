@@ -12,6 +12,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from schemas.events import PatternFinding
 
@@ -48,7 +49,7 @@ class PatternSpec:
     name: str
     detect: Detector
     confidence: float
-    severity: str  # info | warning | error
+    severity: Literal["info", "warning", "error"]
 
 
 def _call_name(node: ast.Call) -> str:
@@ -178,7 +179,7 @@ def unused_import(m: ModuleNodes) -> Iterator[Hit]:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
                                                  for t in node.targets):
             exported |= {e.value for e in getattr(node.value, "elts", [])
-                         if isinstance(e, ast.Constant)}
+                         if isinstance(e, ast.Constant) and isinstance(e.value, str)}
     for node in imports:
         if isinstance(node, ast.ImportFrom) and node.module == "__future__":
             continue

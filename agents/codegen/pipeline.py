@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 from agents.codegen.render import CodeGenerator, GenerationFailed
 from agents.codegen.validate import ValidationFailed, validate
@@ -31,7 +32,7 @@ def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None =
             "node": task.node.name, "reason": reason}})
     after = generator.cache.totals()
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    common = {"correlation_id": task.correlation_id}
+    common: dict[str, Any] = {"correlation_id": task.correlation_id}
     node = GeneratedNode(
         id=uuid.uuid5(task.id, "generated"), **common, prd_id=task.prd_id, service_name=task.service_name,
         node_type=task.node.node_type, node_name=task.node.name, node_index=task.node_index,

@@ -50,7 +50,7 @@ def build_environment(cache: TemplateCache, root: Path = TEMPLATES_DIR) -> Immut
         loader=loader, undefined=StrictUndefined, autoescape=False, trim_blocks=True,
         lstrip_blocks=True, keep_trailing_newline=True, auto_reload=False, cache_size=0)
     cache.loader = loader
-    env.cache = cache  # every load, including {% extends %} parents, goes through the cache
+    env.cache = cache  # type: ignore[assignment]  # a bounded mapping jinja2 uses as a dict; every load, including {% extends %} parents, goes through the cache
     env.filters["pystr"] = pystr
     env.filters["ident"] = ident
     return env
@@ -70,6 +70,7 @@ class CodeGenerator:
 
     def warm_up(self) -> int:
         """Compile every template once (at worker start) so the first PRD hits the cache."""
+        assert self.env.loader is not None, "built with a loader"
         names = self.env.loader.list_templates()
         for name in names:
             self.env.get_template(name)

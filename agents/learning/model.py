@@ -292,6 +292,7 @@ class MixinModel:
         self.chall_better_for = self.chall_better_for + 1 if self.err_chall_fast < self.err_champ_fast else 0
         if self.chall_better_for >= cfg.promote_after:
             # The challenger wins: it becomes the champion, back at the normal learning rate.
+            assert self.challenger is not None
             self.champion = self.challenger
             self.champion.lr = self.champion.intercept_lr = self.lr
             self.err_champ_fast = self.err_champ_slow = self.err_chall_fast

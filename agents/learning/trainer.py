@@ -21,9 +21,9 @@ Result = tuple[str, list[str], bool, int | None]
 @dataclass
 class NodeReport:
     node_type: str
+    new: MixinModel
     events: int = 0
     old: Progressive = field(default_factory=Progressive)  # the model in use, scored
-    new: MixinModel | None = None
     old_version: int = 0
     new_version: int | None = None
 
@@ -35,7 +35,7 @@ class Trainer:
         self.duplicates = 0  # results sent twice (same id), learnt once
 
     def _node(self, node_type: str) -> NodeReport:
-        node = self.nodes[node_type] = NodeReport(node_type, new=MixinModel(node_type))
+        node = self.nodes[node_type] = NodeReport(node_type, MixinModel(node_type))
         current = self.old.get(node_type)
         node.old_version = current.version if current else 0
         return node
@@ -46,14 +46,14 @@ class Trainer:
         todo: dict[str, list[tuple[list[str], bool]]] = {}
         for node_type, mixins, success, id_prefix in results:
             node = nodes.get(node_type) or self._node(node_type)
-            if id_prefix is not None and node.new.seen_id(id_prefix):  # type: ignore[union-attr]
+            if id_prefix is not None and node.new.seen_id(id_prefix):
                 self.duplicates += 1  # the same result sent twice (its producer crashed)
                 continue
             todo.setdefault(node_type, []).append((mixins, success))
         for node_type, batch in todo.items():
             node = nodes[node_type]
             node.events += len(batch)
-            learn = node.new.learn_one  # type: ignore[union-attr]
+            learn = node.new.learn_one
             current = self.old.get(node_type)
             if current is None:
                 for mixins, success in batch:

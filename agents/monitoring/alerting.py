@@ -54,9 +54,11 @@ def new_state() -> dict[str, Any]:
 
 def stat_value(stats: dict[str, float | None], stat: str) -> float | None:
     if stat == "avg":
-        return stats["sum"] / stats["count"] if stats.get("count") else None
+        total, count = stats.get("sum"), stats.get("count")
+        return total / count if total is not None and count else None
     if stat == "increase":
-        return (stats["max"] - stats["min"]) if stats.get("max") is not None else None
+        high, low = stats.get("max"), stats.get("min")
+        return high - low if high is not None and low is not None else None
     return stats.get(stat)
 
 

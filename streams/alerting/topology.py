@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
 from agents.monitoring.alerting import AlertEngine, Change, new_state
@@ -93,8 +94,8 @@ async def window_closed(agg: Aggregate) -> None:
 
 
 @app.agent(alerts_commands, name="alert-commands-intake")
-async def alert_commands_intake(stream: Any) -> None:
-    async def handle(cmd: AlertCommand, event: Any) -> None:
+async def alert_commands_intake(stream: StreamT) -> None:
+    async def handle(cmd: AlertCommand, event: EventT) -> None:
         await alert_inbox.send(key=ENGINE_KEY.encode(), value=encode(cmd), headers={
             KIND_HEADER: ControlKind.COMMAND.header, CORRELATION_HEADER: str(cmd.correlation_id).encode(),
             **source_headers(event)})
@@ -114,6 +115,10 @@ def _ts(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
 
 
+def _ts_required(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
 def to_event(a: dict[str, Any]) -> Alert:
     # The event id is fixed per (alert, state, escalation level): a re-sent change is the same event.
     eid = uuid.uuid5(uuid.NAMESPACE_URL, f"{a['id']}/{a['state']}/{a['escalation_level']}")
@@ -121,7 +126,7 @@ def to_event(a: dict[str, Any]) -> Alert:
                  state=a["state"], value=a["value"], threshold=a["threshold"], labels=a["labels"],
                  annotations={**a["annotations"], "alert_id": a["id"],
                               **({"acked_by": a["acked_by"]} if a.get("acked_by") else {})},
-                 started_at=_ts(a["started_at"] or a["active_since"]), ended_at=_ts(a["ended_at"]),
+                 started_at=_ts_required(a["started_at"] or a["active_since"]), ended_at=_ts(a["ended_at"]),
                  escalation_level=min(a["escalation_level"], 10))
 
 
@@ -176,7 +181,7 @@ class Evaluation:
         self.state = state
         self.changes: list[Change] = []
 
-    async def apply(self, event: Any) -> None:
+    async def apply(self, event: EventT) -> None:
         state, offset = self.state, event.message.offset
         if offset <= state.get("inbox_offset", -1):
             return
@@ -197,7 +202,7 @@ class Evaluation:
         elif kind is ControlKind.TICK:
             self.changes += engine().tick(state, now)
 
-    async def on_command(self, cmd: AlertCommand, event: Any) -> None:
+    async def on_command(self, cmd: AlertCommand, event: EventT) -> None:
         applied = self.state.setdefault("applied", {})
         where, offset = origin(event)
         if Applied.seen(applied, where, offset):
@@ -211,7 +216,7 @@ class Evaluation:
 
 
 @app.agent(alert_inbox, name="alert-evaluator")
-async def alert_evaluator(stream: Any) -> None:
+async def alert_evaluator(stream: StreamT) -> None:
     global _sink
     _sink = await PgBatchSink(settings.database_url, "alerts", ALERT_COLUMNS, on_conflict=_ALERT_UPSERT,
                               dedupe_key=lambda row: row[0], max_ms=500, source_topic="alerts").start()

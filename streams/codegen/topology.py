@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from faust.types import EventT, StreamT
 
 from agents.codegen import assembler
 from agents.codegen.fanout import fan_out, task_partition
@@ -78,8 +79,8 @@ assembly_table = app.Table(tables.ASSEMBLY_TABLE, default=None, partitions=CODEG
 
 
 @app.agent(prd_requests, name="prd-fanout")
-async def prd_fanout(stream: Any) -> None:
-    async def handle(prd: PrdSubmitted, event: Any) -> None:
+async def prd_fanout(stream: StreamT) -> None:
+    async def handle(prd: PrdSubmitted, event: EventT) -> None:
         tasks = fan_out(prd)
         for task in tasks:
             await codegen_tasks.send(
@@ -104,8 +105,8 @@ async def start_codegen_pool() -> None:
 
 
 @app.agent(codegen_tasks, name="codegen-render")
-async def codegen_render(stream: Any) -> None:
-    async def handle(task: NodeTask, event: Any) -> None:
+async def codegen_render(stream: StreamT) -> None:
+    async def handle(task: NodeTask, event: EventT) -> None:
         prediction = models.predict(task.node.node_type, list(task.node.mixins))
         node = await codegen_pool.generate(task, WORKER_ID, patterns.suppressed,
                                            Compatibility(**prediction.compatibility()))
@@ -159,10 +160,10 @@ class Assembly:
             return self.changed[cid][2]
         return assembly_table.get(cid)
 
-    def put(self, event: Any, cid: str, state: dict | None) -> None:
+    def put(self, event: EventT, cid: str, state: dict | None) -> None:
         self.changed[cid] = (event.message.topic, event.message.partition, state)
 
-    async def on_node(self, node: GeneratedNode, event: Any) -> None:
+    async def on_node(self, node: GeneratedNode, event: EventT) -> None:
         cid = str(node.correlation_id)
         if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
             await assembler_inbox.send(key=cid.encode(), value=encode(node), headers={
@@ -174,7 +175,7 @@ class Assembly:
             self.completed.append(done)
         self.put(event, cid, state)
 
-    def on_tick(self, event: Any) -> None:
+    def on_tick(self, event: EventT) -> None:
         cid = (event.key or b"").decode("utf-8", "replace")
         state = self.state(cid)
         if state is None:
@@ -205,7 +206,7 @@ class Assembly:
 @app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,
                      value_type=bytes, value_serializer="raw", key_serializer="raw"),
            name="prd-assembler")
-async def prd_assembler(stream: Any) -> None:
+async def prd_assembler(stream: StreamT) -> None:
     async def on_batch(events: Sequence[Any]) -> None:
         batch = Assembly()
         for event in events:
@@ -259,7 +260,7 @@ def generation_row(node: GeneratedNode) -> tuple:
 
 
 @app.agent(codegen_generated, name="generation-metrics-sink")
-async def generation_metrics_sink(stream: Any) -> None:
+async def generation_metrics_sink(stream: StreamT) -> None:
     """codegen.generated → generation_performance_metrics (one row per node id); a batch is
     acked only after its rows have committed."""
     await run_sink(stream, "generation-metrics-sink", GeneratedNode, PgBatchSink(

@@ -15,17 +15,16 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import BaseModel
 
 from agents.stats import RecentIds
 from schemas import topics as spec
 from schemas.codec import DecodeError, decode, encode, metric_records
-from schemas.events import GeneratedNode, MetricEvent, PrdCompleted, PrdSubmitted
+from schemas.events import Envelope, GeneratedNode, MetricEvent, PrdCompleted, PrdSubmitted
 from streams.config import Settings
 from streams.runtime.replica import topic_partitions
 from streams.runtime.topics import ensure_topics
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=Envelope)
 
 
 class OmnistreamClient:
@@ -45,7 +44,7 @@ class OmnistreamClient:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def publish(self, topic: spec.TopicSpec, event: BaseModel, key: str | None = None) -> None:
+    async def publish(self, topic: spec.TopicSpec, event: Envelope, key: str | None = None) -> None:
         assert self._producer is not None, "use `async with OmnistreamClient()`"
         if key is None:
             key = str(getattr(event, topic.key, "") or "") or None
@@ -73,7 +72,7 @@ class OmnistreamClient:
         await asyncio.gather(*sent)  # every record acknowledged by the broker
         return len(sent)
 
-    async def publish_many(self, topic: spec.TopicSpec, events: Iterable[BaseModel]) -> int:
+    async def publish_many(self, topic: spec.TopicSpec, events: Iterable[Envelope]) -> int:
         n = 0
         for event in events:
             await self.publish(topic, event)

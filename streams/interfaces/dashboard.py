@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from faust.web import Request, View
 
 from streams.runtime.app import app, settings
 
@@ -94,12 +95,12 @@ def _series_name(chart: str, labels_json: str) -> str:
 
 
 @app.page("/dashboard")
-async def dashboard(web: Any, request: Any) -> Any:
+async def dashboard(web: View, request: Request) -> Any:
     return web.html(PAGE)
 
 
 @app.page("/api/dashboard")
-async def dashboard_api(web: Any, request: Any) -> Any:
+async def dashboard_api(web: View, request: Request) -> Any:
     try:
         return web.json(await dashboard_data())
     except (OSError, asyncpg.PostgresError) as exc:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import orjson
-from faust.web import View
+from faust.web import Request, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
@@ -56,13 +56,13 @@ async def health_report() -> dict[str, Any]:
 
 
 @app.page("/health")
-async def health(web: Any, request: Any) -> Any:
+async def health(web: View, request: Request) -> Any:
     report = await health_report()
     return web.json(report, status=200 if report["status"] == "ok" else 503)
 
 
 @app.page("/metrics")
-async def metrics(web: Any, request: Any) -> Any:
+async def metrics(web: View, request: Request) -> Any:
     return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
@@ -75,12 +75,12 @@ def _predict(item: dict[str, Any]) -> dict[str, Any]:
 class PredictView(View):
     """GET ?node_type=T&mixins=A,B → one prediction; POST [{node_type, mixins}, …] → a list."""
 
-    async def get(self, request: Any) -> Any:
+    async def get(self, request: Request) -> Any:
         query = request.query
         mixins = [m for m in query.get("mixins", "").split(",") if m]
         return self._answer(lambda: _predict({"node_type": query.get("node_type", ""), "mixins": mixins}))
 
-    async def post(self, request: Any) -> Any:
+    async def post(self, request: Request) -> Any:
         raw = await request.read()
 
         def run() -> Any:
@@ -105,7 +105,7 @@ class PredictView(View):
 
 
 @app.page("/api/patterns")
-async def pattern_report(web: Any, request: Any) -> Any:
+async def pattern_report(web: View, request: Request) -> Any:
     return web.json({"patterns": patterns.summaries(), "suppressed": sorted(patterns.suppressed),
                      "policy": {"precision_floor": patterns.policy.floor,
                                 "suppress_when_p_below_floor_exceeds": patterns.policy.suppress_at,
@@ -114,5 +114,5 @@ async def pattern_report(web: Any, request: Any) -> Any:
 
 
 @app.page("/api/models")
-async def model_report(web: Any, request: Any) -> Any:
+async def model_report(web: View, request: Request) -> Any:
     return web.json(models.status())

@@ -27,7 +27,6 @@ from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from agents.learning import snapshot
-from agents.learning.model import Progressive
 from agents.learning.registry import ModelRegistry
 from agents.learning.trainer import NodeReport, Result, Trainer
 from schemas.codec import MAX_VALUE_BYTES
@@ -56,7 +55,7 @@ class ReplayReport:
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for nt, r in sorted(self.nodes.items()):
-            new = r.new.progressive if r.new else Progressive()
+            new = r.new.progressive
             out.append({"node_type": nt, "events": r.events,
                         "old_accuracy": round(r.old.accuracy, 4) if r.old.n else None,
                         "old_log_loss": round(r.old.log_loss, 4) if r.old.n else None,

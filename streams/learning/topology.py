@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from faust.types import TP, EventT, StreamT, TableT
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.learning import feedback, snapshot
@@ -122,8 +123,8 @@ async def pattern_replica() -> None:
 
 
 @app.agent(codegen_results, name="results-intake")
-async def results_intake(stream: Any) -> None:
-    async def handle(result: GenerationResult, event: Any) -> None:
+async def results_intake(stream: StreamT) -> None:
+    async def handle(result: GenerationResult, event: EventT) -> None:
         # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream;
         # the source header lets the learner skip what a replay sends again.
         await results_inbox.send(key=result.node_type.encode(), value=encode(result), headers={
@@ -134,8 +135,8 @@ async def results_intake(stream: Any) -> None:
 
 
 @app.agent(pattern_feedback, name="feedback-intake")
-async def feedback_intake(stream: Any) -> None:
-    async def handle(fb: PatternFeedback, event: Any) -> None:
+async def feedback_intake(stream: StreamT) -> None:
+    async def handle(fb: PatternFeedback, event: EventT) -> None:
         await feedback_inbox.send(key=fb.pattern_name.encode(), value=encode(fb), headers={
             **correlation_headers(fb.correlation_id), **source_headers(event)})
 
@@ -152,7 +153,7 @@ class Learner:
     learns the results it has not applied, then every model it changed is snapshotted into the
     table (in its partition) before the batch is acked."""
 
-    def __init__(self, table: Any = None, key: bytes | None = None,
+    def __init__(self, table: TableT | None = None, key: bytes | None = None,
                  replica: ModelRegistry | None = None) -> None:
         self.table = table if table is not None else {}
         self.key = key or b""
@@ -272,13 +273,13 @@ def start() -> None:
     models.key = learner.key = model_key()
 
 
-@app.on_partitions_revoked.connect
-async def _forget_unacked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers with `signal=`; ours take **kwargs
+async def _forget_unacked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     learner.reset()
 
 
 @app.agent(results_inbox, name="mixin-learner")
-async def mixin_learner(stream: Any) -> None:
+async def mixin_learner(stream: StreamT) -> None:
     learner.conflict_sink = await PgBatchSink(
         settings.database_url, "mixin_conflicts", ("node_type", "conflicts"),
         stage_ddl="(node_type text, conflicts jsonb)",
@@ -306,7 +307,7 @@ async def mixin_learner(stream: Any) -> None:
                 continue
             where, offset = origin(event)
 
-            async def learn(result: GenerationResult, event: Any, where=where, offset=offset) -> None:
+            async def learn(result: GenerationResult, event: EventT, where=where, offset=offset) -> None:
                 if learner.learn(result, where, offset):
                     changed[result.node_type] = event.message.partition
 
@@ -315,6 +316,7 @@ async def mixin_learner(stream: Any) -> None:
             if held(results_inbox.get_topic_name(), partition):
                 learner.snapshot(node_type, partition,
                                  lambda k, v, p=partition: table_put(model_table, p, k, v))
+        assert learner.conflict_sink is not None, "started with the agent"
         await learner.conflict_sink.flush()
 
     try:
@@ -347,7 +349,7 @@ def result_row(r: GenerationResult) -> tuple:
 
 
 @app.agent(results_inbox, name="mixin-matrix-sink")
-async def mixin_matrix_sink(stream: Any) -> None:
+async def mixin_matrix_sink(stream: StreamT) -> None:
     await run_sink(stream, "mixin-matrix-sink", GenerationResult, PgBatchSink(
         settings.database_url, "mixin_results_log", RESULT_COLUMNS, apply_sql=MATRIX_SQL,
         dedupe_key=lambda row: row[0], source_topic=CODEGEN_RESULTS.name), result_row,
@@ -362,7 +364,7 @@ patterns.policy = POLICY
 
 
 @app.agent(feedback_inbox, name="pattern-feedback-learner")
-async def pattern_feedback_learner(stream: Any) -> None:
+async def pattern_feedback_learner(stream: StreamT) -> None:
     """Posterior per pattern in the table; each state carries the offsets it has applied."""
 
     async def on_batch(events: Sequence[Any]) -> None:
@@ -371,7 +373,7 @@ async def pattern_feedback_learner(stream: Any) -> None:
         for event in events:
             where, offset = origin(event)
 
-            async def handle(fb: PatternFeedback, event: Any, where=where, offset=offset) -> None:
+            async def handle(fb: PatternFeedback, event: EventT, where=where, offset=offset) -> None:
                 state = (changed[fb.pattern_name][1] if fb.pattern_name in changed
                          else feedback_table.get(fb.pattern_name)) or feedback.new_state(fb.pattern_name)
                 applied = dict(state.get("applied") or {})
@@ -409,7 +411,7 @@ def feedback_row(fb: PatternFeedback) -> tuple:
 
 
 @app.agent(feedback_inbox, name="pattern-feedback-sink")
-async def pattern_feedback_sink(stream: Any) -> None:
+async def pattern_feedback_sink(stream: StreamT) -> None:
     await run_sink(stream, "pattern-feedback-sink", PatternFeedback, PgBatchSink(
         settings.database_url, "pattern_feedback_log", FEEDBACK_COLUMNS, apply_sql=FEEDBACK_SQL,
         dedupe_key=lambda row: row[0], source_topic=PATTERN_FEEDBACK.name), feedback_row)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import TP
+from faust.types import TP, EventT, StreamT, TableT
 from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
@@ -90,7 +90,7 @@ class Aggregator:
     commit, and only then writes the changed series records: a record never says "closed"
     before its row is in PostgreSQL, and a replayed sample never counts twice."""
 
-    def __init__(self, table: Any = None) -> None:
+    def __init__(self, table: TableT | None = None) -> None:
         self.table = table if table is not None else {}
         self.by_partition: dict[int, Windows] = {}
         self.sink: PgBatchSink | None = None
@@ -148,6 +148,7 @@ class Aggregator:
             for key in w.due(time.time(), IDLE_CLOSE_S):
                 agg = w.pop(key)
                 closed.append((partition, agg))
+                assert self.sink is not None, "started with the agent"
                 self.sink.add_nowait(_row(agg))
         return closed
 
@@ -169,7 +170,7 @@ SAMPLE_SLOTS = 16384
 assert SAMPLE_SLOTS > MAX_BATCH_SAMPLES
 
 
-def sample_origin(event: Any) -> tuple[str, int]:
+def sample_origin(event: EventT) -> tuple[str, int]:
     """(source, base): sample i of the record behind `event` sits at position base + i of
     `source`. A sample re-keyed through the inbox carries its position in the source header."""
     where, offset = origin(event)
@@ -182,12 +183,12 @@ _BATCH = TypeAdapter(MetricBatchFields)
 _SAMPLE = TypeAdapter(MetricSampleFields)
 
 
-def _fields(m: MetricEvent) -> dict[str, Any]:
+def _fields(m: MetricEvent) -> MetricSampleFields:
     return {"name": m.name, "value": m.value, "metric_type": m.metric_type, "labels": m.labels,
             "occurred_at": m.occurred_at, "id": m.id, "correlation_id": m.correlation_id}
 
 
-async def decode_samples(event: Any, agent: str) -> list[tuple[int, dict[str, Any]]]:
+async def decode_samples(event: EventT, agent: str) -> list[tuple[int, MetricSampleFields]]:
     """The samples of one `metrics.events` record (one `MetricEvent` or a `MetricBatch`) as
     `MetricSampleFields` dicts with their index. A batch is validated straight from its bytes
     in one call; only when that fails are its samples checked one by one: a bad sample is
@@ -210,7 +211,7 @@ async def decode_samples(event: Any, agent: str) -> list[tuple[int, dict[str, An
     return [] if value is None else [(0, _fields(value))]
 
 
-async def _decode_one_by_one(event: Any, agent: str) -> list[tuple[int, dict[str, Any]]]:
+async def _decode_one_by_one(event: EventT, agent: str) -> list[tuple[int, MetricSampleFields]]:
     try:
         data = orjson.loads(event.value)
     except orjson.JSONDecodeError as exc:
@@ -225,7 +226,7 @@ async def _decode_one_by_one(event: Any, agent: str) -> list[tuple[int, dict[str
         await send_to_dlq(event, "schema", "a MetricBatch is {\"samples\": [MetricEvent, ...]} "
                           f"with 1..{MAX_BATCH_SAMPLES} samples in at most {MAX_VALUE_BYTES} bytes", agent)
         return []
-    out: list[tuple[int, dict[str, Any]]] = []
+    out: list[tuple[int, MetricSampleFields]] = []
     for index, item in enumerate(samples):
         try:
             out.append((index, _SAMPLE.validate_python(item)))
@@ -236,7 +237,7 @@ async def _decode_one_by_one(event: Any, agent: str) -> list[tuple[int, dict[str
     return out
 
 
-def as_event(event: Any, index: int, sample: dict[str, Any]) -> MetricEvent:
+def as_event(event: EventT, index: int, sample: MetricSampleFields) -> MetricEvent:
     """Sample `index` of the record behind `event` as a whole MetricEvent (its envelope derived
     from the record where it left it out: a replayed batch gives the same events)."""
     defaults = record_defaults(event)
@@ -259,14 +260,14 @@ def _row(agg: Aggregate) -> tuple:
 aggregator = Aggregator(window_table)
 
 
-@app.on_partitions_revoked.connect
-async def _forget_windows(sender: Any, revoked: Any, **kwargs: Any) -> None:
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers with `signal=`; ours take **kwargs
+async def _forget_windows(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     aggregator.reset()
 
 
 @app.agent(app.topic(METRICS_EVENTS.name, metrics_inbox.get_topic_name(), key_type=bytes, value_type=bytes,
                      value_serializer="raw", key_serializer="raw"), name="metrics-aggregator")
-async def metrics_aggregator(stream: Any) -> None:
+async def metrics_aggregator(stream: StreamT) -> None:
     aggregator.sink = await PgBatchSink(
         settings.database_url, "metric_window_aggregates", WINDOW_COLUMNS, on_conflict=_UPSERT,
         dedupe_key=lambda row: (row[0], row[3], row[4], row[5]), max_rows=5000, max_ms=500,
@@ -310,6 +311,7 @@ async def metrics_aggregator(stream: Any) -> None:
             EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
             LAST_EVENT["metrics-aggregator"] = time.time()
         closed = aggregator.close_due(touched)
+        assert aggregator.sink is not None, "started with the agent"
         await aggregator.sink.flush()  # closed windows are in PostgreSQL before any record says so
         aggregator.save({p for p in touched if held(METRICS_EVENTS.name, p)},
                         lambda p, k, v: table_put(window_table, p, k, v))

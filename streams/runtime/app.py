@@ -7,6 +7,7 @@ that does not decode goes to the dead-letter topic instead of crashing the strea
 from __future__ import annotations
 
 import faust
+from faust.types import TP
 
 from schemas import topics as spec
 from streams.config import Settings, omnistream_home
@@ -63,8 +64,8 @@ settings = Settings.from_env()
 app = create_app(settings)
 
 
-@app.on_partitions_revoked.connect
-async def _forget_rewinds(sender: object, revoked: object, **kwargs: object) -> None:
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers with `signal=`; ours take **kwargs
+async def _forget_rewinds(sender: object, revoked: set[TP], **kwargs: object) -> None:
     faust_patches.forget(revoked)
 
 

@@ -16,6 +16,8 @@ import logging
 import uuid
 from typing import Any
 
+from faust.types import EventT
+
 from schemas.codec import encode
 from schemas.events import DeadLetter
 from streams.runtime.errors import retrying
@@ -27,13 +29,17 @@ EMBED_BYTES = 256 * 1024           # copy of the bad value kept in the letter (b
 DEAD_LETTER_NS = uuid.UUID("6c1f3a52-8d0e-4b7a-9f1e-2a5c4d3b7e90")
 
 
-def header(event: Any, name: str) -> str | None:
+def header(event: EventT, name: str) -> str | None:
     headers = event.headers or {}
     items = headers.items() if isinstance(headers, dict) else headers
     for key, value in items:
         if key == name and value is not None:
             return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return None
+
+
+def _correlation(correlation_id: str | None) -> dict[str, Any]:
+    return {"correlation_id": correlation_id} if correlation_id else {}
 
 
 def correlation_headers(correlation_id: object) -> dict[str, bytes]:
@@ -72,11 +78,11 @@ def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw:
         value=text, value_b64=base64.b64encode(kept).decode(), value_size=len(raw),
         value_sha256=hashlib.sha256(raw).hexdigest(), truncated=len(raw) > EMBED_BYTES,
         error_type=reason[:200], error=error[:4000], agent=agent,
-        **({"correlation_id": correlation_id} if correlation_id else {}),
+        **_correlation(correlation_id),
     )
 
 
-async def send_to_dlq(event: Any, reason: str, error: str, agent: str, *,
+async def send_to_dlq(event: EventT, reason: str, error: str, agent: str, *,
                       sample: bytes | None = None, sample_index: int | None = None) -> None:
     """Dead-letter the record behind `event` (or its sample `sample_index`, whose bytes are
     `sample`); retried (with backoff) until the broker has it."""

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY, Counter
 from pydantic import ValidationError
 
 from schemas.codec import metric_records
-from schemas.events import MetricEvent
+from schemas.events import MetricEvent, MetricType
 from streams.config import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class MetricEmitter:
         self.buffer: deque[MetricEvent] = deque()
         self.max_buffer = max_buffer
 
-    def emit(self, name: str, value: float, metric_type: str = "gauge", **labels: str) -> None:
+    def emit(self, name: str, value: float, metric_type: MetricType = "gauge", **labels: str) -> None:
         try:
             event = MetricEvent(name=name, value=float(value), metric_type=metric_type,
                                 labels={"worker": self.source, **{k: str(v) for k, v in labels.items()}})
@@ -52,10 +52,11 @@ class MetricEmitter:
                 continue
             if family.type not in ("counter", "gauge"):
                 continue
+            kind: MetricType = "counter" if family.type == "counter" else "gauge"
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
-                self.emit(sample.name, sample.value, family.type, **sample.labels)
+                self.emit(sample.name, sample.value, kind, **sample.labels)
                 n += 1
         return n
 

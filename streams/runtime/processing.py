@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from faust.types import TP
+from faust.types import TP, EventT, StreamT, TableT
 from pydantic import BaseModel
 
 from agents.logging import log_context
@@ -68,7 +68,7 @@ def record_id(topic: str, partition: int, offset: int) -> uuid.UUID:
     return uuid.uuid5(RECORD_NS, f"{topic}/{partition}/{offset}")
 
 
-def record_defaults(event: Any) -> dict[str, Any]:
+def record_defaults(event: EventT) -> dict[str, Any]:
     """Envelope fields for a value that left them out, derived from the record itself, so a
     replayed record is the same event (same id, same window)."""
     msg = event.message
@@ -85,7 +85,7 @@ def internal_topic(topic: str) -> bool:
     return topic.startswith(f"{settings.app_id}-")
 
 
-def control_kind(event: Any) -> ControlKind | None:
+def control_kind(event: EventT) -> ControlKind | None:
     """The `omnistream.kind` header, honoured only on internal topics: an outside publisher
     cannot make its record a tick, an install or anything but data. An unknown kind is data."""
     if not internal_topic(event.message.topic):
@@ -97,7 +97,7 @@ def control_kind(event: Any) -> ControlKind | None:
         return None
 
 
-def origin(event: Any) -> tuple[str, int]:
+def origin(event: EventT) -> tuple[str, int]:
     """(source topic:partition, offset) of the record this event stands for: the record itself,
     or for a record an intake re-keyed, the one it came from (SOURCE_HEADER)."""
     src = header(event, SOURCE_HEADER) if internal_topic(event.message.topic) else None
@@ -110,7 +110,7 @@ def origin(event: Any) -> tuple[str, int]:
     return f"{msg.topic}:{msg.partition}", msg.offset
 
 
-def source_headers(event: Any) -> dict[str, bytes]:
+def source_headers(event: EventT) -> dict[str, bytes]:
     """Headers that carry an event's origin across a re-keying hop (see `origin`)."""
     where, offset = origin(event)
     return {SOURCE_HEADER: f"{where}:{offset}".encode()}
@@ -136,7 +136,7 @@ class Applied:
 # ---------------------------------------------------------------------------- events
 
 
-async def decode_event(event: Any, model: type[M], agent: str) -> M | None:
+async def decode_event(event: EventT, model: type[M], agent: str) -> M | None:
     """The event's value as `model` (envelope filled from the record), or None once it has been
     dead-lettered."""
     try:
@@ -159,7 +159,7 @@ async def call_retrying(what: str, fn: Callable[..., Awaitable[Any]], *args: Any
     return await retrying(what, log=log)(fn, *args)
 
 
-async def handle_event(event: Any, model: type[M], agent: str, handler: Handler) -> bool:
+async def handle_event(event: EventT, model: type[M], agent: str, handler: Handler) -> bool:
     """Decode and handle one event. Bad input and refused events go to the DLQ; failures that
     are not the input's fault are retried. True when it was handled."""
     header_cid = valid_uuid(header(event, CORRELATION_HEADER))
@@ -191,7 +191,7 @@ async def handle_event(event: Any, model: type[M], agent: str, handler: Handler)
 Batch = Callable[[Sequence[Any]], Awaitable[None]]
 
 
-async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: int | None = None,
+async def run_batches(stream: StreamT, agent: str, on_batch: Batch, *, max_events: int | None = None,
                       within_s: float | None = None) -> None:
     """Feed the stream to `on_batch` in batches; a batch is acked once `on_batch` has returned.
 
@@ -209,7 +209,7 @@ async def run_batches(stream: Any, agent: str, on_batch: Batch, *, max_events: i
     passed: dict = {}
 
     async def read() -> None:
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
             if not holds_back(event.message, app.consumer, passed):
                 await queue.put(event)
 
@@ -300,7 +300,7 @@ def _stop_hard(agent: str, events: int, why: str) -> None:
     os._exit(70)
 
 
-async def run_intake(stream: Any, model: type[M], agent: str, handler: Handler, *,
+async def run_intake(stream: StreamT, model: type[M], agent: str, handler: Handler, *,
                      concurrency: int = 1) -> None:
     """A stateless agent: each event decoded and handled, the batch acked after. A batch is
     whatever has arrived (no waiting to fill it: latency first). With `concurrency` > 1 the
@@ -324,7 +324,7 @@ class OrderedAcks:
     def __init__(self) -> None:
         self._pending: dict[Any, deque[list]] = defaultdict(deque)  # tp → [event, done]
 
-    def started(self, event: Any) -> list:
+    def started(self, event: EventT) -> list:
         entry = [event, False]
         self._pending[event.message.tp].append(entry)
         return entry
@@ -336,7 +336,7 @@ class OrderedAcks:
             queue.popleft()[0].ack()
 
 
-async def run_concurrent(stream: Any, model: type[M], agent: str, handler: Handler,
+async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: Handler,
                          concurrency: int) -> None:
     """A stateless agent whose events are handled side by side, up to `concurrency` at once
     (their outputs may leave in another order than they came), each acked in offset order
@@ -348,7 +348,7 @@ async def run_concurrent(stream: Any, model: type[M], agent: str, handler: Handl
     passed: dict = {}
     inflight: set[asyncio.Future] = set()
 
-    async def one(event: Any, entry: list) -> None:
+    async def one(event: EventT, entry: list) -> None:
         try:
             await handle_event(event, model, agent, handler)
         except asyncio.CancelledError:
@@ -361,31 +361,31 @@ async def run_concurrent(stream: Any, model: type[M], agent: str, handler: Handl
             gate.release()
 
     try:
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
             if holds_back(event.message, app.consumer, passed):
                 continue
             await gate.acquire()
-            task = asyncio.ensure_future(one(event, acks.started(event)))
+            task = asyncio.create_task(one(event, acks.started(event)))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
     finally:  # stopping: what is in hand gets the grace period, the rest stays unacked
         if inflight:
             await asyncio.wait(set(inflight), timeout=STOP_GRACE_S)
-        for task in inflight:
-            task.cancel()
+        for pending in inflight:
+            pending.cancel()
 
 
 # ---------------------------------------------------------------------------- tables
 
 
-def table_put(table: Any, partition: int, key: Any, value: Any) -> None:
+def table_put(table: TableT, partition: int, key: Any, value: Any) -> None:
     """Set a table key and send it to the changelog partition `partition` (faust would take the
     partition from the current event, which a batch does not have)."""
     table.data[key] = value
     table.send_changelog(partition, key, value)
 
 
-def table_delete(table: Any, partition: int, key: Any) -> None:
+def table_delete(table: TableT, partition: int, key: Any) -> None:
     table.data.pop(key, None)
     table.send_changelog(partition, key, None, value_serializer="raw")
 

@@ -115,10 +115,13 @@ async def read_all(bootstrap: str, topic: str, apply: Apply, *, security: dict |
                                wait_for_topic=False)
     await replica.start()
     try:
-        done, _ = await asyncio.wait([asyncio.ensure_future(replica.ready.wait()), replica._task],
+        task = replica._task
+        assert task is not None, "started above"
+        done, _ = await asyncio.wait([asyncio.ensure_future(replica.ready.wait()), task],
                                      timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if replica._task in done and replica._task.exception() is not None:
-            raise replica._task.exception()
+        failure = task.exception() if task in done else None
+        if failure is not None:
+            raise failure
         if not replica.ready.is_set():
             raise TimeoutError(f"could not read {topic} within {timeout:.0f}s")
         return replica.records

@@ -33,7 +33,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
+from faust.types import EventT, StreamT
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel
 
 from streams.runtime.errors import PG_ROW_REFUSED, retrying
 
@@ -108,7 +110,7 @@ class PgBatchSink:
     def pending(self) -> int:
         return len(self._rows)
 
-    async def add(self, row: tuple, source: Any = None) -> None:
+    async def add(self, row: tuple, source: EventT | None = None) -> None:
         while len(self._rows) >= self.max_pending:  # backpressure: the caller stops consuming
             self._room.clear()
             await self._room.wait()
@@ -124,7 +126,7 @@ class PgBatchSink:
         except Exception:  # flush retries what is not a row's fault; anything else is logged
             log.exception("sink flush failed", extra={"metadata": {"table": self.table}})
 
-    def add_nowait(self, row: tuple, source: Any = None) -> None:
+    def add_nowait(self, row: tuple, source: EventT | None = None) -> None:
         """Buffer a row without waiting (no backpressure); the timer or the next flush writes it."""
         if self._oldest is None:
             self._oldest = time.monotonic()
@@ -241,7 +243,7 @@ def dead_letter_row(agent: str) -> Reject:
     return reject
 
 
-async def run_sink(stream: Any, agent: str, model: type, sink: PgBatchSink,
+async def run_sink(stream: StreamT, agent: str, model: type[BaseModel], sink: PgBatchSink,
                    to_row: Callable[[Any], tuple | None],
                    accept: Callable[[Any], bool] | None = None) -> None:
     """A sink agent on the checkpointed path: decode each event (bad ones dead-lettered), buffer
