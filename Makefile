@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup demo test test-fast bench lint schemas clean services
+.PHONY: setup demo test test-fast test-unit bench lint schemas clean services
 
 setup: $(STAMP) services
 
@@ -42,6 +42,10 @@ test: setup lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Pure logic only: no broker, no database (tests/unit); tests/integration needs both.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 demo: setup
 	$(BIN)/omnistream demo

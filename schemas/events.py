@@ -266,7 +266,7 @@ class GenerationResult(Envelope):
 
 @with_config(ConfigDict(extra="forbid"))
 class GenerationResultFields(TypedDict, total=False):
-    """`GenerationResult` as a plain dict: the same fields and checks (tests/test_schemas.py
+    """`GenerationResult` as a plain dict: the same fields and checks (tests/unit/test_schemas.py
     holds them together), for replay to read a topic without building a model per record."""
 
     node_type: Required[NodeType]
@@ -341,7 +341,7 @@ class MetricSample(Model):
 
 @with_config(ConfigDict(extra="forbid"))
 class MetricSampleFields(TypedDict, total=False):
-    """`MetricSample` as a plain dict: the same fields and checks (tests/test_schemas.py holds
+    """`MetricSample` as a plain dict: the same fields and checks (tests/unit/test_schemas.py holds
     them together), validated a batch at a time without building a model per sample."""
 
     name: Required[MetricName]

@@ -1,5 +1,5 @@
 """What a generated node package defines, so a PRD can be refused before its names break one.
-No I/O here; tests/test_codegen.py checks these lists against the rendered classes."""
+No I/O here; tests/unit/test_codegen.py checks these lists against the rendered classes."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,8 +141,10 @@ class Windows:
     closed, the source offsets folded in) is one state record (`dump_series` / `load_series`),
     so a record restored after a crash is consistent with itself whatever else was lost."""
 
-    def __init__(self, specs: list[WindowSpec], lateness_s: float = 5.0):
+    def __init__(self, specs: list[WindowSpec], lateness_s: float = 5.0,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.specs, self.lateness_s = specs, lateness_s
+        self.monotonic = monotonic  # how long a series has been quiet (injected in tests)
         self.open: dict[str, Aggregate] = {}
         self.by_series: dict[str, set[str]] = {}  # series → keys of its open windows
         self.watermarks: dict[str, float] = {}  # series → newest event time seen
@@ -162,7 +165,7 @@ class Windows:
         in one update. Returns how many window updates were made."""
         series = series or series_key(name, labels)
         watermark = self.watermarks.get(series, 0.0)
-        self.last_seen[series] = time.monotonic()
+        self.last_seen[series] = self.monotonic()
         self.dirty.add(series)
         lateness, late = self.lateness_s, 0
         closed = [self.closed_until.get(f"{series}|{spec.size_s:g}", -math.inf) for spec in self.specs]
@@ -201,7 +204,7 @@ class Windows:
     def due(self, now: float | None = None, idle_s: float | None = None) -> list[str]:
         """Keys of windows past their end plus lateness by their series' watermark; with `now`
         (wall time) and `idle_s`, also those of series that sent nothing for idle_s seconds."""
-        quiet = time.monotonic() - (idle_s or 0.0)
+        quiet = self.monotonic() - (idle_s or 0.0)
         out = []
         for k, a in self.open.items():
             series = series_of(k)
@@ -238,7 +241,7 @@ class Windows:
         d = orjson.loads(raw)
         series = d["series"]
         self.watermarks[series] = d["watermark"]
-        self.last_seen[series] = time.monotonic()
+        self.last_seen[series] = self.monotonic()
         for size, end in d["closed_until"].items():
             self.closed_until[f"{series}|{size}"] = end
         self.applied[series] = {k: int(v) for k, v in d["applied"].items()}

@@ -18,25 +18,23 @@ so a crash neither loses a result nor learns one twice.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from faust.types import TP, EventT, StreamT, TableT
-from prometheus_client import Counter, Gauge, Histogram
+from faust.types import TP, EventT, StreamT
+from prometheus_client import Gauge
 
 from agents.learning import feedback, snapshot
 from agents.learning.features import canonical
-from agents.learning.model import MixinModel
 from agents.learning.registry import ModelRegistry, PatternRegistry
 from schemas.codec import encode
 from schemas.events import GenerationResult, PatternFeedback
 from schemas.topics import CODEGEN_RESULTS, PATTERN_FEEDBACK
 from streams.config import model_key
+from streams.learning.learner import SNAPSHOTS_REFUSED, Learner
 from streams.runtime import tables
 from streams.runtime.app import app, codegen_results, pattern_feedback, settings
 from streams.runtime.dlq import correlation_headers, header, send_to_dlq
@@ -59,18 +57,10 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = settings.model_snapshot_every
 SNAPSHOT_INTERVAL_S = settings.model_snapshot_interval_s
-RECENT_EVENTS = 20_000  # kept per node type so an installed (replayed) model can catch up
 
-MODEL_UPDATES = Counter("omnistream_model_updates_total", "Results learnt", ["node_type"])
-MODEL_SNAPSHOTS = Counter("omnistream_model_snapshots_total", "Model snapshots written", ["node_type"])
-SNAPSHOTS_REFUSED = Counter("omnistream_model_snapshots_refused_total",
-                            "Model snapshots refused (bad authentication tag or format)", ["where"])
 MODEL_VERSION = Gauge("omnistream_model_version", "Model version in use on this worker", ["node_type"])
 MODEL_ACCURACY = Gauge("omnistream_model_progressive_accuracy",
                        "Test-then-train accuracy of the model in use", ["node_type"])
-SNAPSHOT_BYTES = Gauge("omnistream_model_snapshot_bytes", "Size of the last snapshot", ["node_type"])
-LEARN_SECONDS = Histogram("omnistream_model_learn_seconds", "learn_one time",
-                          buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 PATTERN_SUPPRESSED = Gauge("omnistream_pattern_suppressed", "1 when a pattern is suppressed", ["pattern"])
 
 def _internal(name: str, partitions: int) -> Any:
@@ -146,125 +136,6 @@ async def feedback_intake(stream: StreamT) -> None:
 # ---------------------------------------------------------------------------- mixin learner
 
 
-class Learner:
-    """The live models of the node types whose partitions this worker holds.
-
-    Each model carries `applied` (highest offset learnt per codegen.results partition); a batch
-    learns the results it has not applied, then every model it changed is snapshotted into the
-    table (in its partition) before the batch is acked."""
-
-    def __init__(self, table: TableT | None = None, key: bytes | None = None,
-                 replica: ModelRegistry | None = None) -> None:
-        self.table = table if table is not None else {}
-        self.key = key or b""
-        self.replica = replica
-        self.live: dict[str, MixinModel] = {}
-        self.base: dict[str, tuple[int, int]] = {}     # (version, updates) of the last snapshot
-        self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT_EVENTS))
-        self.conflicts_written: dict[str, bytes] = {}
-        self.refused: dict[str, bytes] = {}  # start of a stored record that failed verification
-        self.skipped = 0  # results a replay brought again, already in the model
-        self.conflict_sink: PgBatchSink | None = None
-
-    def reset(self) -> None:
-        """After a rebalance: reload from the table what the partitions now held hold."""
-        self.live.clear()
-        self.base.clear()
-
-    def model_for(self, node_type: str) -> MixinModel:
-        blob = self.table.get(node_type.encode())
-        live = self.live.get(node_type)
-        if blob is None:
-            if live is None:
-                live = self.live[node_type] = MixinModel(node_type)
-                self.base[node_type] = (live.version, 0)
-            return live
-        if live is not None and self.refused.get(node_type) == blob[:256]:
-            return live  # the record we already refused is still the latest
-        try:
-            head = snapshot.read_header(blob)
-            if live is not None and self.base.get(node_type) == (head.version, head.updates):
-                return live
-            _, model = snapshot.loads(blob, self.key)
-        except snapshot.SnapshotRejected as exc:
-            # Someone wrote into the changelog. Go on from the newest verified model this worker
-            # knows (the replica refused the same record), else from a fresh one.
-            SNAPSHOTS_REFUSED.labels("learner").inc()
-            if live is not None:
-                model = live
-            elif self.replica is not None and node_type in self.replica.models:
-                model = copy.deepcopy(self.replica.models[node_type])
-            else:
-                model = MixinModel(node_type)
-            log.error("stored model snapshot refused", extra={"metadata": {
-                "node_type": node_type, "reason": str(exc), "continuing_from_updates": model.updates}})
-            self.live[node_type] = model
-            self.base[node_type] = (model.version, model.updates)
-            self.refused[node_type] = blob[:256]
-            return model
-        if not hasattr(model, "applied"):  # a snapshot from before offsets were stored
-            model.applied = {}
-        self.live[node_type] = model
-        self.base[node_type] = (model.version, model.updates)
-        return model
-
-    def learn(self, result: GenerationResult, where: str, offset: int) -> bool:
-        """Learn one result unless the model already holds it; True when learnt."""
-        model = self.model_for(result.node_type)
-        if Applied.seen(model.applied, where, offset):
-            self.skipped += 1
-            return False
-        Applied.mark(model.applied, where, offset)
-        if model.seen_result(result.id):  # the same result sent again (its producer crashed)
-            self.skipped += 1
-            return False
-        started = time.perf_counter()
-        model.learn_one(result.mixins, result.success)
-        LEARN_SECONDS.observe(time.perf_counter() - started)
-        MODEL_UPDATES.labels(result.node_type).inc()
-        self.recent[result.node_type].append((where, offset, tuple(result.mixins), result.success))
-        return True
-
-    def snapshot(self, node_type: str, partition: int, put: Any = None) -> bytes | None:
-        """The live model, signed, written to the table key of its node type (in `partition`)."""
-        model = self.live.get(node_type)
-        if model is None:
-            return None
-        model.find_conflicts()
-        head = snapshot.SnapshotHeader(node_type, model.version, model.updates, time.time())
-        blob = snapshot.dumps(model, head, self.key)
-        (put or (lambda k, v: self.table.__setitem__(k, v)))(node_type.encode(), blob)
-        self.base[node_type] = (model.version, model.updates)
-        MODEL_SNAPSHOTS.labels(node_type).inc()
-        SNAPSHOT_BYTES.labels(node_type).set(len(blob))
-        conflicts = orjson.dumps([c.as_dict() for c in model.conflicts])
-        if self.conflict_sink is not None and self.conflicts_written.get(node_type) != conflicts:
-            self.conflicts_written[node_type] = conflicts
-            self.conflict_sink.add_nowait((node_type, conflicts.decode()))
-        return blob
-
-    def install(self, node_type: str, blob: bytes, trained_through: dict[int, int]) -> MixinModel:
-        """Swap in a model trained elsewhere (replay): verify it, let it learn what arrived after
-        the replay stopped reading, give it the next version number. The caller snapshots it."""
-        head, model = snapshot.loads(blob, self.key)
-        if not isinstance(model, MixinModel) or head.node_type != node_type:
-            raise snapshot.SnapshotRejected("install message holds another node type's model")
-        current = self.model_for(node_type)
-        caught_up = 0
-        for where, off, mixins, success in self.recent[node_type]:
-            part = int(where.rsplit(":", 1)[1])
-            if off >= trained_through.get(part, 0):
-                model.learn_one(mixins, success)
-                caught_up += 1
-        model.version = current.version + 1  # versions only go up, whatever the sender wrote
-        model.applied = dict(current.applied)  # it now holds everything the current one did
-        self.live[node_type] = model
-        log.info("model swapped in", extra={"metadata": {
-            "node_type": node_type, "model_version": model.version, "updates": model.updates,
-            "caught_up": caught_up}})
-        return model
-
-
 learner = Learner(model_table, b"", models)
 
 
@@ -280,7 +151,7 @@ async def _forget_unacked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
 
 @app.agent(results_inbox, name="mixin-learner")
 async def mixin_learner(stream: StreamT) -> None:
-    learner.conflict_sink = await PgBatchSink(
+    conflict_sink = learner.conflict_sink = await PgBatchSink(
         settings.database_url, "mixin_conflicts", ("node_type", "conflicts"),
         stage_ddl="(node_type text, conflicts jsonb)",
         apply_sql="SELECT replace_mixin_conflicts(node_type, conflicts) FROM {stage} ORDER BY node_type",
@@ -312,18 +183,14 @@ async def mixin_learner(stream: StreamT) -> None:
                     changed[result.node_type] = event.message.partition
 
             await handle_event(event, GenerationResult, "mixin-learner", learn)
-        for node_type, partition in changed.items():
-            if held(results_inbox.get_topic_name(), partition):
-                learner.snapshot(node_type, partition,
-                                 lambda k, v, p=partition: table_put(model_table, p, k, v))
-        assert learner.conflict_sink is not None, "started with the agent"
-        await learner.conflict_sink.flush()
+        await learner.commit(changed, put=lambda p, k, v: table_put(model_table, p, k, v),
+                             held=lambda p: held(results_inbox.get_topic_name(), p))
 
     try:
         await run_batches(stream, "mixin-learner", on_batch, max_events=SNAPSHOT_EVERY,
                           within_s=SNAPSHOT_INTERVAL_S)
     finally:
-        await learner.conflict_sink.stop()
+        await conflict_sink.stop()
 
 
 # ---------------------------------------------------------------------------- matrix sink

@@ -21,19 +21,18 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import TP, EventT, StreamT, TableT
-from prometheus_client import Counter, Gauge
+from faust.types import TP, EventT, StreamT
 from pydantic import TypeAdapter, ValidationError
 
-from agents.monitoring.windows import Aggregate, Windows, WindowSpec, series_key
+from agents.monitoring.windows import WindowSpec
 from schemas.codec import MAX_VALUE_BYTES, describe, encode
 from schemas.events import MAX_BATCH_SAMPLES, MetricBatchFields, MetricEvent, MetricSampleFields
 from schemas.topics import METRICS_EVENTS
 from streams.alerting.topology import window_closed
+from streams.monitoring.aggregator import WINDOW_COLUMNS, Aggregator
 from streams.runtime import tables
 from streams.runtime.app import app, metrics_events, settings
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
@@ -41,7 +40,6 @@ from streams.runtime.emit import emitter
 from streams.runtime.metrics import EVENTS_PROCESSED
 from streams.runtime.processing import (
     LAST_EVENT,
-    Applied,
     call_retrying,
     control_kind,
     decode_event,
@@ -64,10 +62,6 @@ FLUSH_S = settings.metric_flush_s
 IDLE_CLOSE_S = settings.metric_idle_close_s
 SPECS = [WindowSpec(TUMBLING_S)] + ([WindowSpec(HOPPING_S, HOP_STEP_S)] if HOPPING_S > 0 else [])
 
-SAMPLES = Counter("omnistream_metric_samples_total", "Metric samples folded into windows")
-LATE = Counter("omnistream_metric_samples_late_total", "Samples for windows already closed")
-WINDOWS_CLOSED = Counter("omnistream_metric_windows_closed_total", "Windows written to PostgreSQL")
-OPEN_WINDOWS = Gauge("omnistream_metric_windows_open", "Open metric windows on this worker")
 
 metrics_inbox = app.topic(tables.metrics_inbox(settings.app_id), key_type=bytes, value_type=bytes,
                           partitions=METRICS_EVENTS.partitions, internal=True,
@@ -76,92 +70,8 @@ window_table = app.Table(tables.WINDOW_TABLE, default=None, partitions=METRICS_E
                          key_type=bytes, value_type=bytes)  # raw bytes in the changelog
 
 
-WINDOW_COLUMNS = ("metric_name", "metric_type", "labels", "labels_hash", "window_start", "window_end",
-                  "sample_count", "value_sum", "value_min", "value_max", "p50", "p95", "p99")
 _UPSERT = ("ON CONFLICT (metric_name, labels_hash, window_start, window_end) DO UPDATE SET "
            + ", ".join(f"{c} = EXCLUDED.{c}" for c in WINDOW_COLUMNS[5:]))
-
-
-class Aggregator:
-    """Windows of the partitions this worker holds, one state record per series in the table.
-
-    A batch folds its samples into memory (skipping those a series' record already holds by
-    offset), closes the windows that are due, writes their rows to PostgreSQL and waits for the
-    commit, and only then writes the changed series records: a record never says "closed"
-    before its row is in PostgreSQL, and a replayed sample never counts twice."""
-
-    def __init__(self, table: TableT | None = None) -> None:
-        self.table = table if table is not None else {}
-        self.by_partition: dict[int, Windows] = {}
-        self.sink: PgBatchSink | None = None
-        self.replayed = 0  # samples a replay brought again, already in their series' record
-
-    def reset(self) -> None:
-        self.by_partition.clear()
-
-    def windows(self, partition: int) -> Windows:
-        w = self.by_partition.get(partition)
-        if w is None:  # first event since start or a rebalance: reload this partition's state
-            w = self.by_partition[partition] = Windows(SPECS, LATENESS_S)
-            prefix = f"{partition}|".encode()
-            for key, raw in list(self.table.items()):
-                if raw is not None and key.startswith(prefix):
-                    w.load_series(raw)
-            log.info("metric windows restored", extra={"metadata": {
-                "partition": partition, "series": len(w.applied), "open_windows": len(w.open)}})
-        return w
-
-    def add_many(self, partition: int, name: str, metric_type: str, labels: dict[str, str],
-                 samples: list[tuple[float, float, str, int]]) -> int:
-        """Fold samples of one series, (value, event time, source, position) in source order,
-        skipping those its record already holds; returns how many were folded."""
-        w = self.windows(partition)
-        series = series_key(name, labels)
-        applied = w.applied.setdefault(series, {})
-        values, stamps, horizon = [], [], time.time() + LATENESS_S  # no closing from the future
-        for value, ts, where, position in samples:
-            if Applied.seen(applied, where, position):
-                self.replayed += 1
-                continue
-            Applied.mark(applied, where, position)
-            values.append(value)
-            stamps.append(ts if ts < horizon else horizon)
-        if not values:
-            return 0
-        late_before = w.late
-        w.add_many(name, metric_type, labels, values, stamps, series)
-        SAMPLES.inc(len(values))
-        if w.late > late_before:
-            LATE.inc(w.late - late_before)
-            log.debug("late samples dropped", extra={"metadata": {
-                "series": series, "metric": name, "labels": labels, "late": w.late - late_before,
-                "watermark": w.watermarks.get(series)}})
-        return len(values)
-
-    def close_due(self, partitions: set[int]) -> list[tuple[int, Aggregate]]:
-        """Pop the windows that are due in these partitions and buffer their rows."""
-        closed = []
-        for partition in partitions:
-            w = self.by_partition.get(partition)
-            if w is None:
-                continue
-            for key in w.due(time.time(), IDLE_CLOSE_S):
-                agg = w.pop(key)
-                closed.append((partition, agg))
-                assert self.sink is not None, "started with the agent"
-                self.sink.add_nowait(_row(agg))
-        return closed
-
-    def save(self, partitions: set[int], put: Any) -> None:
-        """Write the series records that changed (after the sink committed)."""
-        for partition in partitions:
-            w = self.by_partition.get(partition)
-            if w is None:
-                continue
-            for series in w.dirty:
-                put(partition, _table_key(partition, series), w.dump_series(series))
-            w.dirty.clear()
-        OPEN_WINDOWS.set(sum(len(x.open) for x in self.by_partition.values()))
 
 
 # A batched record's samples share its offset: a sample's position is offset × SAMPLE_SLOTS +
@@ -245,19 +155,7 @@ def as_event(event: EventT, index: int, sample: MetricSampleFields) -> MetricEve
     return MetricEvent(**{**defaults, "id": uuid.uuid5(defaults["id"], str(index)), **fields})
 
 
-def _table_key(partition: int, series: str) -> bytes:
-    """The partition leads the key: after a restart each partition reloads only its series."""
-    return f"{partition}|{series}".encode()
-
-
-def _row(agg: Aggregate) -> tuple:
-    r = agg.row()
-    return (r["metric_name"], r["metric_type"], orjson.dumps(r["labels"]).decode(), r["labels_hash"],
-            datetime.fromtimestamp(r["window_start"], UTC), datetime.fromtimestamp(r["window_end"], UTC),
-            r["sample_count"], r["value_sum"], r["value_min"], r["value_max"], r["p50"], r["p95"], r["p99"])
-
-
-aggregator = Aggregator(window_table)
+aggregator = Aggregator(window_table, SPECS, LATENESS_S, IDLE_CLOSE_S)
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers with `signal=`; ours take **kwargs
@@ -268,7 +166,7 @@ async def _forget_windows(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
 @app.agent(app.topic(METRICS_EVENTS.name, metrics_inbox.get_topic_name(), key_type=bytes, value_type=bytes,
                      value_serializer="raw", key_serializer="raw"), name="metrics-aggregator")
 async def metrics_aggregator(stream: StreamT) -> None:
-    aggregator.sink = await PgBatchSink(
+    sink = aggregator.sink = await PgBatchSink(
         settings.database_url, "metric_window_aggregates", WINDOW_COLUMNS, on_conflict=_UPSERT,
         dedupe_key=lambda row: (row[0], row[3], row[4], row[5]), max_rows=5000, max_ms=500,
         source_topic=METRICS_EVENTS.name).start()
@@ -310,19 +208,15 @@ async def metrics_aggregator(stream: StreamT) -> None:
         if folded:  # bookkeeping once per batch, not per sample
             EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
             LAST_EVENT["metrics-aggregator"] = time.time()
-        closed = aggregator.close_due(touched)
-        assert aggregator.sink is not None, "started with the agent"
-        await aggregator.sink.flush()  # closed windows are in PostgreSQL before any record says so
-        aggregator.save({p for p in touched if held(METRICS_EVENTS.name, p)},
-                        lambda p, k, v: table_put(window_table, p, k, v))
+        closed = await aggregator.commit(touched, put=lambda p, k, v: table_put(window_table, p, k, v),
+                                         held=lambda p: held(METRICS_EVENTS.name, p))
         for _, agg in closed:
-            WINDOWS_CLOSED.inc()
             await window_closed(agg)
 
     try:
         await run_batches(stream, "metrics-aggregator", on_batch)
     finally:
-        await aggregator.sink.stop()
+        await sink.stop()
 
 
 EMIT_S = settings.metric_emit_s

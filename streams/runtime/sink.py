@@ -29,8 +29,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 from faust.types import EventT, StreamT
@@ -49,6 +49,16 @@ SINK_FLUSH_SECONDS = Histogram("omnistream_sink_flush_seconds", "Time to write o
 
 Reject = Callable[[tuple, str, Any], Any]
 
+
+
+class RowSink(Protocol):
+    """The contract a state holder needs of a sink: buffer a row, and flush (wait until every
+    buffered row is committed, raising when it cannot be). PgBatchSink is the implementation;
+    unit tests pass a list-backed one."""
+
+    def add_nowait(self, row: tuple, source: Any = None) -> None: ...
+
+    def flush(self) -> Awaitable[int]: ...
 
 class PgBatchSink:
     def __init__(self, dsn: str, table: str, columns: Sequence[str], *,

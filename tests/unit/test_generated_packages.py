@@ -22,7 +22,7 @@ from agents.codegen.validate import validate
 from schemas.events import MIXIN_CATALOGUE, NODE_TYPES, NodeTask, PrdNode, PrdSubmitted
 from schemas.nodes import MIXIN_MEMBERS, NODE_MEMBERS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.json") if p.stem not in ("invalid", "hostile"))
 ALLOWED_IMPORTS = {"__future__", "asyncio", "contextlib", "dataclasses", "hashlib", "hmac",
                    "inspect", "json", "logging", "os", "random", "time", "typing", "uuid", "zlib",

@@ -119,7 +119,7 @@ async def _sql_until(db: str, sql: str, check, timeout: float, what: str):
 @pytest.fixture
 async def trained(cluster) -> Cluster:
     """The cluster after it learnt N_RESULTS results: each test that needs it asks for it, so
-    every test passes alone (`pytest tests/test_learning_e2e.py::test_x`) and in any order."""
+    every test passes alone (`pytest tests/integration/test_learning_e2e.py::test_x`) and in any order."""
     if not cluster.trained:
         await _train(cluster)
         cluster.trained = True

@@ -14,7 +14,7 @@ import pytest
 
 from streams.config import ConfigError, Settings, readme_table_is_current, settings_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_typed_values_from_the_environment(tmp_path):

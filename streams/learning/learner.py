@@ -1,0 +1,173 @@
+"""The mixin learner's state and batch logic, without Faust: the live models of the node types
+whose partitions a worker holds, their signed snapshots in a table, installs from replay.
+
+The table, the conflicts sink and the clock are given to it, so its contract is tested in
+milliseconds (tests/unit/test_learner.py): a batch's models are snapshotted into the table,
+and the conflicts flushed, before `commit` returns and the batch may be acked; a result a
+snapshot already holds (by source offset) or already learnt (by id) is skipped; a snapshot
+that fails verification is refused and learning goes on from the newest verified model.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, MutableMapping
+
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from agents.learning import snapshot
+from agents.learning.model import MixinModel
+from agents.learning.registry import ModelRegistry
+from schemas.events import GenerationResult
+from streams.runtime.processing import Applied
+from streams.runtime.sink import RowSink
+
+log = logging.getLogger(__name__)
+
+RECENT_EVENTS = 20_000  # kept per node type so an installed (replayed) model can catch up
+
+MODEL_UPDATES = Counter("omnistream_model_updates_total", "Results learnt", ["node_type"])
+MODEL_SNAPSHOTS = Counter("omnistream_model_snapshots_total", "Model snapshots written", ["node_type"])
+SNAPSHOTS_REFUSED = Counter("omnistream_model_snapshots_refused_total",
+                            "Model snapshots refused (bad authentication tag or format)", ["where"])
+SNAPSHOT_BYTES = Gauge("omnistream_model_snapshot_bytes", "Size of the last snapshot", ["node_type"])
+LEARN_SECONDS = Histogram("omnistream_model_learn_seconds", "learn_one time",
+                          buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
+
+
+class Learner:
+    """The live models of the node types whose partitions this worker holds.
+
+    Each model carries `applied` (highest offset learnt per codegen.results partition); a batch
+    learns the results it has not applied, then every model it changed is snapshotted into the
+    table (in its partition) before the batch is acked."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes] | None = None, key: bytes | None = None,
+                 replica: ModelRegistry | None = None, conflict_sink: RowSink | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.table: MutableMapping[bytes, bytes] = table if table is not None else {}
+        self.key = key or b""
+        self.replica = replica
+        self.live: dict[str, MixinModel] = {}
+        self.base: dict[str, tuple[int, int]] = {}     # (version, updates) of the last snapshot
+        self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT_EVENTS))
+        self.conflicts_written: dict[str, bytes] = {}
+        self.refused: dict[str, bytes] = {}  # start of a stored record that failed verification
+        self.skipped = 0  # results a replay brought again, already in the model
+        self.conflict_sink = conflict_sink
+        self.clock = clock
+
+    def reset(self) -> None:
+        """After a rebalance: reload from the table what the partitions now held hold."""
+        self.live.clear()
+        self.base.clear()
+
+    def model_for(self, node_type: str) -> MixinModel:
+        blob = self.table.get(node_type.encode())
+        live = self.live.get(node_type)
+        if blob is None:
+            if live is None:
+                live = self.live[node_type] = MixinModel(node_type)
+                self.base[node_type] = (live.version, 0)
+            return live
+        if live is not None and self.refused.get(node_type) == blob[:256]:
+            return live  # the record we already refused is still the latest
+        try:
+            head = snapshot.read_header(blob)
+            if live is not None and self.base.get(node_type) == (head.version, head.updates):
+                return live
+            _, model = snapshot.loads(blob, self.key)
+        except snapshot.SnapshotRejected as exc:
+            # Someone wrote into the changelog. Go on from the newest verified model this worker
+            # knows (the replica refused the same record), else from a fresh one.
+            SNAPSHOTS_REFUSED.labels("learner").inc()
+            if live is not None:
+                model = live
+            elif self.replica is not None and node_type in self.replica.models:
+                model = copy.deepcopy(self.replica.models[node_type])
+            else:
+                model = MixinModel(node_type)
+            log.error("stored model snapshot refused", extra={"metadata": {
+                "node_type": node_type, "reason": str(exc), "continuing_from_updates": model.updates}})
+            self.live[node_type] = model
+            self.base[node_type] = (model.version, model.updates)
+            self.refused[node_type] = blob[:256]
+            return model
+        if not hasattr(model, "applied"):  # a snapshot from before offsets were stored
+            model.applied = {}
+        self.live[node_type] = model
+        self.base[node_type] = (model.version, model.updates)
+        return model
+
+    def learn(self, result: GenerationResult, where: str, offset: int) -> bool:
+        """Learn one result unless the model already holds it; True when learnt."""
+        model = self.model_for(result.node_type)
+        if Applied.seen(model.applied, where, offset):
+            self.skipped += 1
+            return False
+        Applied.mark(model.applied, where, offset)
+        if model.seen_result(result.id):  # the same result sent again (its producer crashed)
+            self.skipped += 1
+            return False
+        started = time.perf_counter()
+        model.learn_one(result.mixins, result.success)
+        LEARN_SECONDS.observe(time.perf_counter() - started)
+        MODEL_UPDATES.labels(result.node_type).inc()
+        self.recent[result.node_type].append((where, offset, tuple(result.mixins), result.success))
+        return True
+
+    async def commit(self, changed: dict[str, int], put: Callable[[int, bytes, bytes], None],
+                     held: Callable[[int], bool]) -> None:
+        """End of a batch: snapshot each changed model (node type → its table partition) that
+        this worker still holds, then flush the conflicts. Returns only when all of it is
+        written, so the batch is acked after its snapshots; a failure raises (no ack)."""
+        for node_type, partition in changed.items():
+            if held(partition):
+                self.snapshot(node_type, partition, functools.partial(put, partition))
+        if self.conflict_sink is not None:
+            await self.conflict_sink.flush()
+
+    def snapshot(self, node_type: str, partition: int,
+                 put: Callable[[bytes, bytes], None] | None = None) -> bytes | None:
+        """The live model, signed, written to the table key of its node type (in `partition`)."""
+        model = self.live.get(node_type)
+        if model is None:
+            return None
+        model.find_conflicts()
+        head = snapshot.SnapshotHeader(node_type, model.version, model.updates, self.clock())
+        blob = snapshot.dumps(model, head, self.key)
+        (put or (lambda k, v: self.table.__setitem__(k, v)))(node_type.encode(), blob)
+        self.base[node_type] = (model.version, model.updates)
+        MODEL_SNAPSHOTS.labels(node_type).inc()
+        SNAPSHOT_BYTES.labels(node_type).set(len(blob))
+        conflicts = orjson.dumps([c.as_dict() for c in model.conflicts])
+        if self.conflict_sink is not None and self.conflicts_written.get(node_type) != conflicts:
+            self.conflicts_written[node_type] = conflicts
+            self.conflict_sink.add_nowait((node_type, conflicts.decode()))
+        return blob
+
+    def install(self, node_type: str, blob: bytes, trained_through: dict[int, int]) -> MixinModel:
+        """Swap in a model trained elsewhere (replay): verify it, let it learn what arrived after
+        the replay stopped reading, give it the next version number. The caller snapshots it."""
+        head, model = snapshot.loads(blob, self.key)
+        if not isinstance(model, MixinModel) or head.node_type != node_type:
+            raise snapshot.SnapshotRejected("install message holds another node type's model")
+        current = self.model_for(node_type)
+        caught_up = 0
+        for where, off, mixins, success in self.recent[node_type]:
+            part = int(where.rsplit(":", 1)[1])
+            if off >= trained_through.get(part, 0):
+                model.learn_one(mixins, success)
+                caught_up += 1
+        model.version = current.version + 1  # versions only go up, whatever the sender wrote
+        model.applied = dict(current.applied)  # it now holds everything the current one did
+        self.live[node_type] = model
+        log.info("model swapped in", extra={"metadata": {
+            "node_type": node_type, "model_version": model.version, "updates": model.updates,
+            "caught_up": caught_up}})
+        return model

@@ -1,0 +1,106 @@
+"""The metric aggregator's contract, without Kafka: a dict for the table, a list for the sink."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.monitoring.windows import WindowSpec, series_key
+from streams.monitoring.aggregator import Aggregator
+
+WHERE = "metrics.events:0"
+
+
+class ListSink:
+    def __init__(self, log: list[str], fail: bool = False) -> None:
+        self.rows: list[tuple] = []
+        self.committed: list[tuple] = []
+        self.log, self.fail = log, fail
+
+    def add_nowait(self, row: tuple, source: object = None) -> None:
+        self.rows.append(row)
+
+    async def flush(self) -> int:
+        if self.fail:
+            raise ConnectionError("database away")
+        self.log.append(f"flush {len(self.rows)}")
+        self.committed += self.rows
+        n, self.rows = len(self.rows), []
+        return n
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _aggregator(table: dict, sink: ListSink, clock: Clock) -> Aggregator:
+    return Aggregator(table, [WindowSpec(10)], lateness_s=1.0, idle_close_s=30.0, sink=sink, clock=clock,
+                      monotonic=clock)
+
+
+def _samples(start: int, n: int, t0: float) -> list[tuple[float, float, str, int]]:
+    return [(float(i), t0 + i * 0.5, WHERE, i) for i in range(start, start + n)]
+
+
+async def test_windows_are_committed_before_any_series_record_says_they_closed():
+    log: list[str] = []
+    table: dict[bytes, bytes] = {}
+    clock = Clock(2000.0)
+    agg = _aggregator(table, ListSink(log), clock)
+
+    def put(partition: int, key: bytes, value: bytes) -> None:
+        log.append(f"put {key.decode()}")
+        table[key] = value
+
+    assert agg.add_many(0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30  # 1000 .. 1014.5
+    closed = await agg.commit({0}, put=put, held=lambda p: True)
+    assert [a.start for _, a in closed] == [1000.0]  # 1010-1020 is still open (watermark 1014.5)
+    assert log == ["flush 1", f"put 0|{series_key('m', {})}"]
+    assert agg.sink.committed[0][6] == 20  # sample_count of the closed window
+
+
+async def test_a_failing_sink_writes_no_record_and_the_replay_closes_the_same_window_once():
+    log: list[str] = []
+    table: dict[bytes, bytes] = {}
+    clock = Clock(2000.0)
+    failing = _aggregator(table, ListSink(log, fail=True), clock)
+    failing.add_many(0, "m", "gauge", {}, _samples(0, 30, 1000.0))
+    with pytest.raises(ConnectionError):
+        await failing.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    assert table == {}  # not acked, nothing says "closed"
+
+    sink = ListSink(log)
+    restarted = _aggregator(table, sink, clock)  # the batch is replayed from its offsets
+    assert restarted.add_many(0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30
+    await restarted.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    assert [r[6] for r in sink.committed] == [20]
+
+
+async def test_after_a_restart_samples_the_record_holds_are_skipped():
+    table: dict[bytes, bytes] = {}
+    clock = Clock(2000.0)
+    first = _aggregator(table, ListSink([]), clock)
+    first.add_many(0, "m", "gauge", {"s": "a"}, _samples(0, 12, 1000.0))
+    await first.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+
+    restarted = _aggregator(table, ListSink([]), clock)
+    assert restarted.add_many(0, "m", "gauge", {"s": "a"}, _samples(0, 20, 1000.0)) == 8
+    assert restarted.replayed == 12
+    window = next(iter(restarted.windows(0).open.values()))
+    assert window.count == 20  # 0..19 at 1000 .. 1009.5: each once
+
+
+async def test_idle_partitions_close_by_the_clock_and_unheld_partitions_write_nothing():
+    table: dict[bytes, bytes] = {}
+    clock = Clock(2000.0)
+    sink = ListSink([])
+    agg = _aggregator(table, sink, clock)
+    agg.add_many(3, "m", "counter", {}, _samples(0, 4, 1000.0))
+    assert await agg.commit({3}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: False) == []
+    assert table == {}  # revoked meanwhile: the new owner writes it
+    clock.now += 31  # silent longer than idle_close_s
+    closed = await agg.commit({3}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    assert len(closed) == 1 and sink.committed[0][6] == 4 and f"3|{series_key('m', {})}".encode() in table
