@@ -12,7 +12,7 @@
 - Suppression only when confident the pattern is bad: P(precision < floor) > suppress_at;
   reported again once P(precision < floor) < resume_at (hysteresis, no flapping).
 
-State is a plain dict (JSON in a Faust table); functions here take and return it.
+State is a `FeedbackState` (versioned; JSON in a Faust table); functions here take and return it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import betainc, betaincinv
+
+from schemas.state import VersionedState
 
 OVERFLOW_SOURCE = "_other"
 
@@ -39,9 +42,34 @@ class FeedbackPolicy:
     interval: float = 0.95
 
 
-def new_state(pattern: str) -> dict[str, Any]:
-    return {"pattern": pattern, "sources": {}, "events": 0, "suppressed": False,
-            "changed_at": None, "last_event_at": None}
+class SourceWeights(BaseModel):
+    """One source's feedback on one pattern: weight per kind, Σ w², events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tp: float = 0.0
+    fp: float = 0.0
+    fn: float = 0.0
+    w2: float = 0.0
+    n: int = 0
+
+
+class FeedbackState(VersionedState):
+    """Feedback folded into one pattern, with the source offsets it holds (`applied`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str
+    sources: dict[str, SourceWeights] = Field(default_factory=dict)
+    events: int = 0
+    suppressed: bool = False
+    changed_at: float | None = None
+    last_event_at: float | None = None
+    applied: dict[str, int] = Field(default_factory=dict)
+
+
+def new_state(pattern: str) -> FeedbackState:
+    return FeedbackState(pattern=pattern)
 
 
 def _polarity(feedback_type: str, is_correct: bool | None) -> str | None:
@@ -54,47 +82,46 @@ def _polarity(feedback_type: str, is_correct: bool | None) -> str | None:
     return None  # an override without a verdict carries no information
 
 
-def apply(state: dict[str, Any], feedback_type: str, weight: float, is_correct: bool | None,
-          source: str, at: float, policy: FeedbackPolicy = FeedbackPolicy()) -> dict[str, Any]:
+def apply(state: FeedbackState, feedback_type: str, weight: float, is_correct: bool | None,
+          source: str, at: float, policy: FeedbackPolicy = FeedbackPolicy()) -> FeedbackState:
     """Add one feedback event; returns the new state (the input is not mutated)."""
-    state = {**state, "sources": {k: dict(v) for k, v in state["sources"].items()}}
-    state["events"] += 1
-    state["last_event_at"] = at
+    state = state.model_copy(deep=True)
+    state.events += 1
+    state.last_event_at = at
     kind = _polarity(feedback_type, is_correct)
     if kind is None or weight <= 0:
         return state
-    sources = state["sources"]
+    sources = state.sources
     if source not in sources and len(sources) >= policy.max_sources:
         source = OVERFLOW_SOURCE
-    s = sources.setdefault(source, {"tp": 0.0, "fp": 0.0, "fn": 0.0, "w2": 0.0, "n": 0})
-    s[kind] += weight
+    s = sources.setdefault(source, SourceWeights())
+    setattr(s, kind, getattr(s, kind) + weight)
     if kind != "fn":
-        s["w2"] += weight * weight
-    s["n"] += 1
-    summary_ = summary(state, policy)
-    bad = summary_["p_below_floor"]
-    if not state["suppressed"] and bad > policy.suppress_at:
-        state["suppressed"], state["changed_at"] = True, at
-    elif state["suppressed"] and bad < policy.resume_at:
-        state["suppressed"], state["changed_at"] = False, at
+        s.w2 += weight * weight
+    s.n += 1
+    bad = summary(state, policy)["p_below_floor"]
+    if not state.suppressed and bad > policy.suppress_at:
+        state.suppressed, state.changed_at = True, at
+    elif state.suppressed and bad < policy.resume_at:
+        state.suppressed, state.changed_at = False, at
     return state
 
 
-def _capped(state: dict[str, Any], policy: FeedbackPolicy) -> tuple[float, float, float, float]:
+def _capped(state: FeedbackState, policy: FeedbackPolicy) -> tuple[float, float, float, float]:
     """Σ tp, Σ fp, Σ fn and Σ w² after scaling each source down to the cap."""
     tp = fp = fn = w2 = 0.0
-    for s in state["sources"].values():
-        total = s["tp"] + s["fp"]
+    for s in state.sources.values():
+        total = s.tp + s.fp
         scale = min(1.0, policy.source_cap / total) if total > 0 else 1.0
-        tp += s["tp"] * scale
-        fp += s["fp"] * scale
-        w2 += s["w2"] * scale * scale
-        fn_scale = min(1.0, policy.source_cap / s["fn"]) if s["fn"] > 0 else 1.0
-        fn += s["fn"] * fn_scale
+        tp += s.tp * scale
+        fp += s.fp * scale
+        w2 += s.w2 * scale * scale
+        fn_scale = min(1.0, policy.source_cap / s.fn) if s.fn > 0 else 1.0
+        fn += s.fn * fn_scale
     return tp, fp, fn, w2
 
 
-def summary(state: dict[str, Any], policy: FeedbackPolicy = FeedbackPolicy()) -> dict[str, Any]:
+def summary(state: FeedbackState, policy: FeedbackPolicy = FeedbackPolicy()) -> dict[str, Any]:
     tp, fp, fn, w2 = _capped(state, policy)
     total = tp + fp
     n_eff = total * total / w2 if w2 > 0 else 0.0
@@ -104,7 +131,7 @@ def summary(state: dict[str, Any], policy: FeedbackPolicy = FeedbackPolicy()) ->
     tail = (1 - policy.interval) / 2
     recall_n = tp + fn
     return {
-        "pattern": state["pattern"],
+        "pattern": state.pattern,
         "precision": round(a / (a + b), 4),
         "interval": [round(float(betaincinv(a, b, tail)), 4), round(float(betaincinv(a, b, 1 - tail)), 4)],
         "p_below_floor": round(float(betainc(a, b, policy.floor)), 4),
@@ -113,8 +140,8 @@ def summary(state: dict[str, Any], policy: FeedbackPolicy = FeedbackPolicy()) ->
         "n_eff": round(n_eff, 2),
         "weight": {"true_positive": round(tp, 3), "false_positive": round(fp, 3),
                    "false_negative": round(fn, 3)},
-        "sources": len(state["sources"]),
-        "events": state["events"],
-        "suppressed": state["suppressed"],
+        "sources": len(state.sources),
+        "events": state.events,
+        "suppressed": state.suppressed,
         "floor": policy.floor,
     }

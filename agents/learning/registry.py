@@ -60,7 +60,7 @@ class ModelRegistry:
 class PatternRegistry:
     def __init__(self, policy: feedback.FeedbackPolicy | None = None):
         self.policy = policy or feedback.FeedbackPolicy()
-        self.states: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, feedback.FeedbackState] = {}
         self.suppressed: frozenset[str] = frozenset()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -70,8 +70,10 @@ class PatternRegistry:
         if value is None:
             self.states.pop(name, None)
         else:
-            self.states[name] = orjson.loads(value)
-        self.suppressed = frozenset(n for n, s in self.states.items() if s.get("suppressed"))
+            state = feedback.FeedbackState.load(orjson.loads(value))
+            if state is not None:
+                self.states[name] = state
+        self.suppressed = frozenset(n for n, s in self.states.items() if s.suppressed)
 
     def summaries(self) -> list[dict[str, Any]]:
         return [feedback.summary(s, self.policy) for _, s in sorted(self.states.items())]

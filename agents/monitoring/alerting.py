@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import ConfigDict, Field
 
 from agents.monitoring.rules import Grouping, Rule
+from schemas.state import VersionedState
 
 
 def fingerprint(rule: str, severity: str, labels: dict[str, str]) -> str:
@@ -48,8 +50,24 @@ class Change:
     payload: dict[str, Any]
 
 
-def new_state() -> dict[str, Any]:
-    return {"alerts": {}, "groups": {}, "silences": {}}
+class AlertEngineState(VersionedState):
+    """Everything the engine knows, one record in the alert table: alerts by fingerprint,
+    notification groups, silences, and the bookkeeping that makes a replay exact (the engine's
+    clock, the last inbox offset applied, commands' source offsets, closed windows seen)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alerts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    silences: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    clock: float = 0.0             # newest inbox record time: the engine's now
+    inbox_offset: int = -1         # the inbox records at or below it are in this state
+    applied: dict[str, int] = Field(default_factory=dict)        # alerts.commands offsets
+    windows_seen: dict[str, float] = Field(default_factory=dict)  # newest window end per series
+
+
+def new_state() -> AlertEngineState:
+    return AlertEngineState()
 
 
 def stat_value(stats: dict[str, float | None], stat: str) -> float | None:
@@ -72,7 +90,7 @@ class AlertEngine:
 
     # ------------------------------------------------------------------ inputs
 
-    def observe(self, state: dict, metric: str, stats: dict[str, float | None],
+    def observe(self, state: AlertEngineState, metric: str, stats: dict[str, float | None],
                 labels: dict[str, str], now: float) -> list[Change]:
         """One closed window of `metric` for a series with `labels`."""
         changes: list[Change] = []
@@ -82,10 +100,10 @@ class AlertEngine:
                 continue
             ident = {k: labels[k] for k in rule.identify_by if k in labels}
             fp = fingerprint(rule.name, rule.severity, ident)
-            alert = state["alerts"].get(fp)
+            alert = state.alerts.get(fp)
             if rule.breached(value):
                 if alert is None or alert["state"] == "resolved":
-                    alert = state["alerts"][fp] = {
+                    alert = state.alerts[fp] = {
                         "id": alert_id(fp, now), "fingerprint": fp, "rule": rule.name,
                         "severity": rule.severity, "state": "pending", "value": value,
                         "threshold": rule.threshold, "labels": {"rule": rule.name, "severity": rule.severity,
@@ -100,15 +118,15 @@ class AlertEngine:
             elif alert is not None and alert["state"] != "resolved":
                 alert.update(value=value, last_seen=now)
                 if alert["state"] == "pending":
-                    del state["alerts"][fp]  # never fired: nothing to tell anyone
+                    del state.alerts[fp]  # never fired: nothing to tell anyone
                 elif now - alert["last_breach"] >= rule.keep_firing_for_s:
                     changes.append(self._resolve(state, alert, now))
         return changes
 
-    def command(self, state: dict, action: str, target: str, now: float, by: str | None = None,
+    def command(self, state: AlertEngineState, action: str, target: str, now: float, by: str | None = None,
                 duration_s: float | None = None) -> list[Change]:
         """ack / resolve / silence one alert, by alert id or fingerprint."""
-        alert = next((a for a in state["alerts"].values()
+        alert = next((a for a in state.alerts.values()
                       if target in (a["id"], a["fingerprint"]) and a["state"] != "resolved"), None)
         if alert is None:
             raise KeyError(f"no open alert with id or fingerprint {target!r}")
@@ -122,19 +140,19 @@ class AlertEngine:
         if action == "silence":
             sid = str(uuid.uuid5(ALERT_NS, f"silence/{target}/{now!r}"))
             matchers = {k: re.escape(v) for k, v in alert["labels"].items()}
-            state["silences"][sid] = {"id": sid, "matchers": matchers,
+            state.silences[sid] = {"id": sid, "matchers": matchers,
                                       "ends_at": now + (duration_s or 3600), "by": by}
             return self._apply_silences(state, now)
         raise ValueError(f"unknown action {action!r}")
 
     # ------------------------------------------------------------------ timers
 
-    def tick(self, state: dict, now: float) -> list[Change]:
+    def tick(self, state: AlertEngineState, now: float) -> list[Change]:
         changes: list[Change] = []
-        for sid in [s for s, v in state["silences"].items() if v["ends_at"] <= now]:
-            del state["silences"][sid]
+        for sid in [s for s, v in state.silences.items() if v["ends_at"] <= now]:
+            del state.silences[sid]
         changes += self._apply_silences(state, now)
-        for alert in list(state["alerts"].values()):
+        for alert in list(state.alerts.values()):
             if alert["state"] in ("firing", "acknowledged") and now - alert["last_seen"] >= self.stale_s:
                 changes.append(self._resolve(state, alert, now))  # the series stopped reporting
             elif alert["state"] == "firing" and not alert["silenced"]:
@@ -147,37 +165,37 @@ class AlertEngine:
                     changes.append(Change("notification", self._notification(
                         [alert], f"{alert['rule']}", "escalated", now)))
         changes += self._notify_groups(state, now)
-        for fp in [fp for fp, a in state["alerts"].items() if a["state"] == "resolved" and a["notified"]]:
-            del state["alerts"][fp]
+        for fp in [fp for fp, a in state.alerts.items() if a["state"] == "resolved" and a["notified"]]:
+            del state.alerts[fp]
         return changes
 
     # ------------------------------------------------------------------ helpers
 
-    def _changed(self, state: dict, alert: dict, now: float) -> Change:
+    def _changed(self, state: AlertEngineState, alert: dict, now: float) -> Change:
         key = self._group_key(alert)
-        group = state["groups"].setdefault(key, {"first_seen": now, "last_notified": None,
+        group = state.groups.setdefault(key, {"first_seen": now, "last_notified": None,
                                                  "last_digest": None})
         group.setdefault("first_seen", now)
         return Change("alert", dict(alert))
 
-    def _resolve(self, state: dict, alert: dict, now: float, by: str | None = None) -> Change:
+    def _resolve(self, state: AlertEngineState, alert: dict, now: float, by: str | None = None) -> Change:
         alert.update(state="resolved", ended_at=now, resolved_by=by)
         return self._changed(state, alert, now)
 
-    def _inhibited(self, state: dict, alert: dict) -> bool:
+    def _inhibited(self, state: AlertEngineState, alert: dict) -> bool:
         if alert["severity"] != "warning":
             return False
         ident = {k: v for k, v in alert["labels"].items() if k not in ("rule", "severity")}
-        critical = state["alerts"].get(fingerprint(alert["rule"], "critical", ident))
+        critical = state.alerts.get(fingerprint(alert["rule"], "critical", ident))
         return critical is not None and critical["state"] in ("firing", "acknowledged")
 
-    def _apply_silences(self, state: dict, now: float) -> list[Change]:
+    def _apply_silences(self, state: AlertEngineState, now: float) -> list[Change]:
         changes = []
-        for alert in state["alerts"].values():
+        for alert in state.alerts.values():
             if alert["state"] == "resolved":
                 continue
             silenced = any(all(re.fullmatch(p, alert["labels"].get(k, "")) for k, p in s["matchers"].items())
-                           for s in state["silences"].values())
+                           for s in state.silences.values())
             if silenced != alert["silenced"]:
                 alert["silenced"] = silenced
                 view = dict(alert)
@@ -194,16 +212,16 @@ class AlertEngine:
                 "alerts": [{k: a[k] for k in ("id", "fingerprint", "rule", "severity", "state", "value",
                                               "threshold", "labels", "escalation_level")} for a in alerts]}
 
-    def _notify_groups(self, state: dict, now: float) -> list[Change]:
+    def _notify_groups(self, state: AlertEngineState, now: float) -> list[Change]:
         g = self.grouping
         members: dict[str, list[dict]] = {}
-        for alert in state["alerts"].values():
+        for alert in state.alerts.values():
             if alert["state"] == "pending":
                 continue
             members.setdefault(self._group_key(alert), []).append(alert)
         changes = []
         for key, alerts in members.items():
-            group = state["groups"].setdefault(key, {"first_seen": now, "last_notified": None,
+            group = state.groups.setdefault(key, {"first_seen": now, "last_notified": None,
                                                      "last_digest": None})
             visible = [a for a in alerts if not a["silenced"] and not self._inhibited(state, a)
                        and a["state"] in ("firing", "resolved")]
@@ -228,6 +246,6 @@ class AlertEngine:
             for a in visible:
                 a["notified"] = True
             changes.append(Change("notification", self._notification(visible, key, reason, now)))
-        for key in [k for k in state["groups"] if k not in members]:
-            del state["groups"][key]
+        for key in [k for k in state.groups if k not in members]:
+            del state.groups[key]
         return changes

@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 import orjson
 from datasketches import kll_floats_sketch
+from pydantic import ConfigDict
+
+from schemas.state import VersionedState
 
 SKETCH_K = 200  # KLL accuracy parameter: ~1.3 % normalized rank error
 
@@ -134,6 +137,18 @@ def series_of(key: str) -> str:
     return key.rsplit("|", 2)[0]
 
 
+class SeriesRecord(VersionedState):
+    """Everything known about one series, one record in the window table (see Windows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    series: str
+    watermark: float
+    closed_until: dict[str, float]  # window size → end of its latest closed window
+    applied: dict[str, int]         # source partition → highest sample position folded in
+    windows: dict[str, dict[str, Any]]  # open windows: key → Aggregate.to_json()
+
+
 class Windows:
     """Open windows of the series one partition owns; `add` then `due` / `pop`.
 
@@ -228,7 +243,7 @@ class Windows:
         """The state record of one series."""
         prefix = f"{series}|"
         return orjson.dumps({
-            "series": series, "watermark": self.watermarks.get(series, 0.0),
+            "version": SeriesRecord.VERSION, "series": series, "watermark": self.watermarks.get(series, 0.0),
             "closed_until": {k[len(prefix):]: v for k, v in self.closed_until.items()
                              if k.startswith(prefix)},
             "applied": self.applied.get(series, {}),
@@ -238,15 +253,16 @@ class Windows:
     def load_series(self, raw: bytes | str) -> str:
         """Put back a series record read from the table (after a restart or a rebalance). Its
         series counts as just seen: wall time closes it only after it stays quiet."""
-        d = orjson.loads(raw)
-        series = d["series"]
-        self.watermarks[series] = d["watermark"]
+        record = SeriesRecord.load(orjson.loads(raw))
+        assert record is not None
+        series = record.series
+        self.watermarks[series] = record.watermark
         self.last_seen[series] = self.monotonic()
-        for size, end in d["closed_until"].items():
+        for size, end in record.closed_until.items():
             self.closed_until[f"{series}|{size}"] = end
-        self.applied[series] = {k: int(v) for k, v in d["applied"].items()}
+        self.applied[series] = dict(record.applied)
         keys = self.by_series.setdefault(series, set())
-        for key, agg in d["windows"].items():
+        for key, agg in record.windows.items():
             self.open[key] = Aggregate.from_json(orjson.dumps(agg))
             keys.add(key)
         return series

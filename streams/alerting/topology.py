@@ -24,7 +24,7 @@ import orjson
 from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
-from agents.monitoring.alerting import AlertEngine, Change, new_state
+from agents.monitoring.alerting import AlertEngine, AlertEngineState, Change, new_state
 from agents.monitoring.rules import load
 from agents.monitoring.windows import Aggregate, labels_hash
 from schemas.codec import encode
@@ -156,13 +156,13 @@ async def _publish(changes: list[Change]) -> None:
                                                    WEBHOOK_TIMEOUT_S, NOTIFICATIONS))
 
 
-def _state() -> dict[str, Any]:
-    return alert_table.get(ENGINE_KEY) or new_state()
+def _state() -> AlertEngineState:
+    return AlertEngineState.load(alert_table.get(ENGINE_KEY)) or new_state()
 
 
-def _window_seen(state: dict[str, Any], w: dict[str, Any]) -> bool:
+def _window_seen(state: AlertEngineState, w: dict[str, Any]) -> bool:
     """A closed window sent again (its aggregator replayed after a crash) is observed once."""
-    seen = state.setdefault("windows_seen", {})
+    seen = state.windows_seen
     key = f"{w['metric']}|{labels_hash(w['labels'])}|{w['end'] - w.get('start', w['end']):g}"
     if w["end"] <= seen.get(key, float("-inf")):
         return True
@@ -177,18 +177,18 @@ class Evaluation:
     a record is a function of the records before it: a replay after a crash rebuilds the same
     alerts with the same ids. Records at or below `inbox_offset` are already in the state."""
 
-    def __init__(self, state: dict[str, Any]):
+    def __init__(self, state: AlertEngineState):
         self.state = state
         self.changes: list[Change] = []
 
     async def apply(self, event: EventT) -> None:
         state, offset = self.state, event.message.offset
-        if offset <= state.get("inbox_offset", -1):
+        if offset <= state.inbox_offset:
             return
         stamp = event.message.timestamp if event.message.timestamp and event.message.timestamp > 0 \
             else time.time()
-        now = state["clock"] = max(state.get("clock", 0.0), stamp)
-        state["inbox_offset"] = offset
+        now = state.clock = max(state.clock, stamp)
+        state.inbox_offset = offset
         kind = control_kind(event)
         if kind is ControlKind.COMMAND:
             await handle_event(event, AlertCommand, "alert-evaluator", self.on_command)
@@ -203,13 +203,13 @@ class Evaluation:
             self.changes += engine().tick(state, now)
 
     async def on_command(self, cmd: AlertCommand, event: EventT) -> None:
-        applied = self.state.setdefault("applied", {})
+        applied = self.state.applied
         where, offset = origin(event)
         if Applied.seen(applied, where, offset):
             return
         Applied.mark(applied, where, offset)
         try:
-            self.changes += engine().command(self.state, cmd.action, cmd.alert_id, self.state["clock"],
+            self.changes += engine().command(self.state, cmd.action, cmd.alert_id, self.state.clock,
                                            by=cmd.by, duration_s=cmd.duration_s)
         except (KeyError, ValueError) as exc:
             raise InputRefused("alert_command_refused", str(exc)) from None
@@ -228,7 +228,7 @@ async def alert_evaluator(stream: StreamT) -> None:
         await _publish(batch.changes)
         await _sink.flush()  # alert rows are in PostgreSQL before the state that made them
         if held(alert_inbox.get_topic_name(), 0):
-            table_put(alert_table, 0, ENGINE_KEY, batch.state)
+            table_put(alert_table, 0, ENGINE_KEY, batch.state.dump())
 
     try:
         await run_batches(stream, "alert-evaluator", on_batch)

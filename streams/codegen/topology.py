@@ -19,6 +19,7 @@ import orjson
 from faust.types import EventT, StreamT
 
 from agents.codegen import assembler
+from agents.codegen.assembler import AssemblyState
 from agents.codegen.fanout import fan_out, task_partition
 from agents.codegen.pool import GenerationPool, default_processes
 from agents.logging import log_context
@@ -132,7 +133,7 @@ async def codegen_render(stream: StreamT) -> None:
 # ---------------------------------------------------------------------------- assembler
 
 
-def _complete(cid: str, state: dict, timed_out: bool) -> tuple[dict, PrdCompleted]:
+def _complete(cid: str, state: AssemblyState, timed_out: bool) -> tuple[AssemblyState, PrdCompleted]:
     now = time.time()
     done = assembler.completed_event(state, cid, now, WORKER_ID, timed_out=timed_out)
     emitter.emit("prd_completion_ms", done.duration_ms, "histogram", status=done.status)
@@ -152,15 +153,15 @@ class Assembly:
     carries the same event id (assembler.completion_id)."""
 
     def __init__(self) -> None:
-        self.changed: dict[str, tuple[str, int, dict | None]] = {}  # cid → (topic, partition, state)
+        self.changed: dict[str, tuple[str, int, AssemblyState | None]] = {}  # cid → (topic, partition, state)
         self.completed: list[PrdCompleted] = []
 
-    def state(self, cid: str) -> dict | None:
+    def state(self, cid: str) -> AssemblyState | None:
         if cid in self.changed:
             return self.changed[cid][2]
-        return assembly_table.get(cid)
+        return AssemblyState.load(assembly_table.get(cid))
 
-    def put(self, event: EventT, cid: str, state: dict | None) -> None:
+    def put(self, event: EventT, cid: str, state: AssemblyState | None) -> None:
         self.changed[cid] = (event.message.topic, event.message.partition, state)
 
     async def on_node(self, node: GeneratedNode, event: EventT) -> None:
@@ -186,7 +187,7 @@ class Assembly:
                 state, done = _complete(cid, state, timed_out=True)
                 self.completed.append(done)
                 self.put(event, cid, state)
-            elif action == "purge" and state.get("done"):
+            elif action == "purge" and state.done:
                 self.put(event, cid, None)
 
     async def finish(self) -> None:
@@ -200,7 +201,7 @@ class Assembly:
             if state is None:
                 table_delete(assembly_table, partition, cid)
             else:
-                table_put(assembly_table, partition, cid, state)
+                table_put(assembly_table, partition, cid, state.dump())
 
 
 @app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,
@@ -226,12 +227,13 @@ _ticks_sent: dict[str, float] = {}
 async def assembly_deadlines() -> None:
     """Ask the assembler (in its own partition's context) to close overdue or old PRDs."""
     now = time.time()
-    for key, state in list(assembly_table.items()):
-        if not state:
+    for key, raw in list(assembly_table.items()):
+        state = AssemblyState.load(raw) if raw else None
+        if state is None:
             continue
         if assembler.is_overdue(state, now):
             action = "expire"
-        elif state.get("done") and now - state.get("completed_at", now) > ASSEMBLY_PURGE_S:
+        elif state.done and now - (state.completed_at or now) > ASSEMBLY_PURGE_S:
             action = "purge"
         else:
             continue

@@ -92,7 +92,7 @@ def _apply_model(key: bytes | None, value: bytes | None, partition: int, offset:
 def _apply_pattern(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
     patterns.apply(key, value)
     for name, state in patterns.states.items():
-        PATTERN_SUPPRESSED.labels(name).set(1 if state.get("suppressed") else 0)
+        PATTERN_SUPPRESSED.labels(name).set(1 if state.suppressed else 0)
 
 
 @app.task
@@ -235,30 +235,30 @@ async def pattern_feedback_learner(stream: StreamT) -> None:
     """Posterior per pattern in the table; each state carries the offsets it has applied."""
 
     async def on_batch(events: Sequence[Any]) -> None:
-        changed: dict[str, tuple[int, dict]] = {}
+        changed: dict[str, tuple[int, feedback.FeedbackState]] = {}
 
         for event in events:
             where, offset = origin(event)
 
             async def handle(fb: PatternFeedback, event: EventT, where=where, offset=offset) -> None:
                 state = (changed[fb.pattern_name][1] if fb.pattern_name in changed
-                         else feedback_table.get(fb.pattern_name)) or feedback.new_state(fb.pattern_name)
-                applied = dict(state.get("applied") or {})
-                if Applied.seen(applied, where, offset):
+                         else feedback.FeedbackState.load(feedback_table.get(fb.pattern_name))) \
+                    or feedback.new_state(fb.pattern_name)
+                if Applied.seen(state.applied, where, offset):
                     return
-                was = state["suppressed"]
+                was = state.suppressed
                 state = feedback.apply(state, fb.feedback_type, float(fb.user_weight), fb.is_correct,
                                        fb.source or "anonymous", time.time(), POLICY)
-                Applied.mark(applied, where, offset)
-                changed[fb.pattern_name] = (event.message.partition, {**state, "applied": applied})
-                if state["suppressed"] != was:
-                    log.warning("pattern %s", "suppressed" if state["suppressed"] else "reported again",
+                Applied.mark(state.applied, where, offset)
+                changed[fb.pattern_name] = (event.message.partition, state)
+                if state.suppressed != was:
+                    log.warning("pattern %s", "suppressed" if state.suppressed else "reported again",
                                 extra={"metadata": feedback.summary(state, POLICY)})
 
             await handle_event(event, PatternFeedback, "pattern-feedback-learner", handle)
         for name, (partition, state) in changed.items():
             if held(feedback_inbox.get_topic_name(), partition):
-                table_put(feedback_table, partition, name, state)
+                table_put(feedback_table, partition, name, state.dump())
 
     await run_batches(stream, "pattern-feedback-learner", on_batch)
 

@@ -48,7 +48,7 @@ def test_breach_longer_than_for_gives_exactly_one_firing_and_one_resolved():
     notes = [c.payload for c in changes if c.kind == "notification"]
     assert [n["reason"] for n in notes] == ["new", "changed"]
     assert notes[-1]["alerts"][0]["state"] == "resolved"
-    assert state["alerts"] == {}  # resolved and told: gone
+    assert state.alerts == {}  # resolved and told: gone
 
 
 def test_short_breach_stays_pending_and_says_nothing():
@@ -77,12 +77,12 @@ def test_ack_stops_escalation_and_silence_mutes():
     _run(engine, state, [250, 250])
     fp = fingerprint("latency_high", "warning", {"node": "a"})
     escalated = engine.tick(state, 60 + 121)
-    assert state["alerts"][fp]["escalation_level"] == 1
+    assert state.alerts[fp]["escalation_level"] == 1
     assert any(c.kind == "notification" and c.payload["reason"] == "escalated" for c in escalated)
-    acked = engine.command(state, "ack", state["alerts"][fp]["id"], 200.0, by="ops")
+    acked = engine.command(state, "ack", state.alerts[fp]["id"], 200.0, by="ops")
     assert acked[0].payload["state"] == "acknowledged" and acked[0].payload["acked_by"] == "ops"
     assert not [c for c in engine.tick(state, 60 + 301) if c.payload.get("reason") == "escalated"]
-    assert state["alerts"][fp]["escalation_level"] == 1
+    assert state.alerts[fp]["escalation_level"] == 1
 
     engine2, state2 = _engine(), new_state()
     _run(engine2, state2, [250, 250], node="b")

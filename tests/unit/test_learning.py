@@ -180,14 +180,14 @@ def _feed(state, kind, n, source="s", weight=1.0, is_correct=None):
 def test_bad_pattern_is_suppressed_only_when_confident_and_comes_back():
     state = feedback.new_state("stub_operation")
     state = _feed(state, "false_positive", 3)
-    assert not state["suppressed"]  # three votes are not enough to be sure
+    assert not state.suppressed  # three votes are not enough to be sure
     assert feedback.summary(state, P)["p_below_floor"] < P.suppress_at
     state = _feed(state, "false_positive", 30)
-    assert state["suppressed"]
+    assert state.suppressed
     s = feedback.summary(state, P)
     assert s["interval"][0] < s["precision"] < s["interval"][1] < P.floor
     state = _feed(state, "true_positive", 200)
-    assert not state["suppressed"]
+    assert not state.suppressed
     assert feedback.summary(state, P)["precision"] > 0.8
 
 
@@ -219,7 +219,7 @@ def test_one_source_flood_cannot_flip_a_pattern():
     one = _feed(feedback.new_state("p"), "true_positive", 60, source="team")
     for i in range(5000):
         one = feedback.apply(one, "false_positive", 1.0, None, "spammer", float(i), P)
-    assert not one["suppressed"]
+    assert not one.suppressed
     assert feedback.summary(one, P)["weight"]["false_positive"] == pytest.approx(P.source_cap)
 
 
@@ -228,7 +228,7 @@ def test_pattern_registry_tracks_suppression():
 
     reg = PatternRegistry()
     state = _feed(feedback.new_state("print_call"), "false_positive", 40)
-    reg.apply(orjson.dumps("print_call"), orjson.dumps(state))
+    reg.apply(orjson.dumps("print_call"), orjson.dumps(state.dump()))
     assert reg.suppressed == {"print_call"}
     assert reg.summaries()[0]["suppressed"] is True
     reg.apply(orjson.dumps("print_call"), None)
