@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,20 +25,16 @@ from prometheus_client import Counter
 
 from agents.monitoring.alerting import AlertEngine, AlertEngineState, Change, new_state
 from agents.monitoring.rules import load
-from agents.monitoring.windows import Aggregate, labels_hash
+from agents.monitoring.windows import Aggregate
 from schemas.codec import encode
 from schemas.events import Alert, AlertCommand
+from streams.alerting.evaluation import Evaluation
 from streams.alerting.notify import post_webhook
 from streams.runtime import tables
 from streams.runtime.app import alerts, alerts_commands, app, settings
-from streams.runtime.dlq import CORRELATION_HEADER, send_to_dlq
-from streams.runtime.errors import InputRefused
+from streams.runtime.dlq import CORRELATION_HEADER
 from streams.runtime.processing import (
-    Applied,
-    control_kind,
-    handle_event,
     held,
-    origin,
     run_batches,
     run_intake,
     source_headers,
@@ -160,61 +155,6 @@ def _state() -> AlertEngineState:
     return AlertEngineState.load(alert_table.get(ENGINE_KEY)) or new_state()
 
 
-def _window_seen(state: AlertEngineState, w: dict[str, Any]) -> bool:
-    """A closed window sent again (its aggregator replayed after a crash) is observed once."""
-    seen = state.windows_seen
-    key = f"{w['metric']}|{labels_hash(w['labels'])}|{w['end'] - w.get('start', w['end']):g}"
-    if w["end"] <= seen.get(key, float("-inf")):
-        return True
-    seen[key] = w["end"]
-    return False
-
-
-class Evaluation:
-    """One batch of the alert inbox applied to the engine state.
-
-    The engine's clock is the inbox records' timestamps (never going back), so the state after
-    a record is a function of the records before it: a replay after a crash rebuilds the same
-    alerts with the same ids. Records at or below `inbox_offset` are already in the state."""
-
-    def __init__(self, state: AlertEngineState):
-        self.state = state
-        self.changes: list[Change] = []
-
-    async def apply(self, event: EventT) -> None:
-        state, offset = self.state, event.message.offset
-        if offset <= state.inbox_offset:
-            return
-        stamp = event.message.timestamp if event.message.timestamp and event.message.timestamp > 0 \
-            else time.time()
-        now = state.clock = max(state.clock, stamp)
-        state.inbox_offset = offset
-        kind = control_kind(event)
-        if kind is ControlKind.COMMAND:
-            await handle_event(event, AlertCommand, "alert-evaluator", self.on_command)
-        elif kind is ControlKind.WINDOW:
-            try:
-                w = orjson.loads(event.value)
-                if not _window_seen(state, w):
-                    self.changes += engine().observe(state, w["metric"], w["stats"], w["labels"], now)
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                await send_to_dlq(event, "schema", f"not a closed window: {exc}", "alert-evaluator")
-        elif kind is ControlKind.TICK:
-            self.changes += engine().tick(state, now)
-
-    async def on_command(self, cmd: AlertCommand, event: EventT) -> None:
-        applied = self.state.applied
-        where, offset = origin(event)
-        if Applied.seen(applied, where, offset):
-            return
-        Applied.mark(applied, where, offset)
-        try:
-            self.changes += engine().command(self.state, cmd.action, cmd.alert_id, self.state.clock,
-                                           by=cmd.by, duration_s=cmd.duration_s)
-        except (KeyError, ValueError) as exc:
-            raise InputRefused("alert_command_refused", str(exc)) from None
-
-
 @app.agent(alert_inbox, name="alert-evaluator")
 async def alert_evaluator(stream: StreamT) -> None:
     global _sink
@@ -222,7 +162,7 @@ async def alert_evaluator(stream: StreamT) -> None:
                               dedupe_key=lambda row: row[0], max_ms=500, source_topic="alerts").start()
 
     async def on_batch(events: Sequence[Any]) -> None:
-        batch = Evaluation(_state())
+        batch = Evaluation(_state(), engine())
         for event in events:
             await batch.apply(event)
         await _publish(batch.changes)

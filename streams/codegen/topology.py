@@ -22,10 +22,10 @@ from agents.codegen import assembler
 from agents.codegen.assembler import AssemblyState
 from agents.codegen.fanout import fan_out, task_partition
 from agents.codegen.pool import GenerationPool, default_processes
-from agents.logging import log_context
 from schemas.codec import encode
 from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_GENERATED, CODEGEN_TASKS
+from streams.codegen.assembly import Assembly
 from streams.learning.topology import models, patterns
 from streams.runtime import tables
 from streams.runtime.app import (
@@ -133,75 +133,14 @@ async def codegen_render(stream: StreamT) -> None:
 # ---------------------------------------------------------------------------- assembler
 
 
-def _complete(cid: str, state: AssemblyState, timed_out: bool) -> tuple[AssemblyState, PrdCompleted]:
-    now = time.time()
-    done = assembler.completed_event(state, cid, now, WORKER_ID, timed_out=timed_out)
-    emitter.emit("prd_completion_ms", done.duration_ms, "histogram", status=done.status)
-    if done.parallel_speedup is not None and not timed_out:
-        emitter.emit("parallel_speedup", done.parallel_speedup, node_count=str(done.node_count))
-    log.info("PRD completed", extra={"metadata": {
-        "prd_id": done.prd_id, "status": done.status, "missing": done.missing,
-        "failed": done.failed, "ms": done.duration_ms}})
-    return assembler.mark_done(state, now), done
+async def _rekey(cid: str, node: GeneratedNode) -> None:
+    await assembler_inbox.send(key=cid.encode(), value=encode(node), headers={
+        **correlation_headers(cid), KIND_HEADER: ControlKind.NODE.header})
 
 
-class Assembly:
-    """One batch of the assembler: states changed in it, written to the table at its end.
-
-    Adding a node is idempotent (a node overwrites itself by name) and a completed PRD is
-    marked done, so a replayed event changes nothing; a completion sent again after a crash
-    carries the same event id (assembler.completion_id)."""
-
-    def __init__(self) -> None:
-        self.changed: dict[str, tuple[str, int, AssemblyState | None]] = {}  # cid → (topic, partition, state)
-        self.completed: list[PrdCompleted] = []
-
-    def state(self, cid: str) -> AssemblyState | None:
-        if cid in self.changed:
-            return self.changed[cid][2]
-        return AssemblyState.load(assembly_table.get(cid))
-
-    def put(self, event: EventT, cid: str, state: AssemblyState | None) -> None:
-        self.changed[cid] = (event.message.topic, event.message.partition, state)
-
-    async def on_node(self, node: GeneratedNode, event: EventT) -> None:
-        cid = str(node.correlation_id)
-        if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
-            await assembler_inbox.send(key=cid.encode(), value=encode(node), headers={
-                **correlation_headers(cid), KIND_HEADER: ControlKind.NODE.header})
-            return
-        state = assembler.add_node(self.state(cid), node, time.time(), ASSEMBLY_DEADLINE_S)
-        if assembler.is_complete(state):
-            state, done = _complete(cid, state, timed_out=False)
-            self.completed.append(done)
-        self.put(event, cid, state)
-
-    def on_tick(self, event: EventT) -> None:
-        cid = (event.key or b"").decode("utf-8", "replace")
-        state = self.state(cid)
-        if state is None:
-            return
-        action = orjson.loads(event.value).get("action")
-        with log_context(correlation_id=cid, component="prd-assembler"):
-            if action == "expire" and assembler.is_overdue(state, time.time()):
-                state, done = _complete(cid, state, timed_out=True)
-                self.completed.append(done)
-                self.put(event, cid, state)
-            elif action == "purge" and state.done:
-                self.put(event, cid, None)
-
-    async def finish(self) -> None:
-        for done in self.completed:
-            cid = str(done.correlation_id)
-            await codegen_completed.send(key=cid.encode(), value=encode(done),
-                                         headers=correlation_headers(cid))
-        for cid, (topic, partition, state) in self.changed.items():
-            if not held(topic, partition):
-                continue  # revoked meanwhile: the new owner replays these events
-            if state is None:
-                table_delete(assembly_table, partition, cid)
-            else:
-                table_put(assembly_table, partition, cid, state.dump())
+async def _publish(done: PrdCompleted) -> None:
+    cid = str(done.correlation_id)
+    await codegen_completed.send(key=cid.encode(), value=encode(done), headers=correlation_headers(cid))
 
 
 @app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,
@@ -209,13 +148,15 @@ class Assembly:
            name="prd-assembler")
 async def prd_assembler(stream: StreamT) -> None:
     async def on_batch(events: Sequence[Any]) -> None:
-        batch = Assembly()
+        batch = Assembly(assembly_table, ASSEMBLY_DEADLINE_S, WORKER_ID, rekey=_rekey, publish=_publish)
         for event in events:
             if control_kind(event) is ControlKind.TICK:
                 batch.on_tick(event)
             else:
                 await handle_event(event, GeneratedNode, "prd-assembler", batch.on_node)
-        await batch.finish()
+        await batch.finish(put=lambda p, k, v: table_put(assembly_table, p, k, v),
+                           delete=lambda p, k: table_delete(assembly_table, p, k),
+                           held=held)
 
     await run_batches(stream, "prd-assembler", on_batch, within_s=0.0)  # latency: no waiting to fill
 
