@@ -243,7 +243,8 @@ class Windows:
         """The state record of one series."""
         prefix = f"{series}|"
         return orjson.dumps({
-            "version": SeriesRecord.VERSION, "series": series, "watermark": float(self.watermarks.get(series, 0.0)),
+            "version": SeriesRecord.VERSION, "series": series,
+            "watermark": float(self.watermarks.get(series, 0.0)),
             "closed_until": {k[len(prefix):]: float(v) for k, v in self.closed_until.items()
                              if k.startswith(prefix)},
             "applied": self.applied.get(series, {}),
