@@ -187,6 +187,16 @@ class Settings(BaseModel):
     alert_webhook_url: SecretStr | None = _setting(
         "OMNISTREAM_ALERT_WEBHOOK_URL", None,
         "POST every alert notification here (kept secret: such URLs often carry a token)")
+    alert_webhook_format: Literal["omnistream", "alertmanager"] = _setting(
+        "OMNISTREAM_ALERT_WEBHOOK_FORMAT", "omnistream",
+        "`alertmanager`: POST Prometheus Alertmanager's webhook payload (version 4), so receivers "
+        "behind Alertmanager take it unchanged; `omnistream`: our own notification JSON")
+    alert_receiver: str = _setting(
+        "OMNISTREAM_ALERT_RECEIVER", "omnistream", "the `receiver` named in Alertmanager-format payloads",
+        min_length=1)
+    external_url: str | None = _setting(
+        "OMNISTREAM_EXTERNAL_URL", None, "where people reach this deployment's dashboard "
+        "(Alertmanager payloads' `externalURL`)", shown="`http://<web host>:<web port>/dashboard`")
     alert_webhook_timeout_s: float = _setting(
         "OMNISTREAM_ALERT_WEBHOOK_TIMEOUT_S", 5.0, "timeout of one webhook POST", gt=0, le=300)
     alert_webhook_retries: int = _setting(

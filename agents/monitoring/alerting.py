@@ -208,9 +208,11 @@ class AlertEngine:
         return "|".join(f"{k}={alert['labels'].get(k, '')}" for k in self.grouping.group_by)
 
     def _notification(self, alerts: list[dict], group: str, reason: str, now: float) -> dict:
-        return {"group": group, "reason": reason, "at": now,
-                "alerts": [{k: a[k] for k in ("id", "fingerprint", "rule", "severity", "state", "value",
-                                              "threshold", "labels", "escalation_level")} for a in alerts]}
+        group_labels = {k: alerts[0]["labels"].get(k, "") for k in self.grouping.group_by} if alerts else {}
+        return {"group": group, "reason": reason, "at": now, "group_labels": group_labels,
+                "alerts": [{k: a.get(k) for k in ("id", "fingerprint", "rule", "severity", "state", "value",
+                                                  "threshold", "labels", "annotations", "started_at",
+                                                  "ended_at", "escalation_level")} for a in alerts]}
 
     def _notify_groups(self, state: AlertEngineState, now: float) -> list[Change]:
         g = self.grouping

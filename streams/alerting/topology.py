@@ -23,6 +23,7 @@ import orjson
 from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
+from agents.monitoring import alertmanager
 from agents.monitoring.alerting import AlertEngine, AlertEngineState, Change, new_state
 from agents.monitoring.rules import load
 from agents.monitoring.windows import Aggregate
@@ -147,8 +148,18 @@ async def _publish(changes: list[Change]) -> None:
             log.warning("alert notification", extra={"metadata": change.payload})
             NOTIFICATIONS.labels("log", "sent").inc()
             if WEBHOOK_URL:
-                asyncio.ensure_future(post_webhook(WEBHOOK_URL, change.payload, WEBHOOK_RETRIES,
-                                                   WEBHOOK_TIMEOUT_S, NOTIFICATIONS))
+                asyncio.ensure_future(post_webhook(WEBHOOK_URL, _webhook_body(change.payload),
+                                                   WEBHOOK_RETRIES, WEBHOOK_TIMEOUT_S, NOTIFICATIONS))
+
+
+EXTERNAL_URL = settings.external_url or f"http://{settings.web_host}:{settings.web_port}/dashboard"
+
+
+def _webhook_body(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification in the configured format (OMNISTREAM_ALERT_WEBHOOK_FORMAT)."""
+    if settings.alert_webhook_format == "alertmanager":
+        return alertmanager.webhook_payload(notification, settings.alert_receiver, EXTERNAL_URL)
+    return notification
 
 
 def _state() -> AlertEngineState:

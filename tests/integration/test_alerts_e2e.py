@@ -183,3 +183,46 @@ rules:
     rows = await pg_fetch(migrated_db, "SELECT id::text, state, escalation_level FROM alerts "
                                        "WHERE fingerprint = $1", fp)
     assert [tuple(r) for r in rows] == [(alert_id, "resolved", 1)]
+
+
+async def test_an_alertmanager_format_notification_reaches_a_loopback_receiver(services, migrated_db,
+                                                                                 tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    metric, rule = f"t{tag}_depth", f"depth_{tag}"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""
+grouping: {{group_by: [rule], group_wait_s: 0, group_interval_s: 1, repeat_interval_s: 3600}}
+rules:
+  - {{name: {rule}, metric: {metric}, stat: max, op: ">", critical: 10, for_s: 0, identify_by: [svc],
+      annotations: {{runbook: "https://runbooks.example/depth"}}}}
+""")
+    hook = Hook()
+    await hook.start()
+    worker = start_worker(services, migrated_db, f"omnistream-am-{tag}", "a", _worker_env(
+        rules, OMNISTREAM_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{hook.port}/hook",
+        OMNISTREAM_ALERT_WEBHOOK_FORMAT="alertmanager", OMNISTREAM_ALERT_RECEIVER="team-pager",
+        OMNISTREAM_EXTERNAL_URL="http://dash.example/dashboard"))
+    try:
+        await asyncio.sleep(3)
+        async with OmnistreamClient(services.bootstrap) as client:
+            await _samples(client, metric, 50.0, 8, "api")
+        for _ in range(60):
+            if hook.received:
+                break
+            await asyncio.sleep(0.5)
+        assert hook.received, "no notification reached the receiver in 30 s"
+        body = hook.received[0]
+        assert {"version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels",
+                "commonLabels", "commonAnnotations", "externalURL", "alerts"} <= set(body)
+        assert body["version"] == "4" and body["status"] == "firing" and body["receiver"] == "team-pager"
+        assert body["groupLabels"] == {"alertname": rule}
+        assert body["externalURL"] == "http://dash.example/dashboard"
+        assert body["commonLabels"]["alertname"] == rule and body["commonLabels"]["svc"] == "api"
+        alert = body["alerts"][0]
+        assert {"status", "labels", "annotations", "startsAt", "endsAt", "fingerprint"} <= set(alert)
+        assert alert["annotations"]["runbook"] == "https://runbooks.example/depth"
+        assert alert["endsAt"] == "0001-01-01T00:00:00Z" and alert["startsAt"].endswith("Z")
+        assert len(alert["fingerprint"]) == 16
+    finally:
+        stop_worker(worker)
+        await hook.runner.cleanup()
