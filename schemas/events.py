@@ -380,6 +380,9 @@ class Alert(Envelope):
     started_at: AwareDatetime
     ended_at: AwareDatetime | None = None
     escalation_level: StrictInt = Field(default=0, ge=0, le=10)
+    # Why a resolved alert resolved: its series recovered, went stale (stopped reporting), or a
+    # command resolved it. None while it is not resolved (and in events from before this field).
+    resolved_reason: Literal["recovered", "stale", "manual"] | None = None
 
 
 class AlertCommand(Envelope):

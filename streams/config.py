@@ -202,8 +202,12 @@ class Settings(BaseModel):
     alert_webhook_retries: int = _setting(
         "OMNISTREAM_ALERT_WEBHOOK_RETRIES", 3, "tries of one webhook notification", ge=1, le=20)
     alert_tick_s: float = _setting("OMNISTREAM_ALERT_TICK_S", 5.0, "alert timer interval", gt=0)
+    alert_stale_windows: int = _setting(
+        "OMNISTREAM_ALERT_STALE_WINDOWS", 2,
+        "an alert whose series missed this many of its windows resolves as `stale`", ge=1, le=1000)
     alert_stale_s: float = _setting(
-        "OMNISTREAM_ALERT_STALE_S", 600.0, "resolve alerts whose series stopped reporting after this", gt=0)
+        "OMNISTREAM_ALERT_STALE_S", 600.0,
+        "... or after this many seconds when the series' window length is unknown", gt=0)
 
     # ---------------------------------------------------------------- Kafka security
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = _setting(

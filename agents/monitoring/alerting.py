@@ -3,7 +3,10 @@
 - Each (rule, severity, identifying labels) is one alert, named by a fingerprint (SHA-256 of
   those, never of the value). inactive → pending when a closed window breaches the threshold →
   firing once the breach has lasted `for_s` → resolved when a window no longer breaches (after
-  `keep_firing_for_s`), or when the series stops reporting for `stale_s`.
+  `keep_firing_for_s`; `resolved_reason` recovered), when the series misses `stale_windows` of
+  its windows (a worker that left, a metric no longer sent; `stale`; `stale_s` when its window
+  length is unknown), or by a command (`manual`). A pending alert whose series goes stale is
+  dropped: it never fired, so nobody is told.
 - Notifications go out per group (`group_by` labels): the first after `group_wait_s`, changes
   after `group_interval_s`, an unchanged firing group again after `repeat_interval_s`, and a
   resolve notification once. Silenced and inhibited alerts (a firing critical inhibits the
@@ -81,8 +84,12 @@ def stat_value(stats: dict[str, float | None], stat: str) -> float | None:
 
 
 class AlertEngine:
-    def __init__(self, rules: list[Rule], grouping: Grouping, stale_s: float = 600.0):
+    def __init__(self, rules: list[Rule], grouping: Grouping, stale_s: float = 600.0,
+                 stale_windows: int = 2):
+        # A series is stale once it missed `stale_windows` of its windows (its window length
+        # is known from the windows observed), or after `stale_s` when it is not.
         self.rules, self.grouping, self.stale_s = rules, grouping, stale_s
+        self.stale_windows = stale_windows
         self.by_metric: dict[str, list[Rule]] = {}
         for r in rules:
             self.by_metric.setdefault(r.metric, []).append(r)
@@ -91,7 +98,7 @@ class AlertEngine:
     # ------------------------------------------------------------------ inputs
 
     def observe(self, state: AlertEngineState, metric: str, stats: dict[str, float | None],
-                labels: dict[str, str], now: float) -> list[Change]:
+                labels: dict[str, str], now: float, window_s: float | None = None) -> list[Change]:
         """One closed window of `metric` for a series with `labels`."""
         changes: list[Change] = []
         for rule in self.by_metric.get(metric, []):
@@ -112,15 +119,19 @@ class AlertEngine:
                         "last_breach": now, "last_seen": now, "ended_at": None, "escalation_level": 0,
                         "acked_by": None, "silenced": False, "notified": False}
                 alert.update(value=value, last_breach=now, last_seen=now)
+                if window_s:
+                    alert["window_s"] = window_s
                 if alert["state"] == "pending" and now - alert["active_since"] >= rule.for_s:
                     alert["state"], alert["started_at"] = "firing", now
                     changes.append(self._changed(state, alert, now))
             elif alert is not None and alert["state"] != "resolved":
                 alert.update(value=value, last_seen=now)
+                if window_s:
+                    alert["window_s"] = window_s
                 if alert["state"] == "pending":
                     del state.alerts[fp]  # never fired: nothing to tell anyone
                 elif now - alert["last_breach"] >= rule.keep_firing_for_s:
-                    changes.append(self._resolve(state, alert, now))
+                    changes.append(self._resolve(state, alert, now, reason="recovered"))
         return changes
 
     def command(self, state: AlertEngineState, action: str, target: str, now: float, by: str | None = None,
@@ -136,7 +147,7 @@ class AlertEngine:
             alert["state"], alert["acked_by"], alert["acked_at"] = "acknowledged", by, now
             return [self._changed(state, alert, now)]
         if action == "resolve":
-            return [self._resolve(state, alert, now, by=by)]
+            return [self._resolve(state, alert, now, by=by, reason="manual")]
         if action == "silence":
             sid = str(uuid.uuid5(ALERT_NS, f"silence/{target}/{now!r}"))
             matchers = {k: re.escape(v) for k, v in alert["labels"].items()}
@@ -153,8 +164,11 @@ class AlertEngine:
             del state.silences[sid]
         changes += self._apply_silences(state, now)
         for alert in list(state.alerts.values()):
-            if alert["state"] in ("firing", "acknowledged") and now - alert["last_seen"] >= self.stale_s:
-                changes.append(self._resolve(state, alert, now))  # the series stopped reporting
+            if alert["state"] in ("firing", "acknowledged", "silenced") \
+                    and now - alert["last_seen"] >= self._stale_after(alert):
+                changes.append(self._resolve(state, alert, now, reason="stale"))  # stopped reporting
+            elif alert["state"] == "pending" and now - alert["last_seen"] >= self._stale_after(alert):
+                del state.alerts[alert["fingerprint"]]
             elif alert["state"] == "firing" and not alert["silenced"]:
                 rule = self.rule_for.get((alert["rule"], alert["severity"]))
                 level = alert["escalation_level"]
@@ -178,8 +192,13 @@ class AlertEngine:
         group.setdefault("first_seen", now)
         return Change("alert", dict(alert))
 
-    def _resolve(self, state: AlertEngineState, alert: dict, now: float, by: str | None = None) -> Change:
-        alert.update(state="resolved", ended_at=now, resolved_by=by)
+    def _stale_after(self, alert: dict) -> float:
+        window_s = alert.get("window_s")
+        return self.stale_windows * window_s if window_s else self.stale_s
+
+    def _resolve(self, state: AlertEngineState, alert: dict, now: float, by: str | None = None,
+                 reason: str = "recovered") -> Change:
+        alert.update(state="resolved", ended_at=now, resolved_by=by, resolved_reason=reason)
         return self._changed(state, alert, now)
 
     def _inhibited(self, state: AlertEngineState, alert: dict) -> bool:

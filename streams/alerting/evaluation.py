@@ -61,7 +61,9 @@ class Evaluation:
             try:
                 w = orjson.loads(event.value)
                 if not _window_seen(state, w):
-                    self.changes += self.engine.observe(state, w["metric"], w["stats"], w["labels"], now)
+                    window_s = float(w["end"]) - float(w.get("start", w["end"]))
+                    self.changes += self.engine.observe(state, w["metric"], w["stats"], w["labels"], now,
+                                                        window_s=window_s or None)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 await send_to_dlq(event, "schema", f"not a closed window: {exc}", "alert-evaluator")
         elif kind is ControlKind.TICK:

@@ -60,7 +60,7 @@ _engine: AlertEngine | None = None
 def start() -> None:
     global _engine
     rules, grouping = load(settings.alert_rules)
-    _engine = AlertEngine(rules, grouping, stale_s=STALE_S)
+    _engine = AlertEngine(rules, grouping, stale_s=STALE_S, stale_windows=settings.alert_stale_windows)
 
 
 def engine() -> AlertEngine:
@@ -101,7 +101,7 @@ async def alert_commands_intake(stream: StreamT) -> None:
 
 ALERT_COLUMNS = ("id", "fingerprint", "rule_name", "severity", "state", "value", "threshold", "labels",
                  "annotations", "escalation_level", "started_at", "acknowledged_at", "acknowledged_by",
-                 "resolved_at")
+                 "resolved_at", "resolved_reason")
 _ALERT_UPSERT = ("ON CONFLICT (id) DO UPDATE SET "
                  + ", ".join(f"{c} = EXCLUDED.{c}" for c in ALERT_COLUMNS[4:]))
 _sink: PgBatchSink | None = None
@@ -123,14 +123,16 @@ def to_event(a: dict[str, Any]) -> Alert:
                  annotations={**a["annotations"], "alert_id": a["id"],
                               **({"acked_by": a["acked_by"]} if a.get("acked_by") else {})},
                  started_at=_ts_required(a["started_at"] or a["active_since"]), ended_at=_ts(a["ended_at"]),
-                 escalation_level=min(a["escalation_level"], 10))
+                 escalation_level=min(a["escalation_level"], 10),
+                 resolved_reason=a.get("resolved_reason") if a["state"] == "resolved" else None)
 
 
 def _row(a: dict[str, Any]) -> tuple:
     started = _ts(a["started_at"] or a["active_since"])
     return (uuid.UUID(a["id"]), a["fingerprint"], a["rule"], a["severity"], a["state"], a["value"],
             a["threshold"], orjson.dumps(a["labels"]).decode(), orjson.dumps(a["annotations"]).decode(),
-            a["escalation_level"], started, _ts(a.get("acked_at")), a.get("acked_by"), _ts(a["ended_at"]))
+            a["escalation_level"], started, _ts(a.get("acked_at")), a.get("acked_by"), _ts(a["ended_at"]),
+            a.get("resolved_reason") if a["state"] == "resolved" else None)
 
 
 async def _publish(changes: list[Change]) -> None:

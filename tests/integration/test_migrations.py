@@ -45,7 +45,7 @@ def test_objects_exist(migrated_db):
 
 def test_rerun_is_a_noop(migrated_db):
     before = q(migrated_db, "SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1")
-    assert [r["version"] for r in before] == [1, 2, 3, 4]
+    assert [r["version"] for r in before] == [1, 2, 3, 4, 5]
     applied = asyncio.run(migrate(migrated_db, progress=lambda _: None))
     assert applied == []
     after = q(migrated_db, "SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1")
@@ -68,13 +68,14 @@ def test_changed_file_is_refused(fresh_db, tmp_path):
 def test_failed_migration_rolls_back(fresh_db, tmp_path):
     folder = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), folder)
-    (folder / "005_broken.sql").write_text(
-        "CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;")
-    with pytest.raises(MigrationError, match="005_broken.sql failed"):
+    shipped = sorted(int(f.name[:3]) for f in folder.glob("[0-9][0-9][0-9]_*.sql"))
+    broken = f"{shipped[-1] + 1:03d}_broken.sql"
+    (folder / broken).write_text("CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;")
+    with pytest.raises(MigrationError, match=f"{broken} failed"):
         asyncio.run(migrate(fresh_db, folder, progress=lambda _: None))
     assert not q(fresh_db, "SELECT 1 FROM pg_tables WHERE tablename='half_done'")
     versions = [r[0] for r in q(fresh_db, "SELECT version FROM schema_migrations ORDER BY 1")]
-    assert versions == [1, 2, 3, 4]
+    assert versions == shipped
 
 
 def test_concurrent_runs_apply_once(fresh_db):

@@ -181,3 +181,37 @@ async def test_webhook_gives_up_on_timeouts_and_does_not_retry_a_refusal():
         assert len(got) == 1  # a 4xx is the receiver's answer, not a glitch: no retry
     finally:
         await runner.cleanup()
+
+
+def test_a_series_that_stops_reporting_resolves_as_stale_after_two_of_its_windows():
+    engine = _engine(escalate_after_s=[])
+    state = new_state()
+    labels = {"node": "gone", "worker": "w9"}
+    for i in range(4):  # 60 s windows: firing after for_s = 60
+        engine.observe(state, "lat_ms", _window(500.0), labels, i * 60.0, window_s=60.0)
+        engine.tick(state, i * 60.0 + 15)
+    assert {a["state"] for a in state.alerts.values()} == {"firing"}  # warning and critical
+    assert {a["window_s"] for a in state.alerts.values()} == {60.0}
+    last = 180.0
+    assert _alerts(engine.tick(state, last + 119)) == []  # one window missed: not yet
+    resolved = _alerts(engine.tick(state, last + 120))
+    assert sorted((a["severity"], a["state"], a["resolved_reason"]) for a in resolved) == [
+        ("critical", "resolved", "stale"), ("warning", "resolved", "stale")]
+
+
+def test_recovered_manual_and_stale_are_told_apart_and_a_stale_pending_alert_is_dropped():
+    engine = _engine(escalate_after_s=[], for_s=0)
+    state = new_state()
+    changes = engine.observe(state, "lat_ms", _window(500.0), {"node": "a"}, 0.0, window_s=60.0)
+    changes += engine.observe(state, "lat_ms", _window(10.0), {"node": "a"}, 60.0, window_s=60.0)
+    assert {a["resolved_reason"] for a in _alerts(changes) if a["state"] == "resolved"} == {"recovered"}
+    engine.observe(state, "lat_ms", _window(500.0), {"node": "b"}, 120.0, window_s=60.0)
+    (fp,) = [f for f, a in state.alerts.items() if a["state"] == "firing" and a["severity"] == "critical"]
+    manual = engine.command(state, "resolve", fp, 130.0, by="ops")
+    assert [a["resolved_reason"] for a in _alerts(manual)] == ["manual"]
+
+    slow = _engine(escalate_after_s=[], for_s=600)
+    pending_state = new_state()
+    slow.observe(pending_state, "lat_ms", _window(500.0), {"node": "c"}, 0.0, window_s=60.0)
+    assert {a["state"] for a in pending_state.alerts.values()} == {"pending"}
+    assert _alerts(slow.tick(pending_state, 121.0)) == [] and pending_state.alerts == {}
