@@ -4,7 +4,7 @@ Read by /health and by the worker's own metrics."""
 from __future__ import annotations
 
 from streams.runtime.app import app
-from streams.runtime.metrics import CONSUMER_LAG
+from streams.runtime.metrics import AGENT_LAG, CONSUMER_LAG
 
 
 def assignment() -> dict[str, list[int]]:
@@ -35,12 +35,15 @@ async def lag_by_topic() -> dict[str, int] | None:
 
 
 async def consumer_lag(by_topic: dict[str, int] | None = None) -> int | None:
-    """Total lag (also sets the gauge); pass `by_topic` when it was just measured."""
+    """Total lag (also sets the gauges, total and per agent); pass `by_topic` when it was just
+    measured."""
     by_topic = by_topic if by_topic is not None else await lag_by_topic()
     if by_topic is None:
         return None
     lag = sum(by_topic.values())
     CONSUMER_LAG.set(lag)
+    for agent, topics in agent_topics().items():
+        AGENT_LAG.labels(agent).set(sum(by_topic.get(t, 0) for t in topics))
     return lag
 
 

@@ -10,3 +10,5 @@ HANDLE_SECONDS = Histogram(
     "omnistream_event_handle_seconds", "Time an agent spends on one event", ["agent"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 CONSUMER_LAG = Gauge("omnistream_consumer_lag", "Unconsumed messages on assigned partitions")
+AGENT_LAG = Gauge("omnistream_agent_consumer_lag",
+                  "Unconsumed messages on the assigned partitions of an agent's topics", ["agent"])

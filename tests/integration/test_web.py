@@ -92,3 +92,44 @@ def test_dashboard_renders_its_charts_in_chromium(worker, pipeline_db, tmp_path)
     subprocess.run([*common, "--window-size=1280,1400", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+GRAFANA = ROOT / "deploy" / "grafana" / "omnistream-dashboard.json"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+
+
+def _queries() -> list[str]:
+    dashboard = orjson.loads(GRAFANA.read_bytes())
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_worker(worker):
+    import re
+
+    with urllib.request.urlopen(f"{worker.base}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    exported = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    # A histogram's series are <name>_bucket/_sum/_count under `# TYPE <name> histogram`.
+    queried = {re.sub(r"_bucket$", "", name)
+               for expr in _queries() for name in re.findall(r"\bomnistream_[a-z_]+", expr)}
+    assert len(queried) >= 8
+    assert queried - exported == set(), f"queried but not exported: {queried - exported}"
+    panels = {p["title"] for p in orjson.loads(GRAFANA.read_bytes())["panels"]}
+    assert {"Events/s per agent", "Dead letters per topic and reason", "Consumer lag per agent",
+            "Sink batch latency p95 per table"} <= panels
+
+
+def test_the_dashboard_queries_and_the_scrape_config_pass_promtool(tmp_path):
+    config = subprocess.run(["promtool", "check", "config", str(PROMETHEUS)], capture_output=True,
+                            text=True, timeout=60)
+    assert config.returncode == 0, config.stdout + config.stderr
+    # Grafana's variables replaced by what they stand for, every query checked as a recording rule.
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"omnistream:dashboard_query_{i}",
+         "expr": q.replace("$__rate_interval", "1m").replace("$instance", ".*")}
+        for i, q in enumerate(_queries())]}]}
+    path = tmp_path / "queries.rules.json"  # JSON is YAML
+    path.write_bytes(orjson.dumps(rules))
+    check = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
