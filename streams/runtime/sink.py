@@ -37,6 +37,7 @@ from faust.types import EventT, StreamT
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 
+from streams.runtime.emit import emitter
 from streams.runtime.errors import PG_ROW_REFUSED, retrying
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,10 @@ class PgBatchSink:
                 with attempt:
                     started = time.perf_counter()
                     await self._write(rows, attempt.retry_state.attempt_number - 1, oldest)
-                    SINK_FLUSH_SECONDS.labels(self.table).observe(time.perf_counter() - started)
+                    took = time.perf_counter() - started
+                    SINK_FLUSH_SECONDS.labels(self.table).observe(took)
+                    if self.table != "metric_window_aggregates":  # its own flushes would feed back
+                        emitter.emit("sink_flush_ms", took * 1000, "histogram", table=self.table)
         except PG_ROW_REFUSED as exc:
             log.warning("batch refused, isolating bad rows", extra={"metadata": {
                 "table": self.table, "error": str(exc)}})

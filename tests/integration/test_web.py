@@ -10,10 +10,9 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import orjson
 
-from agents.monitoring.windows import labels_hash
+from schemas.events import MetricEvent
 from streams.interfaces.client import OmnistreamClient
 from tests.conftest import ROOT, http_json
 
@@ -50,46 +49,98 @@ def test_health_reports_lag_and_last_event_age_per_agent(worker, services):
     assert fanout["lag"] >= 0 and 0 <= fanout["last_event_age_s"] < 30
 
 
-async def _seed_windows(db: str) -> None:
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    conn = await asyncpg.connect(db)
-    try:
-        for i in range(10):
-            start = now - timedelta(minutes=10 - i)
-            for name, value, labels in (
-                    ("prd_completion_ms", 80.0 + i, {}),
-                    ("codegen_node_duration_ms", 12.0, {"node_type": "effect"}),
-                    ("template_cache_hit_rate", 0.9, {"worker": "w1"}),
-                    ("omnistream_model_progressive_accuracy", 0.93, {"node_type": "compute"})):
-                await conn.execute(
-                    "INSERT INTO metric_window_aggregates (metric_name, metric_type, labels, labels_hash, "
-                    "window_start, window_end, sample_count, value_sum, value_min, value_max, p50, p95, p99) "
-                    "VALUES ($1, 'gauge', $2::jsonb, $3, $4, $5, 4, $6, $7, $7, $7, $7, $7) "
-                    "ON CONFLICT DO NOTHING",
-                    name, orjson.dumps(labels).decode(), labels_hash(labels), start,
-                    start + timedelta(seconds=60), value * 4, value)
-    finally:
-        await conn.close()
+def _hour_of_samples(now: datetime, source: str) -> list[MetricEvent]:
+    """One synthetic hour: a sample or two per minute of every metric the charts read, with
+    event times over the last hour (the real aggregator folds them into windows), and a gap of
+    six minutes in the sink latency series."""
+    out: list[MetricEvent] = []
+    worker = {"worker": source}
+    for m in range(60):
+        t = now - timedelta(minutes=60 - m, seconds=-10)
+
+        def sample(name: str, value: float, kind: str = "gauge", at: datetime = t, **labels: str) -> None:
+            out.append(MetricEvent(name=name, value=value, metric_type=kind, labels=labels, occurred_at=at))
+
+        sample("prd_completion_ms", 80.0 + m, "histogram", status="complete", **worker)
+        sample("codegen_node_duration_ms", 12.0, "histogram", node_type="effect", **worker)
+        sample("codegen_node_duration_ms", 15.0, "histogram", node_type="compute", **worker)
+        sample("template_cache_hit_rate", 0.9, **worker)
+        sample("omnistream_model_progressive_accuracy", 0.93, node_type="compute", **worker)
+        for i, at in enumerate((t, t + timedelta(seconds=30))):  # cumulative counters: rise per window
+            sample("omnistream_events_processed_total", 600.0 * m + 300 * i, "counter", at=at,
+                   agent="codegen-render", outcome="ok", **worker)
+            sample("omnistream_dlq_events_total", 2.0 * m + i, "counter", at=at, topic="prd.requests",
+                   reason="schema", **worker)
+        sample("omnistream_agent_consumer_lag", float(m % 7), agent="prd-fanout", **worker)
+        if not 30 <= m < 36:
+            sample("sink_flush_ms", 4.0 + m % 5, "histogram", table="alerts", **worker)
+    return out
 
 
-def test_dashboard_renders_its_charts_in_chromium(worker, pipeline_db, tmp_path):
-    asyncio.run(_seed_windows(pipeline_db))
+def test_dashboard_answers_what_happened_when_in_chromium(worker, services, tmp_path):
+    """An hour of synthetic samples through the real pipeline, then the page in headless
+    Chromium: every chart has time ticks, y ticks with units, a legend, a readout, gaps where a
+    series has no windows, and stable colours; the range and filter controls are there."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)  # windows start on the minute
+    source = f"synthetic-{uuid.uuid4().hex[:6]}"
+    samples = _hour_of_samples(now, source)
+
+    async def publish() -> None:
+        async with OmnistreamClient(services.bootstrap) as client:
+            await client.publish_metrics(samples)
+
+    asyncio.run(publish())
+    deadline = time.monotonic() + 120
+    data: dict = {}
+    while time.monotonic() < deadline:
+        data = http_json(f"{worker.base}/api/dashboard?range=1h&worker={source}")
+        sink = data["charts"]["sink_latency"]["series"].get("table=alerts", [])
+        if len(sink) >= 45 and data["charts"]["events_per_s"]["series"].get("agent=codegen-render"):
+            break
+        time.sleep(2)
+    sink = data["charts"]["sink_latency"]["series"].get("table=alerts", [])
+    assert len(sink) >= 45, data["charts"]["sink_latency"]
+    rate = data["charts"]["events_per_s"]["series"]["agent=codegen-render"]
+    assert all(abs(v - 5.0) < 1e-6 for _, v in rate)  # 300 events in each 60 s window
+    assert source in data["filters"]["worker"]
+    assert {"effect", "compute"} <= set(data["filters"]["node_type"])
+    bad = http_json(f"{worker.base}/api/dashboard?range=2d", any_status=True)
+    assert bad["error"].startswith("range must")
+
     url = f"{worker.base}/dashboard"
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.status == 200 and b"<svg data-chart=\"latency\"" in resp.read()
-    data = http_json(f"{worker.base}/api/dashboard")
-    assert set(data["views"]) == {"mixin_compatibility_summary", "pattern_feedback_analysis",
-                                  "performance_metrics_summary", "template_cache_efficiency",
-                                  "event_processing_health"}
     common = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000"]
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert 'data-rendered="true"' in dom
-    for chart in ("latency", "throughput", "cache_hit_rate", "model_accuracy"):
-        match = re.search(rf'<svg data-chart="{chart}"[^>]*data-series="(\d+)"[^>]*>(.*?)</svg>', dom, re.S)
-        assert match, chart
-        assert int(match.group(1)) >= 1 and "<polyline" in match.group(2), chart
+    assert len(re.findall(r'<option value="(15m|1h|6h|24h)"', dom)) == 4
+    assert re.search(rf'<select id="worker">.*{source}.*</select>', dom, re.S)
+    units = {"latency": "ms", "throughput": "/s", "cache_hit_rate": "%", "model_accuracy": "%",
+             "events_per_s": "/s", "dead_letters": "letters", "consumer_lag": "messages",
+             "sink_latency": "ms"}
+    for chart, unit in units.items():
+        pattern = rf'<div class="card" data-chart="{chart}">(.*?)<div class="readout"[^>]*>(.*?)</div>'
+        card = re.search(pattern, dom, re.S)
+        assert card, chart
+        body, readout = card.groups()
+        svg = re.search(r'<svg class="chart"([^>]*)>', body).group(1)
+        xticks = int(re.search(r'data-xticks="(\d+)"', svg).group(1))
+        yticks = int(re.search(r'data-yticks="(\d+)"', svg).group(1))
+        assert 3 <= xticks <= 8 and 3 <= yticks <= 6, (chart, xticks, yticks)
+        xlabels = re.findall(r'class="tick xtick"[^>]*>([^<]+)<', body)
+        assert xlabels and all(re.fullmatch(r"\d\d:\d\d( [AP]M)?", x) for x in xlabels), xlabels
+        ylabels = re.findall(r'class="tick ytick"[^>]*>([^<]+)<', body)
+        yunit = re.findall(r'class="tick yunit"[^>]*>([^<]+)<', body)  # counts: the unit once
+        assert ylabels and (all(unit in y for y in ylabels) or yunit == [unit]), (chart, ylabels, yunit)
+        assert re.search(rf'<span class="unit">\({re.escape(unit)}\)</span>', body), chart
+        assert "<li data-series=" in body, chart
+        assert "(latest)" in readout, (chart, readout)
+    sink_card = re.search(r'data-chart="sink_latency">(.*?)<div class="readout"', dom, re.S).group(1)
+    assert int(re.search(r'data-segments="(\d+)"', sink_card).group(1)) >= 2  # the six-minute gap
+    # The same series has the same colour in the plot and the legend, refresh after refresh.
+    stroke = re.search(r'<path d="[^"]*" fill="none" stroke="(#[0-9a-f]{6})"[^>]*data-series="table=alerts"',
+                       sink_card).group(1)
+    assert f'<li data-series="table=alerts"><span class="swatch" style="background:{stroke}"' in sink_card
     shot = tmp_path / "dashboard.png"
-    subprocess.run([*common, "--window-size=1280,1400", f"--screenshot={shot}", url],
+    subprocess.run([*common, "--window-size=1400,1800", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
 
