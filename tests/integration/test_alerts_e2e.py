@@ -153,7 +153,9 @@ rules:
       identify_by: [svc]}}
 """)
     app_id = f"omnistream-restart-{tag}"
-    worker_env = _worker_env(rules)
+    # Two-second windows would make the series stale during the restart (the default two
+    # windows = 4 s): this test is about the state surviving it, so staleness waits a minute.
+    worker_env = _worker_env(rules, OMNISTREAM_ALERT_STALE_WINDOWS="30")
     fp = fingerprint(f"depth_{tag}", "critical", {"svc": "db"})
     worker = start_worker(services, migrated_db, app_id, "first", worker_env)
     try:
