@@ -83,9 +83,6 @@ class Aggregator:
             Applied.mark(applied, where, position)
             values.append(value)
             stamps.append(ts if ts < horizon else horizon)
-        # A replayed sample is skipped but shows the series is alive: it must not look idle while
-        # its partition catches up after a restart (closing by wall time would drop its tail).
-        w.last_seen[series] = self.monotonic()
         if not values:
             return 0
         late_before = w.late
@@ -98,17 +95,14 @@ class Aggregator:
                 "watermark": w.watermarks.get(series)}})
         return len(values)
 
-    def close_due(self, partitions: set[int], idle: set[int] | None = None) -> list[tuple[int, Aggregate]]:
-        """Pop the windows that are due in these partitions and buffer their rows: by their
-        series' watermark, and in the `idle` partitions (caught up with their sources now) also
-        by wall time for series quiet for idle_close_s."""
+    def close_due(self, partitions: set[int]) -> list[tuple[int, Aggregate]]:
+        """Pop the windows that are due in these partitions and buffer their rows."""
         closed = []
         for partition in partitions:
             w = self.by_partition.get(partition)
             if w is None:
                 continue
-            by_wall = idle is None or partition in idle
-            for key in (w.due(self.clock(), self.idle_close_s) if by_wall else w.due()):
+            for key in w.due(self.clock(), self.idle_close_s):
                 agg = w.pop(key)
                 closed.append((partition, agg))
                 assert self.sink is not None, "started with the agent"
@@ -116,13 +110,12 @@ class Aggregator:
         return closed
 
     async def commit(self, touched: set[int], put: Callable[[int, bytes, bytes], None],
-                     held: Callable[[int], bool],
-                     idle: set[int] | None = None) -> list[tuple[int, Aggregate]]:
+                     held: Callable[[int], bool]) -> list[tuple[int, Aggregate]]:
         """End of a batch: close the due windows of the touched partitions, wait until their rows
         are committed, then write the changed series records of the partitions still held. A
         sink failure raises before any record is written (the batch is not acked; its replay
         closes the same windows again, as upserts). Returns the windows closed."""
-        closed = self.close_due(touched, idle)
+        closed = self.close_due(touched)
         assert self.sink is not None, "started with the agent"
         await self.sink.flush()
         self.save({p for p in touched if held(p)}, put)

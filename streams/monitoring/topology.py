@@ -208,11 +208,8 @@ async def metrics_aggregator(stream: StreamT) -> None:
         if folded:  # bookkeeping once per batch, not per sample
             EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
             LAST_EVENT["metrics-aggregator"] = time.time()
-        # Wall time closes quiet series only where the partition is caught up now: a tick read
-        # again after a crash arrives while its partition is still behind.
-        idle = {p for p in touched if await _caught_up(p)}
         closed = await aggregator.commit(touched, put=lambda p, k, v: table_put(window_table, p, k, v),
-                                         held=lambda p: held(METRICS_EVENTS.name, p), idle=idle)
+                                         held=lambda p: held(METRICS_EVENTS.name, p))
         for _, agg in closed:
             await window_closed(agg)
 

@@ -104,29 +104,3 @@ async def test_idle_partitions_close_by_the_clock_and_unheld_partitions_write_no
     clock.now += 31  # silent longer than idle_close_s
     closed = await agg.commit({3}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     assert len(closed) == 1 and sink.committed[0][6] == 4 and f"3|{series_key('m', {})}".encode() in table
-
-
-async def test_a_partition_that_is_behind_never_closes_by_wall_time_and_replays_keep_a_series_alive():
-    """After a restart the partition replays what its records already hold: those skipped
-    samples show the series is alive, and a tick read again while the partition is behind must
-    not close the open window whose tail is still to come (it would drop that tail as late)."""
-    table: dict[bytes, bytes] = {}
-    clock = Clock(2000.0)
-    first = _aggregator(table, ListSink([]), clock)
-    first.add_many(0, "m", "gauge", {}, _samples(0, 8, 1000.0))  # window 1000-1010 open, 8 in
-    await first.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True, idle=set())
-
-    sink = ListSink([])
-    restarted = _aggregator(table, sink, clock)
-    restarted.windows(0)
-    clock.now += 60  # the restart and the replay took longer than idle_close_s
-    assert restarted.add_many(0, "m", "gauge", {}, _samples(0, 8, 1000.0)) == 0  # all replays
-    assert await restarted.commit({0}, put=lambda p, k, v: table.__setitem__(k, v),
-                                  held=lambda p: True, idle={0}) == []  # alive: replays count
-    clock.now += 31
-    assert await restarted.commit({0}, put=lambda p, k, v: table.__setitem__(k, v),
-                                  held=lambda p: True, idle=set()) == []  # quiet, but behind
-    restarted.add_many(0, "m", "gauge", {}, _samples(8, 22, 1000.0))  # the tail: 8..29
-    await restarted.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True,
-                           idle=set())
-    assert [r[6] for r in sink.committed] == [20]  # the window closed by its watermark, whole
