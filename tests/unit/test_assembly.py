@@ -8,22 +8,14 @@ import orjson
 import pytest
 
 from agents.codegen.fanout import fan_out
-from schemas.events import GeneratedNode, NodeTask, PrdCompleted, PrdSubmitted
+from schemas.events import GeneratedNode, PrdCompleted, PrdSubmitted
 from streams.codegen.assembly import Assembly
+from tests.unit.test_codegen import _node
 
 PRD = {"prd_id": "orders-1", "title": "Orders", "service_name": "orders", "nodes": [
     {"name": "LoadOrder", "node_type": "effect", "operations": ["load"]},
     {"name": "PriceOrder", "node_type": "compute", "operations": ["price"]},
     {"name": "ShipOrder", "node_type": "orchestrator", "operations": ["ship"]}]}
-
-
-def _node(task: NodeTask, success: bool = True) -> GeneratedNode:
-    return GeneratedNode(correlation_id=task.correlation_id, prd_id=task.prd_id,
-                         service_name=task.service_name, node_type=task.node.node_type,
-                         node_name=task.node.name, node_index=task.node_index,
-                         node_count=task.node_count, mixins=[], files=[], quality_score=1.0,
-                         duration_ms=1.0, success=success, prd_nodes=task.prd_nodes,
-                         submitted_at=task.submitted_at, failure_reason=None if success else "boom")
 
 
 def _event(key: str, partition: int = 2, value: bytes = b"") -> SimpleNamespace:
