@@ -54,6 +54,26 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+def command_line(pid: int) -> str | None:
+    """The command line of a running process (arguments joined by spaces), None when it is
+    gone or cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def runs(pid: int | None, marker: str) -> bool:
+    """True when `pid` is alive and still the process that was recorded: its command line
+    names `marker` (the data folder it was started on). A pid the system handed to another
+    process since is not ours, and is never signalled."""
+    if not pid or not pid_alive(pid):
+        return False
+    cmdline = command_line(pid)
+    return cmdline is not None and marker in cmdline
+
+
 def stop_pid(pid: int, timeout: float = 30.0) -> None:
     """SIGTERM, wait, then SIGKILL: the broker flushes its logs on TERM."""
     if not pid_alive(pid):

@@ -1,8 +1,12 @@
 """`omnistream infra up | down | status | env`: find or start Kafka and PostgreSQL, idempotently.
 
-Discovery order for each service: the environment variable (used when it answers; when it
-names a free loopback port, the local service is started there) → a service this stack started
-earlier → one already answering on the default local port → start one.
+Discovery order for each service: the service this stack started earlier, while the
+environment variable names it or nothing (started again on its port when it has gone) → the
+environment variable (used when it answers; when it names a free loopback port, the local
+service is started there) → one already answering on the default local port → start one.
+The state file records what the stack started (pid, port, data folder); a pid counts as
+the stack's only while its command line still names that folder, so `infra down` never
+signals a process that merely reused the number.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from streams.config import (
 from streams.config import read_state as _read_state
 from streams.infra import kafka, postgres
 from streams.infra.errors import InfraError
-from streams.infra.proc import free_port, pid_alive, port_is_free, stop_pid
+from streams.infra.proc import free_port, pid_alive, port_is_free, runs, stop_pid
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 Progress = Callable[[str], None]
@@ -57,23 +61,63 @@ def _kafka_host_port(bootstrap: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port or 9092)
 
 
+def _pg_host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 5432
+
+
+def _same_place(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Two addresses of the same local service (127.0.0.1 and localhost are one host)."""
+    host_a, host_b = ("127.0.0.1" if h in LOOPBACK else h for h in (a[0], b[0]))
+    return host_a == host_b and a[1] == b[1]
+
+
+def ours(svc: dict) -> bool:
+    """True when `svc` (a state entry) was started by this stack and its process still runs:
+    the recorded pid is alive and its command line names the stack's data folder."""
+    return bool(svc.get("started") and svc.get("folder") and runs(svc.get("pid"), svc["folder"]))
+
+
+def _previous(state: dict, name: str, env: str | None, address: Callable[[str], tuple[str, int]],
+              where: str) -> dict:
+    """The entry this stack recorded for `name`, when the environment still points at it (or
+    at nothing): an environment variable that names exactly what the stack started (as
+    `eval "$(omnistream infra env)"` exports) does not take that ownership away. An entry the
+    environment moved away from is kept in `state["retired"]` while it runs, so that `infra
+    down` still stops it."""
+    previous = state.get(name, {})
+    if not previous.get("started"):
+        return {}
+    if env is None or _same_place(address(env), address(previous[where])):
+        return previous
+    if ours(previous):
+        state.setdefault("retired", []).append({"service": name, **previous})
+    return {}
+
+
 def _up_kafka(state: dict, progress: Progress) -> dict:
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     folder = omnistream_home() / "kafka"
-    previous = state.get("kafka", {})
-    if env:
+    previous = _previous(state, "kafka", env, _kafka_host_port, "bootstrap")
+    if previous and ours(previous):
+        if asyncio.run(kafka.probe(previous["bootstrap"])):
+            progress(f"kafka: already running (pid {previous['pid']}, {previous['bootstrap']})")
+        else:
+            kafka.wait_ready(previous["bootstrap"], previous["pid"], folder)
+        return previous
+    if previous and port_is_free(previous["port"]):
+        # Started by this stack and gone since (stopped or crashed): back on the same port, so
+        # every client configured for it keeps working.
+        progress(f"kafka: the broker this stack started (pid {previous['pid']}) is gone: "
+                 "starting it again")
+        port = previous["port"]
+    elif env:
         if asyncio.run(kafka.probe(env)):
             return {"source": "env", "bootstrap": env, "started": False}
         host, port = _kafka_host_port(env)
         if host not in LOOPBACK or not port_is_free(port):
             raise InfraError(f"KAFKA_BOOTSTRAP_SERVERS={env} does not answer a metadata request")
         progress(f"KAFKA_BOOTSTRAP_SERVERS={env} is not running: starting a local broker there")
-    elif previous.get("started") and pid_alive(previous.get("pid")):
-        if asyncio.run(kafka.probe(previous["bootstrap"])):
-            progress(f"kafka: already running (pid {previous['pid']}, {previous['bootstrap']})")
-            return previous
-        kafka.wait_ready(previous["bootstrap"], previous["pid"], folder)
-        return previous
     elif asyncio.run(kafka.probe(DEFAULT_BOOTSTRAP)):
         progress(f"kafka: using the broker already answering at {DEFAULT_BOOTSTRAP}")
         return {"source": "local", "bootstrap": DEFAULT_BOOTSTRAP, "started": False}
@@ -94,8 +138,18 @@ def _up_kafka(state: dict, progress: Progress) -> dict:
 def _up_postgres(state: dict, progress: Progress) -> dict:
     env = os.environ.get("DATABASE_URL")
     folder = omnistream_home() / "postgres"
-    previous = state.get("postgres", {})
-    if env:
+    previous = _previous(state, "postgres", env, _pg_host_port, "url")
+    if previous and ours(previous):
+        progress(f"postgres: already running (pid {previous['pid']}, port {previous['port']})")
+        postgres.wait_ready(previous["url"])
+        if env:
+            asyncio.run(postgres.ensure_database(env))  # the same server, maybe another database
+        return previous
+    if previous and port_is_free(previous["port"]):
+        progress(f"postgres: the server this stack started (pid {previous['pid']}) is gone: "
+                 "starting it again")
+        port, url = previous["port"], env or previous["url"]
+    elif env:
         version = asyncio.run(postgres.probe(env))
         if version:
             return {"source": "env", "url": env, "started": False, "version": version}
@@ -108,10 +162,6 @@ def _up_postgres(state: dict, progress: Progress) -> dict:
             raise InfraError(f"DATABASE_URL={env} does not answer SELECT 1")
         progress(f"DATABASE_URL={env} is not running: starting a local PostgreSQL there")
         port, url = parts.port or 5432, env
-    elif previous.get("started") and pid_alive(previous.get("pid")):
-        progress(f"postgres: already running (pid {previous['pid']}, port {previous['port']})")
-        postgres.wait_ready(previous["url"])
-        return previous
     elif asyncio.run(postgres.probe(DEFAULT_DATABASE_URL)):
         progress("postgres: using the server already answering at 127.0.0.1:5432")
         return {"source": "local", "url": DEFAULT_DATABASE_URL, "started": False}
@@ -129,6 +179,8 @@ def _up_postgres(state: dict, progress: Progress) -> dict:
 
 
 def up(progress: Progress = print) -> dict:
+    """Find or start both services; the state file is written after each, so a failure of
+    the second keeps the record of the first."""
     with _locked():
         state = _read_state()
         state["kafka"] = _up_kafka(state, progress)
@@ -138,28 +190,47 @@ def up(progress: Progress = print) -> dict:
         return state
 
 
+def _stop(name: str, svc: dict, progress: Progress) -> None:
+    if not svc.get("started"):
+        if svc:
+            progress(f"{name}: left running (not started by omnistream)")
+        return
+    if not ours(svc):
+        alive = pid_alive(svc.get("pid"))
+        progress(f"{name}: pid {svc.get('pid')} " + (
+            "now belongs to another process: not stopped" if alive else "had already stopped"))
+        return
+    if name == "postgres":
+        postgres.stop(Path(svc["folder"]))
+    stop_pid(svc["pid"])
+    progress(f"{name}: stopped (pid {svc['pid']})")
+
+
 def down(progress: Progress = print) -> dict:
-    """Stop what this stack started; leave services it only found alone."""
+    """Stop what this stack started (checked by pid and command line); leave services it only
+    found alone."""
     with _locked():
         state = _read_state()
-        pg = state.get("postgres", {})
-        if pg.get("started"):
-            postgres.stop(Path(pg["folder"]))
-            stop_pid(pg.get("pid", 0))
-            progress(f"postgres: stopped (pid {pg.get('pid')})")
-        kf = state.get("kafka", {})
-        if kf.get("started"):
-            stop_pid(kf.get("pid", 0))
-            progress(f"kafka: stopped (pid {kf.get('pid')})")
-        for name, svc in (("kafka", kf), ("postgres", pg)):
-            if svc and not svc.get("started"):
-                progress(f"{name}: left running (not started by omnistream)")
+        _stop("postgres", state.get("postgres", {}), progress)
+        _stop("kafka", state.get("kafka", {}), progress)
+        for svc in state.get("retired", []):
+            _stop(svc["service"], svc, progress)
         _write_state({})
         return state
 
 
+def _owner(svc: dict, env_var: str) -> str:
+    """Who runs the service: `omnistream` (this stack started it and its pid is still that
+    process), `environment` (named by the variable), `local` (found on the default port)."""
+    if svc.get("started"):
+        return "omnistream" if ours(svc) else "omnistream (gone)"
+    return {"env": "environment", "local": "local"}.get(
+        svc.get("source", ""), "environment" if os.environ.get(env_var) else "default")
+
+
 def status() -> dict:
-    """What runs: per service its source, pid, alive, address, version and whether it answers."""
+    """What runs: per service its owner and source, pid (and whether that pid is still the
+    process the stack started), address, version and whether it answers."""
     from streams.config import Settings
 
     settings = Settings.from_env()
@@ -169,17 +240,21 @@ def status() -> dict:
     return {
         "kafka": {
             "bootstrap": settings.kafka_bootstrap,
+            "owner": _owner(kf, "KAFKA_BOOTSTRAP_SERVERS"),
             "source": kf.get("source", "env" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "default"),
             "pid": kf.get("pid"),
             "pid_alive": pid_alive(kf.get("pid")) if kf.get("pid") else None,
+            "pid_is_ours": ours(kf) if kf.get("pid") else None,
             "version": kf.get("version"),
             "answering": asyncio.run(kafka.probe(settings.kafka_bootstrap)),
         },
         "postgres": {
             "url": settings.database_url,
+            "owner": _owner(pg, "DATABASE_URL"),
             "source": pg.get("source", "env" if os.environ.get("DATABASE_URL") else "default"),
             "pid": pg.get("pid"),
             "pid_alive": pid_alive(pg.get("pid")) if pg.get("pid") else None,
+            "pid_is_ours": ours(pg) if pg.get("pid") else None,
             "version": pg_version or pg.get("version"),
             "answering": pg_version is not None,
         },

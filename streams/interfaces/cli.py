@@ -32,8 +32,11 @@ def _infra(args: argparse.Namespace) -> int:
             for name, svc in report.items():
                 where = svc.get("bootstrap") or svc.get("url")
                 state = "up" if svc["answering"] else "DOWN"
-                print(f"{name:9} {state:5} {where}  source={svc['source']} pid={svc['pid']} "
-                      f"version={svc['version']}")
+                pid = svc["pid"]
+                if pid is not None and not svc["pid_is_ours"]:
+                    pid = f"{pid}({'not ours' if svc['pid_alive'] else 'gone'})"
+                print(f"{name:9} {state:5} {where}  owner={svc['owner']} source={svc['source']} "
+                      f"pid={pid} version={svc['version']}")
         return 0 if all(s["answering"] for s in report.values()) else 3
     elif args.action == "env":
         print("\n".join(stack.env_lines()))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 
 import asyncpg
 import orjson
@@ -124,3 +126,78 @@ def test_cluster_ids_never_look_like_a_flag():
 
     ids = [_cluster_id() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def _stack_env(home) -> dict:
+    """The environment of a shell that ran `eval "$(omnistream infra env)"` for this stack."""
+    return {**{k: v for k, v in os.environ.items() if k != "OMNISTREAM_PG_DURABILITY"},
+            "OMNISTREAM_HOME": str(home), "OMNISTREAM_PG_DURABILITY": "off",
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/omnistream"}
+
+
+def test_partial_restart_keeps_what_the_stack_started():
+    """Kafka crashes (SIGKILL) in a shell whose variables name the stack itself: `infra up`
+    starts Kafka again on the same address and still owns PostgreSQL; `down` stops both."""
+    home = make_home("omnistream-partial-")
+    env = _stack_env(home)
+    try:
+        assert _cli(env, "infra", "up").returncode == 0
+        before = orjson.loads(_cli(env, "infra", "status", "--json").stdout)
+        kpid, ppid = before["kafka"]["pid"], before["postgres"]["pid"]
+        assert before["kafka"]["owner"] == before["postgres"]["owner"] == "omnistream"
+        os.kill(kpid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while pid_alive(kpid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gone = orjson.loads(_cli(env, "infra", "status", "--json").stdout)
+        assert gone["kafka"]["owner"] == "omnistream (gone)" and not gone["kafka"]["answering"]
+        assert "pid=" in _cli(env, "infra", "status").stdout
+
+        again = _cli(env, "infra", "up")
+        assert again.returncode == 0, again.stderr
+        assert "kafka: the broker this stack started" in again.stdout
+        assert f"postgres: already running (pid {ppid}" in again.stdout
+        after = orjson.loads(_cli(env, "infra", "status", "--json").stdout)
+        assert after["kafka"]["bootstrap"] == env["KAFKA_BOOTSTRAP_SERVERS"] and after["kafka"]["answering"]
+        assert after["kafka"]["pid"] != kpid and after["kafka"]["pid_is_ours"]
+        assert (after["postgres"]["pid"], after["postgres"]["owner"], after["postgres"]["source"]) == (
+            ppid, "omnistream", "started")
+        text = _cli(env, "infra", "status").stdout
+        assert text.count("owner=omnistream ") == 2, text
+
+        down = _cli(env, "infra", "down")
+        assert down.returncode == 0, down.stderr
+        assert not pid_alive(after["kafka"]["pid"]) and not pid_alive(ppid)
+    finally:
+        _cli(env, "infra", "down")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_reused_pid_is_never_stopped():
+    """The state names a pid that another process holds now (its command line does not name
+    the stack's folder): status says so and `down` leaves that process alone."""
+    home = make_home("omnistream-reused-")
+    stranger = subprocess.Popen(["sleep", "300"])
+    try:
+        state = {"postgres": {"source": "started", "started": True, "pid": stranger.pid,
+                              "port": free_port(), "url": "postgresql://postgres@127.0.0.1:1/x",
+                              "folder": str(home / "postgres")},
+                 "kafka": {"source": "started", "started": True, "pid": 2 ** 22 + 7, "port": 1,
+                           "bootstrap": "127.0.0.1:1", "folder": str(home / "kafka")}}
+        (home / "state.json").write_bytes(orjson.dumps(state))
+        env = {**os.environ, "OMNISTREAM_HOME": str(home)}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env.pop("DATABASE_URL", None)
+        from streams.infra import stack
+
+        assert not stack.ours(state["postgres"]) and not stack.ours(state["kafka"])
+        down = _cli(env, "infra", "down", timeout=60)
+        assert down.returncode == 0, down.stderr
+        assert f"postgres: pid {stranger.pid} now belongs to another process: not stopped" in down.stdout
+        assert "kafka: pid 4194311 had already stopped" in down.stdout
+        assert stranger.poll() is None  # still running
+    finally:
+        stranger.kill()
+        stranger.wait()
+        shutil.rmtree(home, ignore_errors=True)
