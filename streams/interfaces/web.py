@@ -15,7 +15,14 @@ from schemas.events import PredictRequest
 from streams.infra import kafka, postgres
 from streams.learning.topology import models, patterns
 from streams.runtime.app import app, settings
-from streams.runtime.introspect import agent_states, agent_topics, assignment, consumer_lag, lag_by_topic
+from streams.runtime.introspect import (
+    agent_states,
+    agent_topics,
+    assignment,
+    consumer_lag,
+    lag_by_topic,
+    split_lag,
+)
 from streams.runtime.processing import LAST_EVENT
 
 MAX_HEALTHY_LAG = 10_000
@@ -30,9 +37,9 @@ async def health_report() -> dict[str, Any]:
     agents = agent_states()
     measured = await lag_by_topic()
     lag = await consumer_lag(measured)
-    by_topic = measured or {}
+    read, changelogs = split_lag(measured or {})
     now = time.time()
-    per_agent = {name: {"lag": sum(by_topic.get(t, 0) for t in topics),
+    per_agent = {name: {"lag": sum(read.get(t, 0) for t in topics), "topics": topics,
                         "last_event_age_s": round(now - LAST_EVENT[name], 1) if name in LAST_EVENT else None}
                  for name, topics in agent_topics().items()}
     # Not ready while partitions move or tables replay their changelogs: events wait meanwhile.
@@ -48,8 +55,13 @@ async def health_report() -> dict[str, Any]:
         "postgres": {"ok": pg_version is not None, "version": pg_version},
         "agents": agents,
         "ready": ready,
+        # consumer_lag = the sum of lag_by_topic (topics the agents read, each once; agents
+        # that share a topic show the same records in agent_lag). Changelog partitions are
+        # listed apart: a worker writes them and reads them only when it restores a table.
         "consumer_lag": lag,
+        "lag_by_topic": read,
         "agent_lag": per_agent,
+        "changelog_lag": changelogs,
         "assignment": assignment(),
         "check_ms": round((time.perf_counter() - started) * 1000, 1),
     }

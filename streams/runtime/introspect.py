@@ -35,27 +35,33 @@ async def lag_by_topic() -> dict[str, int] | None:
 
 
 async def consumer_lag(by_topic: dict[str, int] | None = None) -> int | None:
-    """Total lag (also sets the gauges, total and per agent); pass `by_topic` when it was just
-    measured."""
+    """Lag of the topics the agents read (each topic once): what events still wait for this
+    worker. Also sets the gauges, total and per agent. Pass `by_topic` when it was just
+    measured. Table changelogs are not counted: after their restore a worker only writes
+    them, so their "lag" is what it wrote since (see `split_lag`)."""
     by_topic = by_topic if by_topic is not None else await lag_by_topic()
     if by_topic is None:
         return None
-    lag = sum(by_topic.values())
+    read, _ = split_lag(by_topic)
+    lag = sum(read.values())
     CONSUMER_LAG.set(lag)
     for agent, topics in agent_topics().items():
         AGENT_LAG.labels(agent).set(sum(by_topic.get(t, 0) for t in topics))
     return lag
 
 
+def split_lag(by_topic: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(lag of the topics agents read, lag of the other assigned topics: table changelogs)."""
+    read_by_agents = {t for topics in agent_topics().values() for t in topics}
+    read = {t: n for t, n in by_topic.items() if t in read_by_agents}
+    return read, {t: n for t, n in by_topic.items() if t not in read_by_agents}
+
+
 def agent_topics() -> dict[str, list[str]]:
-    out = {}
-    for name, agent in app.agents.items():
-        try:
-            topics = sorted(agent.channel.get_topic_names())
-        except Exception:
-            topics = []
-        out[name.rsplit(".", 1)[-1]] = topics
-    return out
+    """The topics each agent reads, by agent name. (A faust Topic names them in `topics`;
+    `get_topic_names()` belongs to the conductor, not to a channel.)"""
+    return {name.rsplit(".", 1)[-1]: sorted(getattr(agent.channel, "topics", None) or ())
+            for name, agent in app.agents.items()}
 
 
 def agent_states() -> dict[str, str]:

@@ -49,6 +49,35 @@ def test_health_reports_lag_and_last_event_age_per_agent(worker, services):
     assert fanout["lag"] >= 0 and 0 <= fanout["last_event_age_s"] < 30
 
 
+def test_health_lag_total_is_the_sum_of_what_it_lists(worker, services):
+    """consumer_lag adds up lag_by_topic; each agent's lag adds up its topics' lag; table
+    changelogs (written by the worker, read only when it restores) are listed apart."""
+    async def publish():
+        data = orjson.loads((ROOT / "examples" / "minimal.json").read_bytes())
+        data["prd_id"] = f"lag-{uuid.uuid4().hex[:6]}"
+        from schemas.events import PrdSubmitted
+
+        async with OmnistreamClient(services.bootstrap) as client:
+            await client.publish_prd(PrdSubmitted.model_validate(data))
+
+    asyncio.run(publish())
+    deadline = time.monotonic() + 60
+    report: dict = {}
+    while time.monotonic() < deadline:  # the run wrote table records: changelogs moved
+        report = http_json(f"{worker.base}/health", any_status=True)
+        if sum(report["changelog_lag"].values()) > 0 and report["consumer_lag"] == 0:
+            break
+        time.sleep(0.5)
+    assert report["consumer_lag"] == sum(report["lag_by_topic"].values())
+    for name, entry in report["agent_lag"].items():
+        assert entry["lag"] == sum(report["lag_by_topic"].get(t, 0) for t in entry["topics"]), name
+        assert set(entry["topics"]) <= set(report["lag_by_topic"]) | set(report["changelog_lag"])
+    assert set(report["lag_by_topic"]) | set(report["changelog_lag"]) == set(report["assignment"])
+    assert report["changelog_lag"] and all(t.endswith("-changelog") for t in report["changelog_lag"])
+    assert sum(report["changelog_lag"].values()) > 0, report
+    assert report["consumer_lag"] == 0, report  # everything read; only changelogs "behind"
+
+
 def _hour_of_samples(now: datetime, source: str) -> list[MetricEvent]:
     """One synthetic hour: a sample or two per minute of every metric the charts read, with
     event times over the last hour (the real aggregator folds them into windows), and a gap of
