@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from streams.config import ConfigError
 from streams.infra.errors import InfraError
+
+if TYPE_CHECKING:
+    from schemas.events import Alert
 
 
 class UsageError(Exception):
@@ -260,20 +266,47 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _alerts(args: argparse.Namespace) -> int:
+    """The alerts topic: a table of each alert's latest state (default), JSON lines (--json),
+    and with --follow one line per change as it comes."""
     if args.action:
         return _alert_command(args)
+    from datetime import UTC, datetime
+
+    from streams.interfaces import alert_table
+
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+    def shown(alert: Alert) -> bool:
+        return not (args.open_only and alert.state == "resolved")
+
+    async def go() -> None:
+        if args.json:  # machines: every event as it is, in topic order
+            async for alert in _alert_events(to_end=not args.follow):
+                if shown(alert):
+                    print(alert.model_dump_json(), flush=True)
+            return
+        history = [a async for a in _alert_events(to_end=True)]
+        print(alert_table.table([a for a in alert_table.latest(history) if shown(a)],
+                                datetime.now(UTC), colour), flush=True)
+        if not args.follow:
+            return
+        already = {a.id for a in history}  # read again from the start: no gap between the two
+        async for alert in _alert_events(to_end=False):
+            if alert.id not in already and shown(alert):
+                print(alert_table.change_line(alert, datetime.now(UTC), colour), flush=True)
+
+    asyncio.run(go())
+    return 0
+
+
+async def _alert_events(to_end: bool) -> AsyncIterator[Alert]:
     from schemas.events import Alert
     from schemas.topics import ALERTS
     from streams.interfaces.client import OmnistreamClient
 
-    async def go() -> None:
-        async with OmnistreamClient() as client:
-            async for alert in client.subscribe(ALERTS, Alert, to_end=not args.follow):
-                if not (args.open_only and alert.state == "resolved"):
-                    print(alert.model_dump_json(), flush=True)
-
-    asyncio.run(go())
-    return 0
+    async with OmnistreamClient() as client:
+        async for alert in client.subscribe(ALERTS, Alert, to_end=to_end):
+            yield alert
 
 
 def _alert_command(args: argparse.Namespace) -> int:
@@ -281,21 +314,33 @@ def _alert_command(args: argparse.Namespace) -> int:
 
     from schemas import topics as spec
     from schemas.events import AlertCommand
+    from streams.interfaces import alert_table
     from streams.interfaces.client import OmnistreamClient
 
     if not args.alert_id:
-        raise UsageError(f"alerts {args.action} needs the alert id or fingerprint")
-    try:
-        cmd = AlertCommand(alert_id=args.alert_id, action=args.action, by=args.by or getpass.getuser(),
-                           duration_s=int(args.duration) if args.duration else None)
-    except ValueError as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+        raise UsageError(f"alerts {args.action} needs the alert id or fingerprint (or a unique prefix)")
 
-    async def go() -> None:
+    async def full_id() -> str:
+        """A prefix (as the table shows) is completed from the alerts topic."""
+        if len(args.alert_id) in (36, 64):
+            return str(args.alert_id)
+        try:
+            return alert_table.resolve_id(args.alert_id, [a async for a in _alert_events(to_end=True)])
+        except alert_table.Ambiguous as exc:
+            raise UsageError(f"{exc.prefix!r} names more than one alert: {', '.join(exc.matches)}") from None
+
+    async def go() -> AlertCommand:
+        try:
+            cmd = AlertCommand(alert_id=await full_id(), action=args.action,
+                               by=args.by or getpass.getuser(),
+                               duration_s=int(args.duration) if args.duration else None)
+        except ValueError as exc:
+            raise UsageError(str(exc).splitlines()[0]) from None
         async with OmnistreamClient() as client:
-            await client.publish(spec.ALERTS_COMMANDS, cmd, key=args.alert_id)
+            await client.publish(spec.ALERTS_COMMANDS, cmd, key=cmd.alert_id)
+        return cmd
 
-    asyncio.run(go())
+    cmd = asyncio.run(go())
     print(f"{cmd.id}\t{cmd.action}\t{cmd.alert_id}")
     return 0
 
@@ -379,8 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("alerts", help="read the alerts topic; ack / resolve / silence an alert")
     al.add_argument("action", nargs="?", choices=["ack", "resolve", "silence"])
     al.add_argument("alert_id", nargs="?", help="alert id (annotations.alert_id) or fingerprint")
-    al.add_argument("--follow", action="store_true", help="keep reading new alerts")
+    al.add_argument("--follow", action="store_true",
+                    help="after the table, one line per change as it comes")
     al.add_argument("--open", dest="open_only", action="store_true", help="skip resolved ones")
+    al.add_argument("--json", action="store_true", help="every alert event as a JSON line")
     al.add_argument("--by", help="who acts (default: your user name)")
     al.add_argument("--duration", type=float, help="silence: seconds (default 3600)")
     al.set_defaults(func=_alerts)

@@ -104,9 +104,10 @@ rules:
             efp = fingerprint(f"errors_{tag}", "critical", {"svc": "api"})
             firing = await _alert_events(client, efp, 20, until=lambda xs: True)
             alert_id = firing[0].annotations["alert_id"]
-            ack = subprocess.run([OMNISTREAM, "alerts", "ack", alert_id, "--by", "oncall"], env=env,
+            # The table shows the id's first characters: a unique prefix is enough.
+            ack = subprocess.run([OMNISTREAM, "alerts", "ack", alert_id[:8], "--by", "oncall"], env=env,
                                  capture_output=True, text=True, timeout=60)
-            assert ack.returncode == 0, ack.stderr
+            assert ack.returncode == 0 and ack.stdout.split()[-1] == alert_id, ack.stderr
             # 3. A silence mutes: no escalation notification although one is due at 6 s.
             qfeeder = asyncio.ensure_future(_samples(client, queue, 5.0, 15, "api"))
             qfp = fingerprint(f"queue_{tag}", "critical", {"svc": "api"})
@@ -129,10 +130,18 @@ rules:
                                            "FROM alerts WHERE fingerprint = $1", fp)
         assert len(rows) == 1 and rows[0]["state"] == "resolved" and rows[0]["resolved_at"] is not None
 
-        listed = subprocess.run([OMNISTREAM, "alerts"], env=env, capture_output=True, text=True, timeout=60)
+        listed = subprocess.run([OMNISTREAM, "alerts", "--json"], env=env, capture_output=True, text=True,
+                                timeout=60)
         assert listed.returncode == 0
         mine = [orjson.loads(line) for line in listed.stdout.splitlines() if fp in line]
         assert [m["state"] for m in mine] == ["firing", "resolved"]
+        shown = subprocess.run([OMNISTREAM, "alerts"], env=env, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and shown.stdout.split()[:3] == ["ID", "STATE", "SEVERITY"]
+        rows = shown.stdout.splitlines()[1:]
+        latency = next(r for r in rows if f" latency_{tag} " in r)
+        assert "resolved (recovered)" in latency and " svc=api " in latency
+        assert next(r for r in rows if f" errors_{tag} " in r).endswith("oncall")
+        assert "\033[" not in shown.stdout  # no colour when not on a terminal
         bad = subprocess.run([OMNISTREAM, "alerts", "ack"], env=env, capture_output=True, text=True)
         assert bad.returncode == 1 and "needs the alert id" in bad.stderr
     finally:
