@@ -10,6 +10,15 @@ generation while flow is active. A refused one is untracked (a rebalance waiting
 messages does not hang), stays uncommitted, and its partition is rewound to it once flow is
 active; until the rewound offset arrives again, the processing path drops the partition's later
 deliveries (`holds_back`), so records are applied in offset order.
+
+faust's fetch loop has a second way to lose a record: it hands each one on through
+`wait_first(callback(message), suspend_flow.wait())`, and when flow is suspended (a rebalance
+starting) before the hand-on completes it gives up on the message and still moves its read
+offset past it; the record is never delivered, never acked, and the partition goes on with
+the next one. Each reading stream therefore checks that its partitions' offsets follow each
+other (`InOrder`): a hole within one consumer generation is rewound like a skipped message. A
+hole that does not fill after a few seeks is a real one (a transaction marker or a compacted
+record) and is passed over with a warning.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ log = logging.getLogger(__name__)
 _faust_ack = Consumer.ack
 
 REWIND_RETRY_S = 5.0  # a rewound offset not back by then is sought again
-REWIND: dict[Any, list] = {}  # tp → [offset it is read again from, when that was asked]
+HOLE_SEEKS = 3  # a hole still open after this many seeks is real (nothing at that offset)
+REWIND: dict[Any, list] = {}  # tp → [offset it is read again from, when that was asked, seeks]
+REAL_HOLES: dict[Any, int] = {}  # tp → an offset known to hold no record
 _pending_seek: dict[Any, int] = {}
 _seeker: asyncio.Future | None = None
 PINNED: dict[Any, int] = {}  # tp → rewound offset the fetcher's read offset must not pass yet
@@ -62,12 +73,16 @@ def _ack_current_generation_only(self: Any, message: Any) -> bool:
         current = REWIND.get(tp)
         # `<=`: the rewound message itself may be skipped again (another rebalance)
         if current is None or offset <= current[0]:
-            REWIND[tp] = [offset, time.monotonic()]  # a new entry: every reader waits for it
-            _seek(self, tp, offset)
-            log.info("message skipped by faust during a rebalance: partition rewound to it",
-                     extra={"metadata": {"topic": message.topic, "partition": message.partition,
-                                         "offset": offset}})
+            rewind(self, tp, offset, "message skipped by faust during a rebalance")
     return False
+
+
+def rewind(consumer: Any, tp: Any, offset: int, why: str) -> None:
+    """Read `tp` again from `offset`; every reader holds back its later deliveries until then."""
+    REWIND[tp] = [offset, time.monotonic(), 1]  # a new entry: every reader waits for it
+    _seek(consumer, tp, offset)
+    log.info(f"{why}: partition rewound to it", extra={"metadata": {
+        "topic": tp.topic, "partition": tp.partition, "offset": offset}})
 
 
 def _seek(consumer: Any, tp: Any, offset: int) -> None:
@@ -107,13 +122,53 @@ def holds_back(message: Any, consumer: Any, passed: dict[Any, list]) -> bool:
         return False
     if message.offset < entry[0]:
         return False
+    if time.monotonic() - entry[1] > REWIND_RETRY_S:
+        if len(entry) > 2 and entry[2] >= HOLE_SEEKS:
+            # Sought again and again, and the offset never came: nothing is there.
+            log.warning("no record at a rewound offset after %d seeks: going on after it", entry[2],
+                        extra={"metadata": {"topic": tp.topic, "partition": tp.partition,
+                                            "offset": entry[0], "next": message.offset}})
+            REAL_HOLES[tp] = entry[0]
+            REWIND.pop(tp, None)
+            PINNED.pop(tp, None)
+            return False
+        entry[1] = time.monotonic()
+        if len(entry) > 2:
+            entry[2] += 1
+        _seek(consumer, tp, entry[0])
+    _untrack(message, consumer)
+    return True
+
+
+def _untrack(message: Any, consumer: Any) -> None:
     with ack_lock:
         message.acked = True  # untracked: it is delivered again after the rewound ones
         consumer._unacked_messages.discard(message)
-    if time.monotonic() - entry[1] > REWIND_RETRY_S:
-        entry[1] = time.monotonic()
-        _seek(consumer, tp, entry[0])
-    return True
+
+
+class InOrder:
+    """One reading stream's guard that each partition's records reach it in offset order,
+    without a hole: `holds_back(message, consumer)` is True for a delivery that must wait
+    (it comes again). Within one consumer generation the offsets of a partition follow each
+    other; a gap means faust passed over a record without handing it on, and the partition is
+    rewound to it. (Across generations a jump is normal: the partition was elsewhere.)"""
+
+    def __init__(self) -> None:
+        self.passed: dict[Any, list] = {}  # tp → the rewind entry this stream saw arrive
+        self.expected: dict[Any, tuple[Any, int]] = {}  # tp → (generation, next offset)
+
+    def holds_back(self, message: Any, consumer: Any) -> bool:
+        if holds_back(message, consumer, self.passed):
+            return True
+        tp, offset, generation = message.tp, message.offset, message.generation_id
+        want = self.expected.get(tp)
+        if want is not None and want[0] == generation and offset > want[1] \
+                and REAL_HOLES.get(tp) != want[1]:
+            rewind(consumer, tp, want[1], "a record passed over by faust's fetch loop")
+            _untrack(message, consumer)
+            return True
+        self.expected[tp] = (generation, offset + 1)
+        return False
 
 
 def forget(tps: Any) -> None:
@@ -121,6 +176,7 @@ def forget(tps: Any) -> None:
     for tp in tps:
         REWIND.pop(tp, None)
         PINNED.pop(tp, None)
+        REAL_HOLES.pop(tp, None)
         _pending_seek.pop(tp, None)
 
 

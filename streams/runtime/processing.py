@@ -44,7 +44,7 @@ from schemas.codec import DecodeError, decode
 from streams.config import Settings
 from streams.runtime.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
 from streams.runtime.errors import InputRefused, is_retriable, retrying
-from streams.runtime.faust_patches import holds_back
+from streams.runtime.faust_patches import InOrder
 from streams.runtime.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER, ControlKind
 
@@ -206,11 +206,11 @@ async def run_batches(stream: StreamT, agent: str, on_batch: Batch, *, max_event
 
     from streams.runtime.app import app
 
-    passed: dict = {}
+    in_order = InOrder()
 
     async def read() -> None:
         async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
-            if not holds_back(event.message, app.consumer, passed):
+            if not in_order.holds_back(event.message, app.consumer):
                 await queue.put(event)
 
     reader = asyncio.ensure_future(read())
@@ -345,7 +345,7 @@ async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: H
 
     gate = asyncio.Semaphore(concurrency)
     acks = OrderedAcks()
-    passed: dict = {}
+    in_order = InOrder()
     inflight: set[asyncio.Future] = set()
 
     async def one(event: EventT, entry: list) -> None:
@@ -362,7 +362,7 @@ async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: H
 
     try:
         async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
-            if holds_back(event.message, app.consumer, passed):
+            if in_order.holds_back(event.message, app.consumer):
                 continue
             await gate.acquire()
             task = asyncio.create_task(one(event, acks.started(event)))

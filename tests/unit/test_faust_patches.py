@@ -63,3 +63,60 @@ def test_forget_drops_rewinds_of_partitions_given_away():
     fp.forget(["tp"])
     assert "tp" not in fp.REWIND and "tp" not in fp.PINNED
     assert not fp.holds_back(_message(4), SimpleNamespace(_unacked_messages=set()), {})
+
+
+def _at(offset: int, generation: int = 1, tp=None) -> _Message:
+    from faust.types import TP
+
+    return _Message(tp=tp or TP("metrics.events", 3), offset=offset, acked=False, generation_id=generation)
+
+
+@pytest.fixture
+def seeks(monkeypatch) -> list:
+    asked: list = []
+    monkeypatch.setattr(fp, "_seek", lambda consumer, tp, offset: asked.append((tp.partition, offset)))
+    return asked
+
+
+def test_a_hole_in_one_generation_is_read_again_before_the_rest(seeks):
+    """faust's fetch loop passed over offset 5077 (flow suspended while handing it on): the
+    stream holds back 5078 and what follows, the partition is rewound to 5077, and once it
+    arrives the records flow in order."""
+    consumer = SimpleNamespace(_unacked_messages=set())
+    order = fp.InOrder()
+    assert not order.holds_back(_at(5075), consumer)
+    assert not order.holds_back(_at(5076), consumer)
+    after = _at(5078)
+    consumer._unacked_messages.add(after)
+    assert order.holds_back(after, consumer)
+    assert seeks == [(3, 5077)] and after not in consumer._unacked_messages  # not committed
+    assert order.holds_back(_at(5079), consumer)  # fetched before the seek: waits too
+    assert [order.holds_back(_at(o), consumer) for o in (5077, 5078, 5079)] == [False] * 3
+    assert seeks == [(3, 5077)]
+
+
+def test_a_jump_into_a_new_generation_is_not_a_hole(seeks):
+    consumer = SimpleNamespace(_unacked_messages=set())
+    order = fp.InOrder()
+    assert not order.holds_back(_at(10, generation=1), consumer)
+    assert not order.holds_back(_at(500, generation=2), consumer)  # held elsewhere meanwhile
+    assert not order.holds_back(_at(7, generation=2), consumer)  # a rewind goes back: fine
+    assert seeks == []
+
+
+def test_a_hole_that_never_fills_is_passed_over_after_a_few_seeks(seeks):
+    """Nothing at the offset (a transaction marker, a compacted record): after HOLE_SEEKS
+    seeks the stream goes on, and does not rewind for that offset again."""
+    consumer = SimpleNamespace(_unacked_messages=set())
+    order = fp.InOrder()
+    order.holds_back(_at(20), consumer)
+    assert order.holds_back(_at(22), consumer)  # 21 missing
+    tp = _at(0).tp
+    for _ in range(fp.HOLE_SEEKS - 1):
+        fp.REWIND[tp][1] -= fp.REWIND_RETRY_S + 1  # as if the retry time had passed
+        assert order.holds_back(_at(22), consumer)
+    assert seeks == [(3, 21)] * fp.HOLE_SEEKS
+    fp.REWIND[tp][1] -= fp.REWIND_RETRY_S + 1
+    assert not order.holds_back(_at(22), consumer)
+    assert tp not in fp.REWIND and fp.REAL_HOLES[tp] == 21
+    assert not order.holds_back(_at(23), consumer)
