@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup demo test test-fast test-unit bench lint schemas clean services
+.PHONY: setup demo test test-fast test-unit bench lint schemas clean services system-packages
 
 setup: $(STAMP) services
 
@@ -14,22 +14,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# Binaries the local stack and the tests need: PostgreSQL server, kcat, promtool (prometheus,
-# checks /metrics) and chromium (renders /dashboard headless) from Debian's packages (when
-# missing and we may install), the Kafka jars from Maven Central (cached).
-services: $(STAMP)
-	@missing=""; \
-	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
-	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing$$missing from Debian's packages"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "please install:$$missing (apt-get install -y$$missing)"; exit 1; fi; \
-	fi
+# What the local stack and the tests need from the system: PostgreSQL server, kcat, promtool
+# (prometheus, checks /metrics), chromium (renders /dashboard headless), Java 17+ (the broker)
+# and Maven (fetches the Kafka jars once). Missing ones are installed from Debian's packages
+# when we may (root, or password-less sudo); else the command to run is printed. Then the
+# Kafka jars come from Maven Central (cached).
+services: $(STAMP) system-packages
 	$(BIN)/python -m streams.infra.prepare
+
+system-packages:
+	@missing="$$(sh deploy/setup/missing-packages.sh)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "please install: $$missing (apt-get install -y $$missing)"; exit 1; fi; \
+	  echo "installing $$missing from Debian's packages"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+	    || { echo "apt-get could not install: $$missing"; exit 1; }; \
+	  still="$$(sh deploy/setup/missing-packages.sh)"; \
+	  if [ -n "$$still" ]; then echo "still missing after apt-get: $$still"; exit 1; fi; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
