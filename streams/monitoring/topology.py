@@ -176,6 +176,9 @@ async def metrics_aggregator(stream: StreamT) -> None:
         folded = 0
         for event in events:
             if control_kind(event) is ControlKind.TICK:
+                # A worker that took a partition over with nothing left to replay restores
+                # its open windows here: wall time closes them once they are quiet.
+                aggregator.windows(event.message.partition)
                 touched.add(event.message.partition)
                 continue
             partition = event.message.partition
@@ -260,10 +263,12 @@ async def collect_worker_metrics() -> None:
 
 @app.timer(interval=FLUSH_S)
 async def metric_window_ticks() -> None:
-    """A tick per partition holding open windows: wall time closes idle series' windows, in
-    the partition's own batch."""
-    for partition, w in list(aggregator.by_partition.items()):
-        if w.open and await _caught_up(partition):
+    """A tick per partition holding open windows, or not restored yet since this worker took
+    it: wall time closes idle series' windows, in the partition's own batch."""
+    assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == METRICS_EVENTS.name}
+    for partition in sorted(assigned | set(aggregator.by_partition)):
+        w = aggregator.by_partition.get(partition)
+        if (w is None or w.open) and await _caught_up(partition):
             await metrics_inbox.send(key=b"tick", value=b"{}", partition=partition,
                                      headers={KIND_HEADER: ControlKind.TICK.header, CORRELATION_HEADER: b""})
 

@@ -216,6 +216,34 @@ async def test_sigkill_three_times_during_20000_metric_samples(services, migrate
         stop_all(worker)
 
 
+async def test_windows_left_open_by_a_killed_worker_close_on_the_next_one(services, migrated_db):
+    """The worker applied and committed every sample, then died before its last windows were
+    quiet long enough to close. The next owner has nothing to replay, so no sample brings the
+    partition's windows back: it restores them anyway and closes them by wall time."""
+    app_id = f"crash-open-{uuid.uuid4().hex[:6]}"
+    name = f"open_{uuid.uuid4().hex[:8]}"
+    events, expected = samples(name, 2_000, ago=200)
+    await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
+    worker = spawn(services, migrated_db, app_id, "first", WINDOW_ENV)
+    try:
+        await web_up(worker)
+        await publish_paced(services.bootstrap, METRICS_EVENTS.name,
+                            [(name.encode(), encode(e)) for e in events], 1)
+        # Everything folded and committed (faust commits every 2.8 s), the last windows still
+        # open: they close only after 8 s without a sample.
+        await asyncio.sleep(5)
+        closed_before = await window_counts(migrated_db, name)
+        assert sum(closed_before.values()) < 2_000
+        kill9(worker)
+        await asyncio.sleep(11)  # the session timeout: the next worker gets the partition at once
+        worker = spawn(services, migrated_db, app_id, "next", WINDOW_ENV)
+        await web_up(worker)
+        got = await settle(lambda: window_counts(migrated_db, name), expected, timeout=120)
+        assert got == expected, f"sum {sum(got.values())} of 2000; {diff(got, expected)}"
+    finally:
+        stop_all(worker)
+
+
 async def test_sigkill_three_times_during_100000_samples_in_batched_records(services, migrated_db):
     """200 records of 500 samples each; a quarter published with no key, so their samples are
     re-keyed one by one through the inbox (positions carried in a header): every sample lands
