@@ -222,7 +222,7 @@ async def test_windows_left_open_by_a_killed_worker_close_on_the_next_one(servic
     partition's windows back: it restores them anyway and closes them by wall time."""
     app_id = f"crash-open-{uuid.uuid4().hex[:6]}"
     name = f"open_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 2_000, ago=200)
+    events, expected = samples(name, 2_000)
     await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
     worker = spawn(services, migrated_db, app_id, "first", WINDOW_ENV)
     try:
