@@ -38,6 +38,16 @@ class Rules:
     def conflict_pairs(self) -> set[frozenset[str]]:
         return set(self.forbidden)
 
+    def never_succeed(self) -> set[str]:
+        """Mixins no combination can make succeed: banned, or needing a banned one."""
+        return set(self.banned) | {m for m, need in self.requires.items() if need in self.banned}
+
+    def observable_conflicts(self) -> set[frozenset[str]]:
+        """Conflict pairs a learner can see: both members succeed in some combination (a pair
+        with a member that always fails is no different from that member alone)."""
+        dead = self.never_succeed()
+        return {p for p in self.forbidden if not p & dead}
+
 
 def _pairs(*names: tuple[str, str]) -> set[frozenset[str]]:
     return {frozenset((_m(a), _m(b))) for a, b in names}
@@ -79,6 +89,7 @@ class MixinStream:
     noise: float = 0.03
     seed: int = 7
     max_mixins: int = 6
+    flips: tuple[int, ...] = ()  # when given: the rules change at each of these, back and forth
 
     def __post_init__(self) -> None:
         self.before = rules_before()
@@ -89,6 +100,8 @@ class MixinStream:
         rng.shuffle(self.popularity)
 
     def rules_at(self, i: int) -> dict[str, Rules]:
+        if self.flips:  # back and forth: after an odd number of flips, the changed rules
+            return self.after if sum(1 for f in self.flips if i >= f) % 2 else self.before
         return self.after if self.drift_at is not None and i >= self.drift_at else self.before
 
     def __iter__(self) -> Iterator[tuple[str, list[str], bool, bool]]:

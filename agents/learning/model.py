@@ -53,11 +53,15 @@ class Conflict:
     pair_weight: float
     observations: int
     context: tuple[str, ...] = ()
+    posterior: float | None = None  # P(the pair fails beyond its members), from the evidence
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pair": list(self.pair), "p_pair": round(self.p_pair, 4), "p_a": round(self.p_a, 4),
-                "p_b": round(self.p_b, 4), "pair_weight": round(self.pair_weight, 4),
-                "observations": self.observations, "context": list(self.context)}
+        out = {"pair": list(self.pair), "p_pair": round(self.p_pair, 4), "p_a": round(self.p_a, 4),
+               "p_b": round(self.p_b, 4), "pair_weight": round(self.pair_weight, 4),
+               "observations": self.observations, "context": list(self.context)}
+        if self.posterior is not None:
+            out["posterior"] = round(self.posterior, 4)
+        return out
 
 
 @dataclass

@@ -1,0 +1,344 @@
+"""One mixin model for every node type: what holds everywhere is learnt from every result.
+
+Per-node-type models each see a quarter of the stream, so a rule that holds for all node types
+is learnt four times over, each time from a quarter of the data, and rare pairs are seen too
+seldom by any of them. Here one logistic regression holds
+
+- shared weights for each mixin and each pair, updated by every result, and
+- per-node-type deviations of the same features, updated only by that type's results, at a
+  lower learning rate (the stronger prior: a deviation grows only when the shared weight
+  cannot explain that type),
+
+and a result of type t is scored by `intercept + intercept_t + sum(shared) + sum(deviation_t)`.
+A rule shared by all types lives in the shared weights; a rule of one type (a mixin banned for
+compute only) in that type's deviations.
+
+Learning rate: `lr × (1 + boost × exp(-(n - since) / boost_tau))`: high at the start and again
+after a drift (ADWIN on the 0/1 error fires while the recent error is above the long-run one),
+then settling to the base rate, whose small steps keep the weights from jittering with noisy
+labels. A drift also halves every weight: measured on the bench's stream, that brings accuracy
+back to 0.95 in 5,000 results instead of 7,000 (a challenger copy, as the per-type models use,
+or a fresh learner were slower: old weights fight the new rules, a fresh one re-learns all).
+
+Conflicts come from two sources that must agree (`find_conflicts`): the model's contextual
+probe (the pair fails where each member succeeds), and the evidence: aged success/failure
+counts per node type for every mixin and pair (the observations `mixin_compatibility_matrix`
+holds, with each result's weight halving every `half_life` results), tested with a
+Beta-binomial posterior: the pair's success rate is credibly below half the rate of either
+member without the other. The pair's prior borrows `prior_strength` pseudo-observations from
+all node types pooled, so a conflict that holds everywhere is found for a type that has seen
+the pair only a few times. Old evidence fades, so a conflict that stops holding after a drift
+is withdrawn once recent observations of the pair outweigh the old ones.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from array import array
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from river import drift
+from scipy.special import betainc
+
+from agents.learning.features import canonical
+from agents.learning.linear import log_loss_gradient, sigmoid
+from agents.learning.model import LEARNT_IDS, Conflict, Prediction, Progressive
+from agents.stats import RecentIds
+
+# Rescale the growing evidence weights before they overflow a double.
+_RESCALE_AT = 1e200
+
+
+@dataclass
+class HierarchyConfig:
+    lr: float = 0.08             # shared weights, once settled
+    deviation_lr: float = 0.05   # per-node-type deviations: the stronger prior
+    boost: float = 3.0           # extra rate at the start and after a drift ...
+    boost_tau: float = 3000.0    # ... fading with this many results
+    drift_shrink: float = 0.5    # weights are scaled by this when a drift is detected
+    adwin_delta: float = 0.01
+    fast_alpha: float = 0.02     # EWMA of recent error ...
+    slow_alpha: float = 0.002    # ... against the long-run error: "did the error go up?"
+    half_life: float = 6000.0    # results after which a result's evidence weighs half
+    prior_strength: float = 12.0  # pseudo-observations a pair borrows from all node types
+    ratio: float = 0.5           # conflict: pair rate below ratio × the members' rates ...
+    credibility: float = 0.95    # ... with this posterior probability
+    min_observations: int = 3
+    confidence_k: float = 10.0   # evidence at which a prediction's support reaches 1/2
+
+
+@dataclass
+class HierarchicalModel:
+    max_mixins: int = 64
+    max_node_types: int = 15
+    cfg: HierarchyConfig = field(default_factory=HierarchyConfig)
+
+    def __post_init__(self) -> None:
+        k = self.max_mixins
+        self.block = k + k * k
+        size = self.block * (1 + self.max_node_types)
+        self.weights = [0.0] * size
+        self.intercepts = [0.0] * (1 + self.max_node_types)
+        self.counts = [0] * size       # results learnt holding each feature (per type blocks)
+        self.succ = [0.0] * size       # aged evidence: successes ...
+        self.fail = [0.0] * size       # ... and failures, per node type and feature
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.node_types: list[str] = []
+        self.type_index: dict[str, int] = {}
+        self.updates = 0
+        self.version = 1
+        self.since = 0                 # result number of the last (re)start of the boost
+        self.weight = 1.0              # evidence weight of the next result (grows; see _age)
+        self.progressive = Progressive()
+        self.by_type: dict[str, Progressive] = {}
+        self.adwin = drift.ADWIN(delta=self.cfg.adwin_delta)
+        self.err_fast = self.err_slow = 0.5
+        self.drifts: list[int] = []
+        self.conflicts: dict[str, list[Conflict]] = {}
+        self.applied: dict[str, int] = {}
+        self.learnt = RecentIds(LEARNT_IDS)
+
+    # -------------------------------------------------------------- snapshots
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Weights and evidence sparse (a few thousand of the ~66,000 features are ever set)."""
+        state = dict(self.__dict__)
+        for name, code in (("weights", "d"), ("counts", "q"), ("succ", "d"), ("fail", "d")):
+            values = state.pop(name)
+            used = [i for i, v in enumerate(values) if v]
+            state[name] = (len(values), array("l", used), array(code, (values[i] for i in used)))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, zero in (("weights", 0.0), ("counts", 0), ("succ", 0.0), ("fail", 0.0)):
+            size, used, values = state[name]
+            dense = [zero] * size
+            for i, v in zip(used, values, strict=True):
+                dense[i] = v
+            state[name] = dense
+        self.__dict__.update(state)
+
+    def seen_result(self, result_id: uuid.UUID) -> bool:
+        return self.learnt.seen(result_id.int >> 64)
+
+    def seen_id(self, id_prefix: int) -> bool:
+        return self.learnt.seen(id_prefix)
+
+    # -------------------------------------------------------------- features
+
+    @property
+    def mixins(self) -> list[str]:
+        return sorted(self.names)
+
+    def _type(self, node_type: str, learn: bool) -> int | None:
+        t = self.type_index.get(node_type)
+        if t is None and learn and len(self.node_types) < self.max_node_types:
+            t = self.type_index[node_type] = len(self.node_types)
+            self.node_types.append(node_type)
+        return t
+
+    def _ids(self, mixins: list[str] | tuple[str, ...], learn: bool) -> list[int]:
+        index = self.index
+        if learn:
+            for m in sorted(set(mixins)):
+                if m not in index and len(self.names) < self.max_mixins:
+                    index[m] = len(self.names)
+                    self.names.append(m)
+        return sorted({index[m] for m in mixins if m in index})
+
+    def _features(self, ids: list[int]) -> list[int]:
+        k = self.max_mixins
+        return ids + [k + a * k + b for a, b in combinations(ids, 2)]
+
+    def pair_feature(self, a: str, b: str) -> int | None:
+        i, j = self.index.get(a), self.index.get(b)
+        if i is None or j is None or i == j:
+            return None
+        return self.max_mixins + min(i, j) * self.max_mixins + max(i, j)
+
+    def _logit(self, t: int | None, base: list[int]) -> float:
+        w = self.weights
+        z = self.intercepts[0] + sum(map(w.__getitem__, base))
+        if t is not None:
+            off = self.block * (1 + t)
+            z += self.intercepts[1 + t] + sum(w[off + f] for f in base)
+        return z
+
+    # -------------------------------------------------------------- learning
+
+    def learn_one(self, node_type: str, mixins: list[str] | tuple[str, ...], success: bool) -> float:
+        """Learn one result; returns the probability predicted before learning (progressive)."""
+        t = self._type(node_type, learn=True)
+        base = self._features(self._ids(mixins, learn=True))
+        y = bool(success)
+        z = self._logit(t, base)
+        p = sigmoid(z)
+        self.progressive.update(p, y)
+        scored = self.by_type.get(node_type)
+        if scored is None:
+            scored = self.by_type[node_type] = Progressive()
+        scored.update(p, y)
+        self._watch_drift((p >= 0.5) != y)
+
+        cfg = self.cfg
+        boost = 1.0 + cfg.boost * math.exp(-(self.updates - self.since) / cfg.boost_tau)
+        g = log_loss_gradient(y, z)
+        step = cfg.lr * boost * g
+        w = self.weights
+        self.intercepts[0] -= step
+        for f in base:
+            w[f] -= step
+        if t is not None:
+            off = self.block * (1 + t)
+            dstep = cfg.deviation_lr * boost * g
+            self.intercepts[1 + t] -= dstep
+            counts, evidence, weight = self.counts, self.succ if y else self.fail, self.weight
+            for f in base:
+                i = off + f
+                w[i] -= dstep
+                counts[i] += 1
+                evidence[i] += weight
+        self._age()
+        self.updates += 1
+        return p
+
+    def _watch_drift(self, err: bool) -> None:
+        cfg = self.cfg
+        e = float(err)
+        self.err_fast += cfg.fast_alpha * (e - self.err_fast)
+        self.err_slow += cfg.slow_alpha * (e - self.err_slow)
+        self.adwin.update(e)
+        if self.adwin.drift_detected and self.err_fast > self.err_slow:
+            # Rules changed: halve every weight (what still holds is re-learnt within a few
+            # hundred results, at the boosted rate; what no longer holds fades that much faster)
+            self.drifts.append(self.updates)
+            self.since = self.updates
+            shrink = cfg.drift_shrink
+            self.weights = [w * shrink for w in self.weights]
+            self.intercepts = [w * shrink for w in self.intercepts]
+
+    def _age(self) -> None:
+        """Each result's evidence weighs 2^(1/half_life) times the previous one's, which is the
+        same as every older result's weight halving each `half_life` results; the stored sums
+        are scaled down before they overflow."""
+        self.weight *= 2.0 ** (1.0 / self.cfg.half_life)
+        if self.weight > _RESCALE_AT:
+            scale = 1.0 / self.weight
+            self.succ = [v * scale for v in self.succ]
+            self.fail = [v * scale for v in self.fail]
+            self.weight = 1.0
+
+    # -------------------------------------------------------------- prediction
+
+    def predict_proba(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> float:
+        base = self._features(self._ids(mixins, learn=False))
+        return sigmoid(self._logit(self._type(node_type, learn=False), base))
+
+    def evidence(self, node_type: str, known: tuple[str, ...]) -> int:
+        """Least-seen feature of the combination for this node type."""
+        t = self._type(node_type, learn=False)
+        if t is None:
+            return 0
+        off = self.block * (1 + t)
+        return min((self.counts[off + f] for f in self._features(self._ids(known, False))), default=0)
+
+    def predict(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> Prediction:
+        combo = canonical(mixins)
+        known = tuple(m for m in combo if m in self.index)
+        unseen = [m for m in combo if m not in self.index]
+        p = self.predict_proba(node_type, known)
+        n = 0 if unseen else self.evidence(node_type, known)
+        support = n / (n + self.cfg.confidence_k)
+        confidence = support * (0.5 + 0.5 * abs(2 * p - 1))
+        members = set(combo)
+        found = [c.as_dict() for c in self.conflicts.get(node_type, ())
+                 if c.pair[0] in members and c.pair[1] in members]
+        return Prediction(node_type=node_type, mixins=list(combo), score=p, confidence=confidence,
+                          evidence=n, conflicts=found, unseen=unseen, risky=p < 0.5 or bool(found),
+                          model_version=self.version, updates=self.updates)
+
+    # -------------------------------------------------------------- conflicts
+
+    def posteriors(self, node_type: str) -> dict[tuple[str, str], tuple[float, int]]:
+        """Per observed pair of this node type: (posterior probability that the pair succeeds
+        at under `ratio` × the rate of either member without the other, observations)."""
+        t = self._type(node_type, learn=False)
+        if t is None:
+            return {}
+        cfg, block = self.cfg, self.block
+        off = block * (1 + t)
+        succ, fail = self.succ, self.fail
+        pairs, rows = [], []
+        for a, b in combinations(self.mixins, 2):
+            f = self.pair_feature(a, b)
+            assert f is not None
+            n_obs = self.counts[off + f]
+            if n_obs < cfg.min_observations:
+                continue
+            i, j = self.index[a], self.index[b]
+            s_ab, f_ab = succ[off + f], fail[off + f]
+            # The pair's rate over all node types: the prior's centre.
+            pooled_s = sum(succ[block * (1 + u) + f] for u in range(len(self.node_types)))
+            pooled_n = pooled_s + sum(fail[block * (1 + u) + f] for u in range(len(self.node_types)))
+            members = []
+            for x in (i, j):
+                s_x, n_x = succ[off + x] - s_ab, succ[off + x] + fail[off + x] - s_ab - f_ab
+                members.append((max(s_x, 0.0) + 1) / (max(n_x, 0.0) + 2))
+            pairs.append((a, b, n_obs))
+            rows.append((s_ab, f_ab, (pooled_s + 1) / (pooled_n + 2), min(members)))
+        if not rows:
+            return {}
+        data = np.asarray(rows, dtype=float) / np.array([self.weight, self.weight, 1, 1])
+        s, f, centre, member = data.T
+        alpha = 1 + cfg.prior_strength * centre + s
+        beta = 1 + cfg.prior_strength * (1 - centre) + f
+        posterior = betainc(alpha, beta, np.clip(cfg.ratio * member, 0.0, 1.0))
+        return {(a, b): (float(p), n) for (a, b, n), p in zip(pairs, posterior, strict=True)}
+
+    def find_conflicts(self, node_type: str, threshold: float = 0.5) -> list[Conflict]:
+        """Pairs the evidence and the model agree on: the Beta-binomial posterior is credible
+        and the model's probe, each member in the context where it succeeds, scores the pair
+        below `threshold`."""
+        cfg = self.cfg
+        credible = {pair: v for pair, v in self.posteriors(node_type).items() if v[0] >= cfg.credibility}
+        if not credible:
+            self.conflicts[node_type] = []
+            return []
+        names = self.mixins
+        p = lambda combo: self.predict_proba(node_type, canonical(combo))  # noqa: E731
+        best: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+        def context(a: str) -> tuple[float, tuple[str, ...]]:
+            if a not in best:
+                alone = p((a,))
+                best[a] = (alone, ()) if alone > threshold else max(
+                    ((p((a, c)), (c,)) for c in names if c != a), key=lambda x: x[0], default=(alone, ()))
+            return best[a]
+
+        found = []
+        for (a, b), (posterior, n_obs) in sorted(credible.items()):
+            (p_a, ctx_a), (p_b, ctx_b) = context(a), context(b)
+            if p_a <= threshold or p_b <= threshold:
+                continue
+            ctx = tuple(c for c in dict.fromkeys(ctx_a + ctx_b) if c not in (a, b))
+            p_ab = p((a, b) + ctx)
+            if p_ab < threshold:
+                t = self.type_index[node_type]
+                f = self.pair_feature(a, b)
+                assert f is not None
+                weight = self.weights[f] + self.weights[self.block * (1 + t) + f]
+                found.append(Conflict((a, b), p_ab, p_a, p_b, weight, n_obs, ctx, posterior))
+        self.conflicts[node_type] = found
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return {"model_version": self.version, "updates": self.updates, "mixins": len(self.names),
+                "node_types": list(self.node_types),
+                "progressive_accuracy": round(self.progressive.accuracy, 4),
+                "progressive_log_loss": round(self.progressive.log_loss, 4), "drifts": len(self.drifts),
+                "conflicts": {t: len(c) for t, c in sorted(self.conflicts.items())}}

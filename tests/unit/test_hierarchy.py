@@ -1,0 +1,86 @@
+"""The hierarchical mixin model: shared rules learnt from every node type, per-type rules
+kept apart, conflicts from evidence that ages, compact snapshots (no Kafka)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+from agents.learning.hierarchy import HierarchicalModel, HierarchyConfig
+
+TYPES = ("effect", "compute", "reducer", "orchestrator")
+MIXINS = [f"Mixin{c}" for c in "ABCDEFGHIJ"]
+
+
+def _stream(n: int, seed: int = 3, forbidden=frozenset({"MixinA", "MixinB"}),
+            banned_for=("compute", "MixinJ")):
+    rng = random.Random(seed)
+    for _ in range(n):
+        t = rng.choice(TYPES)
+        combo = sorted(set(rng.sample(MIXINS, rng.randint(1, 4))))
+        ok = not forbidden <= set(combo) and not (t == banned_for[0] and banned_for[1] in combo)
+        yield t, combo, ok if rng.random() > 0.02 else not ok
+
+
+def _trained(n: int = 8000, **kw) -> HierarchicalModel:
+    model = HierarchicalModel(**kw)
+    for t, combo, ok in _stream(n):
+        model.learn_one(t, combo, ok)
+    return model
+
+
+def test_a_rule_of_every_type_is_shared_and_a_rule_of_one_type_stays_there():
+    model = _trained()
+    for t in TYPES:
+        assert model.predict_proba(t, ["MixinA", "MixinB"]) < 0.2
+        assert model.predict_proba(t, ["MixinA", "MixinC"]) > 0.8
+    assert model.predict_proba("compute", ["MixinJ"]) < 0.2
+    assert all(model.predict_proba(t, ["MixinJ"]) > 0.8 for t in TYPES if t != "compute")
+    # The shared weight carries the common conflict; the deviations stay small.
+    f = model.pair_feature("MixinA", "MixinB")
+    assert f is not None and model.weights[f] < -1.0
+    assert all(abs(model.weights[model.block * (1 + model.type_index[t]) + f]) < abs(model.weights[f])
+               for t in TYPES)
+
+
+def test_conflicts_need_evidence_and_the_model_and_carry_their_posterior():
+    model = _trained()
+    for t in TYPES:
+        found = model.find_conflicts(t)
+        assert [c.pair for c in found] == [("MixinA", "MixinB")], (t, found)
+        assert found[0].posterior is not None and found[0].posterior >= 0.95
+        assert found[0].observations >= 3 and found[0].as_dict()["posterior"] >= 0.95
+    assert model.predict("effect", ["MixinB", "MixinA"]).conflicts[0]["pair"] == ["MixinA", "MixinB"]
+
+
+def test_a_conflict_that_stops_holding_is_withdrawn():
+    """The rules change: A+B is fine from now on, C+D conflicts. Evidence ages (half-life 2000
+    results here), so A+B is withdrawn and C+D reported within a few thousand results."""
+    model = _trained(cfg=HierarchyConfig(half_life=2000))
+    assert all(("MixinA", "MixinB") in [c.pair for c in model.find_conflicts(t)] for t in TYPES)
+    for t, combo, ok in _stream(8000, seed=4, forbidden=frozenset({"MixinC", "MixinD"})):
+        model.learn_one(t, combo, ok)
+    for t in TYPES:
+        pairs = [c.pair for c in model.find_conflicts(t)]
+        assert ("MixinA", "MixinB") not in pairs and ("MixinC", "MixinD") in pairs, (t, pairs)
+    assert model.drifts  # the change was noticed
+
+
+def test_snapshot_is_sparse_and_predicts_the_same():
+    model = _trained(4000)
+    blob = pickle.dumps(model)
+    assert len(blob) < 200_000  # of ~66,000 features only the ones seen are stored
+    again = pickle.loads(blob)
+    for t in TYPES:
+        for combo in (["MixinA"], ["MixinA", "MixinB"], ["MixinC", "MixinJ", "MixinE"]):
+            assert again.predict_proba(t, combo) == model.predict_proba(t, combo)
+    assert again.posteriors("effect") == model.posteriors("effect")
+    # and it goes on learning exactly as the original does
+    for t, combo, ok in _stream(500, seed=9):
+        assert again.learn_one(t, combo, ok) == model.learn_one(t, combo, ok)
+
+
+def test_unknown_node_type_and_mixins_are_scored_by_what_is_shared():
+    model = _trained(4000)
+    p = model.predict("a-new-type", ["MixinA", "MixinB", "MixinZ"])
+    assert p.unseen == ["MixinZ"] and p.evidence == 0 and p.score < 0.5
