@@ -44,7 +44,7 @@ import numpy as np
 from river import drift
 from scipy.special import betainc
 
-from agents.learning.features import canonical
+from agents.learning.features import canonical, feature_numbers, number_mixins, pair_number
 from agents.learning.linear import log_loss_gradient, sigmoid
 from agents.learning.model import LEARNT_IDS, Conflict, Prediction, Progressive
 from agents.stats import RecentIds
@@ -143,23 +143,15 @@ class HierarchicalModel:
         return t
 
     def _ids(self, mixins: list[str] | tuple[str, ...], learn: bool) -> list[int]:
-        index = self.index
         if learn:
-            for m in sorted(set(mixins)):
-                if m not in index and len(self.names) < self.max_mixins:
-                    index[m] = len(self.names)
-                    self.names.append(m)
-        return sorted({index[m] for m in mixins if m in index})
+            return number_mixins(self.index, self.names, mixins, self.max_mixins)
+        return sorted({self.index[m] for m in mixins if m in self.index})
 
     def _features(self, ids: list[int]) -> list[int]:
-        k = self.max_mixins
-        return ids + [k + a * k + b for a, b in combinations(ids, 2)]
+        return feature_numbers(ids, self.max_mixins)
 
     def pair_feature(self, a: str, b: str) -> int | None:
-        i, j = self.index.get(a), self.index.get(b)
-        if i is None or j is None or i == j:
-            return None
-        return self.max_mixins + min(i, j) * self.max_mixins + max(i, j)
+        return pair_number(self.index, self.max_mixins, a, b)
 
     def _logit(self, t: int | None, base: list[int]) -> float:
         w = self.weights

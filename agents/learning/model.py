@@ -33,7 +33,7 @@ from typing import Any
 
 from river import drift
 
-from agents.learning.features import PAIR_SEP, canonical
+from agents.learning.features import PAIR_SEP, canonical, feature_numbers, number_mixins, pair_number
 from agents.learning.linear import Logistic, sigmoid
 from agents.stats import RecentIds
 
@@ -191,15 +191,10 @@ class MixinModel:
 
     def features(self, ids: list[int]) -> list[int]:
         """Features of a combination given as sorted, distinct mixin numbers."""
-        k = self.max_mixins
-        return ids + [k + a * k + b for a, b in combinations(ids, 2)]
+        return feature_numbers(ids, self.max_mixins)
 
     def pair_feature(self, a: str, b: str) -> int | None:
-        i, j = self.index.get(a), self.index.get(b)
-        if i is None or j is None or i == j:
-            return None
-        i, j = min(i, j), max(i, j)
-        return self.max_mixins + i * self.max_mixins + j
+        return pair_number(self.index, self.max_mixins, a, b)
 
     def observations(self, a: str, b: str | None = None) -> int:
         """Results learnt that held mixin `a` (and `b`, when given)."""
@@ -222,17 +217,7 @@ class MixinModel:
     def _learnt_ids(self, mixins: list[str] | tuple[str, ...]) -> list[int]:
         """Sorted numbers of the combination's mixins, numbering new ones; names beyond
         `max_mixins` are dropped (in name order, like `canonical`)."""
-        index = self.index
-        try:
-            return sorted({index[m] for m in mixins})
-        except KeyError:
-            pass
-        names = self.names
-        for m in sorted(set(mixins)):
-            if m not in index and len(names) < self.max_mixins:
-                index[m] = len(names)
-                names.append(m)
-        return sorted({index[m] for m in mixins if m in index})
+        return number_mixins(self.index, self.names, mixins, self.max_mixins)
 
     # -------------------------------------------------------------- learning
 

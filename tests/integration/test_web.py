@@ -25,16 +25,20 @@ def test_metrics_pass_promtool(worker):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_health_reports_lag_and_last_event_age_per_agent(worker, services):
+def _publish_example_prd(services, prefix: str) -> None:
     async def publish():
         data = orjson.loads((ROOT / "examples" / "minimal.json").read_bytes())
-        data["prd_id"] = f"web-{uuid.uuid4().hex[:6]}"
+        data["prd_id"] = f"{prefix}-{uuid.uuid4().hex[:6]}"
         from schemas.events import PrdSubmitted
 
         async with OmnistreamClient(services.bootstrap) as client:
             await client.publish_prd(PrdSubmitted.model_validate(data))
 
     asyncio.run(publish())
+
+
+def test_health_reports_lag_and_last_event_age_per_agent(worker, services):
+    _publish_example_prd(services, "web")
     deadline = time.monotonic() + 30
     report = {}
     while time.monotonic() < deadline:
@@ -52,15 +56,7 @@ def test_health_reports_lag_and_last_event_age_per_agent(worker, services):
 def test_health_lag_total_is_the_sum_of_what_it_lists(worker, services):
     """consumer_lag adds up lag_by_topic; each agent's lag adds up its topics' lag; table
     changelogs (written by the worker, read only when it restores) are listed apart."""
-    async def publish():
-        data = orjson.loads((ROOT / "examples" / "minimal.json").read_bytes())
-        data["prd_id"] = f"lag-{uuid.uuid4().hex[:6]}"
-        from schemas.events import PrdSubmitted
-
-        async with OmnistreamClient(services.bootstrap) as client:
-            await client.publish_prd(PrdSubmitted.model_validate(data))
-
-    asyncio.run(publish())
+    _publish_example_prd(services, "lag")
     deadline = time.monotonic() + 60
     report: dict = {}
     while time.monotonic() < deadline:  # the run wrote table records: changelogs moved
