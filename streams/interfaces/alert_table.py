@@ -53,8 +53,11 @@ def _number(x: float | int | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+def _labels(alert: Alert) -> str:
+    """The labels, without the two that repeat the RULE and SEVERITY columns."""
+    shown = {k: v for k, v in alert.labels.items()
+             if not (k == "rule" and v == alert.rule) and not (k == "severity" and v == alert.severity)}
+    return ",".join(f"{k}={v}" for k, v in sorted(shown.items())) or "-"
 
 
 def _state(alert: Alert) -> str:
@@ -66,7 +69,7 @@ def _state(alert: Alert) -> str:
 def cells(alert: Alert, now: datetime) -> list[str]:
     """One alert as the table's cells, in COLUMNS order."""
     since = alert.ended_at if alert.state == "resolved" and alert.ended_at else alert.started_at
-    return [alert_id(alert)[:SHORT_ID], _state(alert), alert.severity, alert.rule, _labels(alert.labels),
+    return [alert_id(alert)[:SHORT_ID], _state(alert), alert.severity, alert.rule, _labels(alert),
             age((now - since).total_seconds()) + " ago",
             f"{_number(alert.value)}/{_number(alert.threshold)}", str(alert.escalation_level),
             alert.annotations.get("acked_by") or "-"]

@@ -51,10 +51,11 @@ def test_colour_only_when_asked():
 
 
 def test_one_line_per_change():
-    line = alert_table.change_line(_alert("cpu_hot", "firing", labels={"svc": "api", "zone": "a"}), NOW)
+    line = alert_table.change_line(_alert("cpu_hot", "firing", labels={
+        "svc": "api", "zone": "a", "rule": "cpu_hot", "severity": "warning"}), NOW)  # columns already
     assert line.split()[2:6] == [alert_table.alert_id(_alert("cpu_hot", "firing"))[:8], "firing", "warning",
                                  "cpu_hot"]
-    assert "svc=api,zone=a" in line and "value/threshold=12.5/10" in line and "esc=0" in line
+    assert " svc=api,zone=a " in line and "value/threshold=12.5/10" in line and "esc=0" in line
     assert "\n" not in line
 
 
