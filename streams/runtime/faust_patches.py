@@ -27,9 +27,11 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from faust.transport.consumer import Consumer
+from faust.types import TP, Message
 from faust.types.tuples import ack_lock
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,11 @@ _faust_ack = Consumer.ack
 
 REWIND_RETRY_S = 5.0  # a rewound offset not back by then is sought again
 HOLE_SEEKS = 3  # a hole still open after this many seeks is real (nothing at that offset)
-REWIND: dict[Any, list] = {}  # tp → [offset it is read again from, when that was asked, seeks]
-REAL_HOLES: dict[Any, int] = {}  # tp → an offset known to hold no record
-_pending_seek: dict[Any, int] = {}
+REWIND: dict[TP, list] = {}  # tp → [offset it is read again from, when that was asked, seeks]
+REAL_HOLES: dict[TP, int] = {}  # tp → an offset known to hold no record
+_pending_seek: dict[TP, int] = {}
 _seeker: asyncio.Future | None = None
-PINNED: dict[Any, int] = {}  # tp → rewound offset the fetcher's read offset must not pass yet
+PINNED: dict[TP, int] = {}  # tp → rewound offset the fetcher's read offset must not pass yet
 
 
 class PinnedReadOffsets(defaultdict):
@@ -50,7 +52,12 @@ class PinnedReadOffsets(defaultdict):
     before it are still being handed on; they must not raise the read offset past the rewound
     one, or it is dropped when it is fetched again."""
 
-    def __setitem__(self, tp: Any, offset: Any) -> None:
+    @staticmethod
+    def set_unpinned(offsets: Any, tp: TP, offset: int) -> None:
+        """Set the read offset, past the pin (the rewind itself moves it)."""
+        dict.__setitem__(offsets, tp, offset)
+
+    def __setitem__(self, tp: TP, offset: int | None) -> None:
         pin = PINNED.get(tp)
         if pin is not None and offset is not None:
             if offset == pin:
@@ -60,7 +67,7 @@ class PinnedReadOffsets(defaultdict):
         super().__setitem__(tp, offset)
 
 
-def _ack_current_generation_only(self: Any, message: Any) -> bool:
+def _ack_current_generation_only(self: Consumer, message: Message) -> bool:
     app = self.app
     if message.generation_id == app.consumer_generation_id and app.flow_control.is_active():
         return _faust_ack(self, message)
@@ -77,7 +84,7 @@ def _ack_current_generation_only(self: Any, message: Any) -> bool:
     return False
 
 
-def rewind(consumer: Any, tp: Any, offset: int, why: str) -> None:
+def rewind(consumer: Consumer, tp: TP, offset: int, why: str) -> None:
     """Read `tp` again from `offset`; every reader holds back its later deliveries until then."""
     REWIND[tp] = [offset, time.monotonic(), 1]  # a new entry: every reader waits for it
     _seek(consumer, tp, offset)
@@ -85,14 +92,14 @@ def rewind(consumer: Any, tp: Any, offset: int, why: str) -> None:
         "topic": tp.topic, "partition": tp.partition, "offset": offset}})
 
 
-def _seek(consumer: Any, tp: Any, offset: int) -> None:
+def _seek(consumer: Consumer, tp: TP, offset: int) -> None:
     global _seeker
     _pending_seek[tp] = offset
     if _seeker is None or _seeker.done():
         _seeker = asyncio.ensure_future(_seek_when_flowing(consumer))
 
 
-async def _seek_when_flowing(consumer: Any) -> None:
+async def _seek_when_flowing(consumer: Consumer) -> None:
     app = consumer.app
     while _pending_seek:
         if app.flow_control.is_active() and consumer.flow_active and not app.rebalancing:
@@ -102,14 +109,14 @@ async def _seek_when_flowing(consumer: Any) -> None:
                 if tp in assigned:
                     await consumer.seek(tp, offset)
                     PINNED[tp] = offset
-                    dict.__setitem__(consumer._read_offset, tp, offset)
+                    PinnedReadOffsets.set_unpinned(consumer._read_offset, tp, offset)
                 else:
                     forget([tp])  # another worker reads it from the committed offset
         else:
             await asyncio.sleep(0.05)
 
 
-def holds_back(message: Any, consumer: Any, passed: dict[Any, list]) -> bool:
+def holds_back(message: Message, consumer: Consumer, passed: dict[TP, list]) -> bool:
     """True for a delivery that must wait for its partition's rewind (it comes again later).
     `passed`: the reading stream's own record of rewinds it has already seen arrive (a topic
     read by two agents reaches each of them in its own order)."""
@@ -140,7 +147,7 @@ def holds_back(message: Any, consumer: Any, passed: dict[Any, list]) -> bool:
     return True
 
 
-def _untrack(message: Any, consumer: Any) -> None:
+def _untrack(message: Message, consumer: Consumer) -> None:
     with ack_lock:
         message.acked = True  # untracked: it is delivered again after the rewound ones
         consumer._unacked_messages.discard(message)
@@ -154,10 +161,10 @@ class InOrder:
     rewound to it. (Across generations a jump is normal: the partition was elsewhere.)"""
 
     def __init__(self) -> None:
-        self.passed: dict[Any, list] = {}  # tp → the rewind entry this stream saw arrive
-        self.expected: dict[Any, tuple[Any, int]] = {}  # tp → (generation, next offset)
+        self.passed: dict[TP, list] = {}  # tp → the rewind entry this stream saw arrive
+        self.expected: dict[TP, tuple[int | None, int]] = {}  # tp → (generation, next offset)
 
-    def holds_back(self, message: Any, consumer: Any) -> bool:
+    def holds_back(self, message: Message, consumer: Consumer) -> bool:
         if holds_back(message, consumer, self.passed):
             return True
         tp, offset, generation = message.tp, message.offset, message.generation_id
@@ -171,7 +178,7 @@ class InOrder:
         return False
 
 
-def forget(tps: Any) -> None:
+def forget(tps: Iterable[TP]) -> None:
     """Partitions this worker no longer holds: their rewinds are the new owner's business."""
     for tp in tps:
         REWIND.pop(tp, None)
@@ -183,7 +190,7 @@ def forget(tps: Any) -> None:
 _faust_init = Consumer.__init__
 
 
-def _init_with_pinned_offsets(self: Any, *args: Any, **kwargs: Any) -> None:
+def _init_with_pinned_offsets(self: Consumer, *args: Any, **kwargs: Any) -> None:
     _faust_init(self, *args, **kwargs)
     self._read_offset = PinnedReadOffsets(lambda: None)
 

@@ -34,8 +34,9 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from faust.transport.consumer import Consumer
 from faust.types import TP, EventT, StreamT, TableT
 from pydantic import BaseModel
 
@@ -207,10 +208,11 @@ async def run_batches(stream: StreamT, agent: str, on_batch: Batch, *, max_event
     from streams.runtime.app import app
 
     in_order = InOrder()
+    consumer = cast(Consumer, app.consumer)  # faust's transport consumer behind ConsumerT
 
     async def read() -> None:
         async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
-            if not in_order.holds_back(event.message, app.consumer):
+            if not in_order.holds_back(event.message, consumer):
                 await queue.put(event)
 
     reader = asyncio.ensure_future(read())
@@ -346,6 +348,7 @@ async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: H
     gate = asyncio.Semaphore(concurrency)
     acks = OrderedAcks()
     in_order = InOrder()
+    consumer = cast(Consumer, app.consumer)
     inflight: set[asyncio.Future] = set()
 
     async def one(event: EventT, entry: list) -> None:
@@ -362,7 +365,7 @@ async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: H
 
     try:
         async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
-            if in_order.holds_back(event.message, app.consumer):
+            if in_order.holds_back(event.message, consumer):
                 continue
             await gate.acquire()
             task = asyncio.create_task(one(event, acks.started(event)))
