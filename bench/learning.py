@@ -22,7 +22,7 @@ VARIANTS: dict[str, Callable[[str], MixinModel]] = {
     # LEARNING.md's best: pairs, SGD lr .1, a plain online learner (no drift handling).
     "baseline: LR pairs, lr .1, plain": lambda t: MixinModel(t, lr=0.1, drift_cfg=DriftConfig(enabled=False)),
     "LR pairs, lr .2, plain": lambda t: MixinModel(t, lr=0.2, drift_cfg=DriftConfig(enabled=False)),
-    "omnistream: lr .2 + ADWIN challenger": lambda t: MixinModel(t),
+    "per-type (before): lr .2 + ADWIN challenger": lambda t: MixinModel(t),
 }
 
 
@@ -30,7 +30,7 @@ def _windows(hits: list[bool], size: int = 1000) -> list[float]:
     return [sum(hits[i:i + size]) / len(hits[i:i + size]) for i in range(0, len(hits), size)]
 
 
-HIERARCHICAL = "omnistream hierarchical (shared + per-type)"
+HIERARCHICAL = "omnistream: shared hierarchical model"
 
 
 class _PerType:
@@ -54,7 +54,7 @@ LEARNERS: dict[str, Callable[[], Learner]] = {
     **{name: (lambda make=make: _PerType(make)) for name, make in VARIANTS.items()},
     HIERARCHICAL: HierarchicalModel,
 }
-TODAY = "omnistream: lr .2 + ADWIN challenger"
+TODAY = "per-type (before): lr .2 + ADWIN challenger"
 
 
 def accuracy_run(stream: MixinStream) -> tuple[dict, dict[str, Learner]]:

@@ -328,6 +328,19 @@ class HierarchicalModel:
         self.conflicts[node_type] = found
         return found
 
+    def type_status(self, node_type: str) -> dict[str, Any]:
+        """What /api/models shows for one node type served by this model."""
+        scored = self.by_type.get(node_type, Progressive())
+        return {"node_type": node_type, "model": "shared", "model_version": self.version,
+                "updates": scored.n, "mixins": len(self.names),
+                "progressive_accuracy": round(scored.accuracy, 4),
+                "progressive_log_loss": round(scored.log_loss, 4), "drifts": len(self.drifts),
+                "conflicts": len(self.conflicts.get(node_type, ()))}
+
+    def find_all_conflicts(self) -> dict[str, list[Conflict]]:
+        """`find_conflicts` for every node type learnt."""
+        return {t: self.find_conflicts(t) for t in self.node_types}
+
     def status(self) -> dict[str, Any]:
         return {"model_version": self.version, "updates": self.updates, "mixins": len(self.names),
                 "node_types": list(self.node_types),

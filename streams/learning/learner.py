@@ -1,5 +1,6 @@
-"""The mixin learner's state and batch logic, without Faust: the live models of the node types
-whose partitions a worker holds, their signed snapshots in a table, installs from replay.
+"""The mixin learner's state and batch logic, without Faust: the live shared model (every node
+type learns into it) when a worker holds its partition, its signed snapshots in a table,
+installs from replay.
 
 The table, the conflicts sink and the clock are given to it, so its contract is tested in
 milliseconds (tests/unit/test_learner.py): a batch's models are snapshotted into the table,
@@ -21,15 +22,16 @@ import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.learning import snapshot
+from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.model import MixinModel
-from agents.learning.registry import ModelRegistry
+from agents.learning.registry import SHARED, Model, ModelRegistry
 from schemas.events import GenerationResult
 from streams.runtime.processing import Applied
 from streams.runtime.sink import RowSink
 
 log = logging.getLogger(__name__)
 
-RECENT_EVENTS = 20_000  # kept per node type so an installed (replayed) model can catch up
+RECENT_EVENTS = 20_000  # kept so an installed (replayed) model can catch up
 
 MODEL_UPDATES = Counter("omnistream_model_updates_total", "Results learnt", ["node_type"])
 MODEL_SNAPSHOTS = Counter("omnistream_model_snapshots_total", "Model snapshots written", ["node_type"])
@@ -41,11 +43,12 @@ LEARN_SECONDS = Histogram("omnistream_model_learn_seconds", "learn_one time",
 
 
 class Learner:
-    """The live models of the node types whose partitions this worker holds.
+    """The live model of the partition this worker holds: the shared model every node type
+    learns into (`SHARED`; all results are keyed to it, so one partition, one owner).
 
-    Each model carries `applied` (highest offset learnt per codegen.results partition); a batch
-    learns the results it has not applied, then every model it changed is snapshotted into the
-    table (in its partition) before the batch is acked."""
+    The model carries `applied` (highest offset learnt per source partition); a batch learns
+    the results it has not applied, then the model is snapshotted into the table (in its
+    partition) before the batch is acked."""
 
     def __init__(self, table: MutableMapping[bytes, bytes] | None = None, key: bytes | None = None,
                  replica: ModelRegistry | None = None, conflict_sink: RowSink | None = None,
@@ -53,10 +56,10 @@ class Learner:
         self.table: MutableMapping[bytes, bytes] = table if table is not None else {}
         self.key = key or b""
         self.replica = replica
-        self.live: dict[str, MixinModel] = {}
+        self.live: dict[str, Model] = {}
         self.base: dict[str, tuple[int, int]] = {}     # (version, updates) of the last snapshot
         self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT_EVENTS))
-        self.conflicts_written: dict[str, bytes] = {}
+        self.conflicts_written: dict[str, bytes] = {}  # node type → its conflicts last written
         self.refused: dict[str, bytes] = {}  # start of a stored record that failed verification
         self.skipped = 0  # results a replay brought again, already in the model
         self.conflict_sink = conflict_sink
@@ -67,46 +70,53 @@ class Learner:
         self.live.clear()
         self.base.clear()
 
-    def model_for(self, node_type: str) -> MixinModel:
-        blob = self.table.get(node_type.encode())
-        live = self.live.get(node_type)
+    @staticmethod
+    def _fresh(key: str) -> Model:
+        return HierarchicalModel() if key == SHARED else MixinModel(key)
+
+    def model_for(self, key: str = SHARED) -> Model:
+        blob = self.table.get(key.encode())
+        live = self.live.get(key)
         if blob is None:
             if live is None:
-                live = self.live[node_type] = MixinModel(node_type)
-                self.base[node_type] = (live.version, 0)
+                live = self.live[key] = self._fresh(key)
+                self.base[key] = (live.version, 0)
             return live
-        if live is not None and self.refused.get(node_type) == blob[:256]:
+        if live is not None and self.refused.get(key) == blob[:256]:
             return live  # the record we already refused is still the latest
         try:
             head = snapshot.read_header(blob)
-            if live is not None and self.base.get(node_type) == (head.version, head.updates):
+            if live is not None and self.base.get(key) == (head.version, head.updates):
                 return live
             _, model = snapshot.loads(blob, self.key)
+            if not isinstance(model, HierarchicalModel if key == SHARED else MixinModel):
+                raise snapshot.SnapshotRejected("the record holds another kind of model")
         except snapshot.SnapshotRejected as exc:
             # Someone wrote into the changelog. Go on from the newest verified model this worker
             # knows (the replica refused the same record), else from a fresh one.
             SNAPSHOTS_REFUSED.labels("learner").inc()
             if live is not None:
                 model = live
-            elif self.replica is not None and node_type in self.replica.models:
-                model = copy.deepcopy(self.replica.models[node_type])
+            elif self.replica is not None and key in self.replica.models:
+                model = copy.deepcopy(self.replica.models[key])
             else:
-                model = MixinModel(node_type)
+                model = self._fresh(key)
             log.error("stored model snapshot refused", extra={"metadata": {
-                "node_type": node_type, "reason": str(exc), "continuing_from_updates": model.updates}})
-            self.live[node_type] = model
-            self.base[node_type] = (model.version, model.updates)
-            self.refused[node_type] = blob[:256]
+                "node_type": key, "reason": str(exc), "continuing_from_updates": model.updates}})
+            self.live[key] = model
+            self.base[key] = (model.version, model.updates)
+            self.refused[key] = blob[:256]
             return model
         if not hasattr(model, "applied"):  # a snapshot from before offsets were stored
             model.applied = {}
-        self.live[node_type] = model
-        self.base[node_type] = (model.version, model.updates)
+        self.live[key] = model
+        self.base[key] = (model.version, model.updates)
         return model
 
     def learn(self, result: GenerationResult, where: str, offset: int) -> bool:
         """Learn one result unless the model already holds it; True when learnt."""
-        model = self.model_for(result.node_type)
+        model = self.model_for(SHARED)
+        assert isinstance(model, HierarchicalModel)
         if Applied.seen(model.applied, where, offset):
             self.skipped += 1
             return False
@@ -115,59 +125,62 @@ class Learner:
             self.skipped += 1
             return False
         started = time.perf_counter()
-        model.learn_one(result.mixins, result.success)
+        model.learn_one(result.node_type, result.mixins, result.success)
         LEARN_SECONDS.observe(time.perf_counter() - started)
         MODEL_UPDATES.labels(result.node_type).inc()
-        self.recent[result.node_type].append((where, offset, tuple(result.mixins), result.success))
+        self.recent[SHARED].append((where, offset, result.node_type, tuple(result.mixins), result.success))
         return True
 
     async def commit(self, changed: dict[str, int], put: Callable[[int, bytes, bytes], None],
                      held: Callable[[int], bool]) -> None:
-        """End of a batch: snapshot each changed model (node type → its table partition) that
-        this worker still holds, then flush the conflicts. Returns only when all of it is
-        written, so the batch is acked after its snapshots; a failure raises (no ack)."""
-        for node_type, partition in changed.items():
+        """End of a batch: snapshot each changed model (key → its table partition) that this
+        worker still holds, then flush the conflicts. Returns only when all of it is written,
+        so the batch is acked after its snapshots; a failure raises (no ack)."""
+        for key, partition in changed.items():
             if held(partition):
-                self.snapshot(node_type, partition, functools.partial(put, partition))
+                self.snapshot(key, partition, functools.partial(put, partition))
         if self.conflict_sink is not None:
             await self.conflict_sink.flush()
 
-    def snapshot(self, node_type: str, partition: int,
+    def snapshot(self, key: str, partition: int,
                  put: Callable[[bytes, bytes], None] | None = None) -> bytes | None:
-        """The live model, signed, written to the table key of its node type (in `partition`)."""
-        model = self.live.get(node_type)
+        """The live model, signed, written to its table key (in `partition`); each node type's
+        conflicts to the sink when they changed."""
+        model = self.live.get(key)
         if model is None:
             return None
-        model.find_conflicts()
-        head = snapshot.SnapshotHeader(node_type, model.version, model.updates, self.clock())
+        found = (model.find_all_conflicts() if isinstance(model, HierarchicalModel)
+                 else {key: model.find_conflicts()})
+        head = snapshot.SnapshotHeader(key, model.version, model.updates, self.clock())
         blob = snapshot.dumps(model, head, self.key)
-        (put or (lambda k, v: self.table.__setitem__(k, v)))(node_type.encode(), blob)
-        self.base[node_type] = (model.version, model.updates)
-        MODEL_SNAPSHOTS.labels(node_type).inc()
-        SNAPSHOT_BYTES.labels(node_type).set(len(blob))
-        conflicts = orjson.dumps([c.as_dict() for c in model.conflicts])
-        if self.conflict_sink is not None and self.conflicts_written.get(node_type) != conflicts:
-            self.conflicts_written[node_type] = conflicts
-            self.conflict_sink.add_nowait((node_type, conflicts.decode()))
+        (put or (lambda k, v: self.table.__setitem__(k, v)))(key.encode(), blob)
+        self.base[key] = (model.version, model.updates)
+        MODEL_SNAPSHOTS.labels(key).inc()
+        SNAPSHOT_BYTES.labels(key).set(len(blob))
+        for node_type, conflicts in sorted(found.items()):
+            rows = orjson.dumps([c.as_dict() for c in conflicts])
+            if self.conflict_sink is not None and self.conflicts_written.get(node_type) != rows:
+                self.conflicts_written[node_type] = rows
+                self.conflict_sink.add_nowait((node_type, rows.decode()))
         return blob
 
-    def install(self, node_type: str, blob: bytes, trained_through: dict[int, int]) -> MixinModel:
+    def install(self, key: str, blob: bytes, trained_through: dict[int, int]) -> Model:
         """Swap in a model trained elsewhere (replay): verify it, let it learn what arrived after
         the replay stopped reading, give it the next version number. The caller snapshots it."""
         head, model = snapshot.loads(blob, self.key)
-        if not isinstance(model, MixinModel) or head.node_type != node_type:
-            raise snapshot.SnapshotRejected("install message holds another node type's model")
-        current = self.model_for(node_type)
+        if not isinstance(model, HierarchicalModel) or key != SHARED or head.node_type != key:
+            raise snapshot.SnapshotRejected("install message holds another model than the shared one")
+        current = self.model_for(key)
         caught_up = 0
-        for where, off, mixins, success in self.recent[node_type]:
+        for where, off, node_type, mixins, success in self.recent[key]:
             part = int(where.rsplit(":", 1)[1])
             if off >= trained_through.get(part, 0):
-                model.learn_one(mixins, success)
+                model.learn_one(node_type, mixins, success)
                 caught_up += 1
         model.version = current.version + 1  # versions only go up, whatever the sender wrote
         model.applied = dict(current.applied)  # it now holds everything the current one did
-        self.live[node_type] = model
+        self.live[key] = model
         log.info("model swapped in", extra={"metadata": {
-            "node_type": node_type, "model_version": model.version, "updates": model.updates,
+            "node_type": key, "model_version": model.version, "updates": model.updates,
             "caught_up": caught_up}})
         return model

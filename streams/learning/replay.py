@@ -4,9 +4,9 @@ Reads the topic in a consumer group of its own (nothing is committed, so the wor
 any later replay are untouched) from the beginning or from a point in time up to the end
 offsets seen at start, decodes each fetch in one parse, trains fresh models one event at a time
 (progress bar: events/s, ETA) and scores the models in use on the same events (prediction only)
-beside the new ones (agents/learning/trainer.py). Then it swaps each new model in: a signed
-install message goes through the learner's inbox, where the worker owning that node type
-catches the model up on events that arrived after the replay stopped reading, gives it the
+beside the new one (agents/learning/trainer.py). Then it swaps the new shared model in: a
+signed install message goes through the learner's inbox, where the worker owning the model
+catches it up on events that arrived after the replay stopped reading, gives it the
 next model_version and snapshots it. Until then nothing changes; a replay that fails or is
 interrupted sends nothing.
 """
@@ -27,7 +27,8 @@ from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from agents.learning import snapshot
-from agents.learning.registry import ModelRegistry
+from agents.learning.hierarchy import HierarchicalModel
+from agents.learning.registry import SHARED, ModelRegistry
 from agents.learning.trainer import NodeReport, Result, Trainer
 from schemas.codec import MAX_VALUE_BYTES
 from schemas.events import GenerationResultFields
@@ -50,12 +51,14 @@ class ReplayReport:
     duplicates: int = 0  # results sent twice (same id), learnt once
     seconds: float = 0.0
     nodes: dict[str, NodeReport] = field(default_factory=dict)
+    model: HierarchicalModel | None = None  # the new shared model
+    old_version: int = 0                    # of the shared model in use (0: none yet)
     swapped: bool = False
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for nt, r in sorted(self.nodes.items()):
-            new = r.new.progressive
+            new = r.new
             out.append({"node_type": nt, "events": r.events,
                         "old_accuracy": round(r.old.accuracy, 4) if r.old.n else None,
                         "old_log_loss": round(r.old.log_loss, 4) if r.old.n else None,
@@ -136,6 +139,7 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
         bar.close()
         report.seconds = time.perf_counter() - started
         report.nodes, report.duplicates = trainer.nodes, trainer.duplicates
+        report.model, report.old_version = trainer.model, trainer.old_version
     finally:
         await consumer.stop()
     if report.events == 0:
@@ -179,27 +183,25 @@ def decode_results(values: list[bytes | None]) -> list[Result]:
 async def _install(settings: Settings, key: bytes, report: ReplayReport,
                    trained_through: dict[int, int]) -> None:
     inbox = tables.results_inbox(settings.app_id)
+    model = report.model
+    assert model is not None
+    model.version = report.old_version + 1
+    model.find_all_conflicts()
+    head = snapshot.SnapshotHeader(SHARED, model.version, model.updates, time.time())
     async with OmnistreamClient(settings=settings) as client:
-        for nt, node in sorted(report.nodes.items()):
-            model = node.new
-            model.version = node.old_version + 1
-            model.find_conflicts()
-            head = snapshot.SnapshotHeader(nt, model.version, model.updates, time.time())
-            await client.publish_raw(inbox, snapshot.dumps(model, head, key), key=nt.encode(), headers={
-                tables.KIND_HEADER: ControlKind.INSTALL.header,
-                tables.TRAINED_HEADER: orjson.dumps({str(p): o for p, o in trained_through.items()})})
+        await client.publish_raw(inbox, snapshot.dumps(model, head, key), key=SHARED.encode(), headers={
+            tables.KIND_HEADER: ControlKind.INSTALL.header,
+            tables.TRAINED_HEADER: orjson.dumps({str(p): o for p, o in trained_through.items()})})
 
 
 async def _await_swap(settings: Settings, key: bytes, report: ReplayReport, wait_s: float) -> None:
     """Wait until the workers' changelog shows each new model (a version above the old one)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        models = await current_models(settings, key)
-        for nt, node in report.nodes.items():
-            m = models.models.get(nt)
-            if m is not None and m.version > node.old_version:
-                node.new_version = m.version
-        if all(n.new_version is not None for n in report.nodes.values()):
+        shared = (await current_models(settings, key)).shared
+        if shared is not None and shared.version > report.old_version:
+            for node in report.nodes.values():
+                node.new_version = shared.version
             report.swapped = True
             return
         await asyncio.sleep(1.0)

@@ -1,8 +1,8 @@
-"""Learning agents: the mixin model per node type, the compatibility matrix, pattern feedback.
+"""Learning agents: the shared mixin model, the compatibility matrix, pattern feedback.
 
-Mixin flow: codegen.results → results-intake (decode, DLQ) → {app}-mixin-results, keyed by
-node type (outside publishers may send no key) → mixin-learner (the live model, snapshotted
-into the `mixin-models` table) and mixin-matrix-sink (mixin_results_log +
+Mixin flow: codegen.results → results-intake (decode, DLQ) → {app}-mixin-results, keyed to the
+shared model (one partition: one model learns from every node type) → mixin-learner (the live
+model, snapshotted into the `mixin-models` table) and mixin-matrix-sink (mixin_results_log +
 update_mixin_compatibility()). Every worker reads the table's changelog (streams.runtime.replica) into
 a ModelRegistry and predicts from it.
 
@@ -29,7 +29,7 @@ from prometheus_client import Gauge
 
 from agents.learning import feedback, snapshot
 from agents.learning.features import canonical
-from agents.learning.registry import ModelRegistry, PatternRegistry
+from agents.learning.registry import SHARED, ModelRegistry, PatternRegistry
 from schemas.codec import encode
 from schemas.events import GenerationResult, PatternFeedback
 from schemas.topics import CODEGEN_RESULTS, PATTERN_FEEDBACK
@@ -68,6 +68,8 @@ def _internal(name: str, partitions: int) -> Any:
                      value_serializer="raw", key_serializer="raw")
 
 
+# Every result goes to the one partition that owns the shared model (agents/learning/hierarchy.py).
+SHARED_KEY = SHARED.encode()
 results_inbox = _internal(tables.results_inbox(settings.app_id), CODEGEN_RESULTS.partitions)
 feedback_inbox = _internal(tables.feedback_inbox(settings.app_id), PATTERN_FEEDBACK.partitions)
 model_table = app.Table(MODEL_TABLE, default=None, partitions=CODEGEN_RESULTS.partitions,
@@ -84,9 +86,9 @@ def _apply_model(key: bytes | None, value: bytes | None, partition: int, offset:
     if not models.apply(key, value):
         SNAPSHOTS_REFUSED.labels("replica").inc()
         return
-    for node_type, model in models.models.items():
-        MODEL_VERSION.labels(node_type).set(model.version)
-        MODEL_ACCURACY.labels(node_type).set(model.progressive.accuracy)
+    for node_type, (version, accuracy) in models.versions().items():
+        MODEL_VERSION.labels(node_type).set(version)
+        MODEL_ACCURACY.labels(node_type).set(accuracy)
 
 
 def _apply_pattern(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
@@ -117,7 +119,7 @@ async def results_intake(stream: StreamT) -> None:
     async def handle(result: GenerationResult, event: EventT) -> None:
         # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream;
         # the source header lets the learner skip what a replay sends again.
-        await results_inbox.send(key=result.node_type.encode(), value=encode(result), headers={
+        await results_inbox.send(key=SHARED_KEY, value=encode(result), headers={
             **correlation_headers(result.correlation_id), KIND_HEADER: ControlKind.RESULT.header,
             **source_headers(event)})
 
@@ -162,7 +164,7 @@ async def mixin_learner(stream: StreamT) -> None:
         for event in events:
             kind = control_kind(event)
             node_type = (event.key or b"").decode("utf-8", "replace")
-            if kind is ControlKind.INSTALL:
+            if kind is ControlKind.INSTALL:  # the key names the model (the shared one)
                 try:
                     trained = {int(k): int(v) for k, v in
                                orjson.loads(header(event, TRAINED_HEADER) or "{}").items()}
@@ -180,7 +182,7 @@ async def mixin_learner(stream: StreamT) -> None:
 
             async def learn(result: GenerationResult, event: EventT, where=where, offset=offset) -> None:
                 if learner.learn(result, where, offset):
-                    changed[result.node_type] = event.message.partition
+                    changed[SHARED] = event.message.partition
 
             await handle_event(event, GenerationResult, "mixin-learner", learn)
         await learner.commit(changed, put=lambda p, k, v: table_put(model_table, p, k, v),

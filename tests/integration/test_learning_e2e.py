@@ -13,7 +13,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents.learning.model import MixinModel
+from agents.learning.hierarchy import HierarchicalModel
+from agents.learning.registry import SHARED
 from agents.learning.snapshot import SnapshotHeader, dumps
 from bench.mixin_stream import MixinStream
 from schemas.codec import encode
@@ -226,14 +227,14 @@ async def test_02_bad_results_and_feedback_go_to_the_dead_letter_topic(trained):
 async def test_03_tampered_snapshot_is_refused_by_every_worker(trained):
     cluster = trained
     before = [cluster.models(w)["models"]["effect"] for w in cluster.workers]
-    forged_model = MixinModel("effect")
+    forged_model = HierarchicalModel()  # the shared model every node type is predicted from
     forged_model.version = 99
-    blob = dumps(forged_model, SnapshotHeader("effect", 99, 10**6, time.time()), b"not-the-key-at-all")
+    blob = dumps(forged_model, SnapshotHeader(SHARED, 99, 10**6, time.time()), b"not-the-key-at-all")
     producer = AIOKafkaProducer(bootstrap_servers=cluster.services.bootstrap)
     await producer.start()
     try:
         await producer.send_and_wait(tables.changelog_topic(cluster.app_id, tables.MODEL_TABLE),
-                                     blob, key=b"effect", partition=0)
+                                     blob, key=SHARED.encode(), partition=0)
     finally:
         await producer.stop()
     for w, was in zip(cluster.workers, before, strict=True):

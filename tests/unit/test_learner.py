@@ -7,8 +7,9 @@ import uuid
 import pytest
 
 from agents.learning import snapshot
+from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.model import MixinModel
-from agents.learning.registry import ModelRegistry
+from agents.learning.registry import SHARED, ModelRegistry
 from bench.mixin_stream import MixinStream
 from schemas.events import GenerationResult
 from streams.learning.learner import Learner
@@ -43,7 +44,7 @@ def _learn(learner: Learner, results: list[GenerationResult], start: int = 0) ->
     changed = {}
     for i, r in enumerate(results, start):
         if learner.learn(r, WHERE, i):
-            changed[r.node_type] = 0
+            changed[SHARED] = 0  # every node type learns into the shared model
     return changed
 
 
@@ -53,18 +54,18 @@ async def test_a_batch_is_in_the_table_and_its_conflicts_flushed_before_commit_r
     sink = ListSink()
     learner = Learner(table, KEY, conflict_sink=sink, clock=lambda: 1234.0)
     changed = _learn(learner, _results(400))
-    assert changed == {"effect": 0} and table == {}  # nothing written while learning
+    assert changed == {SHARED: 0} and table == {}  # nothing written while learning
 
     def put(partition: int, key: bytes, value: bytes) -> None:
         puts.append((partition, key))
         table[key] = value
 
     await learner.commit(changed, put=put, held=lambda p: True)
-    assert puts == [(0, b"effect")]
-    head, model = snapshot.loads(table[b"effect"], KEY)
+    assert puts == [(0, b"*")]
+    head, model = snapshot.loads(table[b"*"], KEY)
     assert head.updates == model.updates == 400 and head.created_at == 1234.0
     assert model.applied == {WHERE: 399}  # the snapshot says which offsets it holds
-    assert sink.flushed and sink.flushed[0][0] == "effect"
+    assert sink.flushed and sink.flushed[0][0] == "effect"  # conflicts per node type
 
 
 async def test_a_failing_conflict_sink_fails_the_commit_so_the_batch_is_not_acked():
@@ -87,13 +88,13 @@ async def test_after_a_crash_the_replayed_results_are_skipped_and_the_rest_learn
     results = _results(300)
     first = Learner(table, KEY)
     _learn(first, results[:200])
-    await first.commit({"effect": 0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    await first.commit({SHARED: 0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     _learn(first, results[200:250])  # learnt, never snapshotted: the worker dies here
 
     restarted = Learner(table, KEY)  # the table is all that survives
     changed = _learn(restarted, results)  # the source replays from the committed offset
-    assert restarted.skipped == 200 and changed == {"effect": 0}
-    assert restarted.model_for("effect").updates == 300
+    assert restarted.skipped == 200 and changed == {SHARED: 0}
+    assert restarted.model_for(SHARED).updates == 300
 
     again = GenerationResult.model_validate({**results[5].model_dump(), "id": results[5].id})
     assert not restarted.learn(again, "codegen.results:1", 10)  # same id from another record
@@ -104,35 +105,48 @@ def test_install_catches_up_on_what_the_replay_did_not_read_and_takes_the_next_v
     learner = Learner({}, KEY)
     results = _results(300)
     _learn(learner, results)
-    current = learner.model_for("effect")
-    replayed = MixinModel("effect")
+    current = learner.model_for(SHARED)
+    replayed = HierarchicalModel()
     for r in results[:250]:
-        replayed.learn_one(r.mixins, r.success)
-    blob = snapshot.dumps(replayed, snapshot.SnapshotHeader("effect", 7, replayed.updates, 0.0), KEY)
-    installed = learner.install("effect", blob, trained_through={0: 250})
+        replayed.learn_one(r.node_type, r.mixins, r.success)
+    blob = snapshot.dumps(replayed, snapshot.SnapshotHeader(SHARED, 7, replayed.updates, 0.0), KEY)
+    installed = learner.install(SHARED, blob, trained_through={0: 250})
     assert installed.updates == 300  # the 50 results past the replay's end, learnt on install
     assert installed.version == current.version + 1  # not the sender's 7
-    assert installed.applied == current.applied and learner.live["effect"] is installed
+    assert installed.applied == current.applied and learner.live[SHARED] is installed
 
     with pytest.raises(snapshot.SnapshotRejected):
-        learner.install("compute", blob, trained_through={})  # another node type's model
-    forged = snapshot.dumps(replayed, snapshot.SnapshotHeader("effect", 9, 1, 0.0), b"x" * 32)
+        learner.install("compute", blob, trained_through={})  # not the shared model's key
+    per_type = snapshot.dumps(MixinModel("effect"), snapshot.SnapshotHeader(SHARED, 9, 0, 0.0), KEY)
     with pytest.raises(snapshot.SnapshotRejected):
-        learner.install("effect", forged, trained_through={})
+        learner.install(SHARED, per_type, trained_through={})  # another kind of model
+    forged = snapshot.dumps(replayed, snapshot.SnapshotHeader(SHARED, 9, 1, 0.0), b"x" * 32)
+    with pytest.raises(snapshot.SnapshotRejected):
+        learner.install(SHARED, forged, trained_through={})
 
 
 def test_a_forged_snapshot_in_the_table_is_refused_and_learning_goes_on_from_the_replica():
     replica = ModelRegistry(KEY)
-    known = MixinModel("effect")
+    known = HierarchicalModel()
     for r in _results(100):
-        known.learn_one(r.mixins, r.success)
-    replica.models["effect"] = known
-    forged = snapshot.dumps(MixinModel("effect"), snapshot.SnapshotHeader("effect", 99, 0, 0.0), b"y" * 32)
-    learner = Learner({b"effect": forged}, KEY, replica=replica)
-    model = learner.model_for("effect")
+        known.learn_one(r.node_type, r.mixins, r.success)
+    replica.models[SHARED] = known
+    forged = snapshot.dumps(HierarchicalModel(), snapshot.SnapshotHeader(SHARED, 99, 0, 0.0), b"y" * 32)
+    learner = Learner({b"*": forged}, KEY, replica=replica)
+    model = learner.model_for(SHARED)
     assert model.updates == 100 and model is not known  # a copy of the newest verified model
-    assert learner.refused["effect"] == forged[:256]
-    assert learner.model_for("effect") is model  # the same bad record is not verified again
+    assert learner.refused[SHARED] == forged[:256]
+    assert learner.model_for(SHARED) is model  # the same bad record is not verified again
     learner.learn(GenerationResult(node_type="effect", mixins=["MixinRetry"], success=True,
                                    id=uuid.uuid4()), WHERE, 0)
     assert model.updates == 101
+
+
+def test_every_node_type_learns_into_the_one_shared_model():
+    learner = Learner({}, KEY)
+    for i, (nt, mixins, label, _) in enumerate(MixinStream(n=400, drift_at=None)):
+        learner.learn(GenerationResult(node_type=nt, mixins=mixins, success=label), WHERE, i)
+    assert list(learner.live) == [SHARED]
+    shared = learner.model_for(SHARED)
+    assert isinstance(shared, HierarchicalModel) and shared.updates == 400
+    assert sorted(shared.node_types) == ["compute", "effect", "orchestrator", "reducer"]

@@ -98,27 +98,30 @@ def test_a_snapshot_from_before_numbered_features_loads_with_its_weights_and_cou
 
 
 def test_trainer_learns_in_order_scores_the_model_in_use_and_learns_a_resent_result_once():
+    from agents.learning.hierarchy import HierarchicalModel
+    from agents.learning.registry import SHARED
     from agents.learning.trainer import Trainer
 
     stream = [(nt, list(m), label) for nt, m, label, _ in MixinStream(n=3000)]
-    old = MixinModel("effect")
+    old = HierarchicalModel()
     for nt, mixins, label in stream[:1000]:
-        if nt == "effect":
-            old.learn_one(mixins, label)
-    trainer = Trainer({"effect": old})
+        if nt != "compute":
+            old.learn_one(nt, mixins, label)
+    legacy = MixinModel("compute")  # a node type only a per-type snapshot knows
+    trainer = Trainer({SHARED: old, "compute": legacy})
     results = [(nt, m, label, i) for i, (nt, m, label) in enumerate(stream)]
     trainer.learn(results[:1500])
     trainer.learn(results[1400:])  # 100 results sent again (same ids): learnt once
     assert trainer.duplicates == 100
 
-    expected = {nt: MixinModel(nt) for nt in {nt for nt, _, _ in stream}}
+    expected = HierarchicalModel()
     for nt, mixins, label in stream:
-        expected[nt].learn_one(mixins, label)
-    for nt, model in expected.items():
-        node = trainer.nodes[nt]
-        assert node.events == model.updates == node.new.updates
-        assert node.new.progressive.correct == model.progressive.correct  # same order, same model
-        assert node.new.champion.weights == model.champion.weights
-    effect = trainer.nodes["effect"]
-    assert effect.old.n == effect.events and effect.old_version == old.version
-    assert trainer.nodes["compute"].old.n == 0 and trainer.nodes["compute"].old_version == 0
+        expected.learn_one(nt, mixins, label)
+    assert trainer.model.updates == expected.updates == 3000
+    assert trainer.model.weights == expected.weights  # same order, same model
+    for nt, node in trainer.nodes.items():
+        assert node.events == expected.by_type[nt].n == node.new.n
+        assert node.new.correct == expected.by_type[nt].correct
+        assert node.old.n == node.events  # the model in use, scored on every result
+    assert trainer.nodes["effect"].old_version == old.version and trainer.old_version == old.version
+    assert trainer.nodes["compute"].old_version == legacy.version
