@@ -158,7 +158,7 @@ class HierarchicalModel:
         z = self.intercepts[0] + sum(map(w.__getitem__, base))
         if t is not None:
             off = self.block * (1 + t)
-            z += self.intercepts[1 + t] + sum(w[off + f] for f in base)
+            z += self.intercepts[1 + t] + sum([w[off + f] for f in base])
         return z
 
     # -------------------------------------------------------------- learning
@@ -168,7 +168,15 @@ class HierarchicalModel:
         t = self._type(node_type, learn=True)
         base = self._features(self._ids(mixins, learn=True))
         y = bool(success)
-        z = self._logit(t, base)
+        w, intercepts = self.weights, self.intercepts
+        if t is None:  # more node types than the model has room for: shared weights only
+            dev: list[int] = []
+            z = intercepts[0] + sum(map(w.__getitem__, base))
+        else:
+            off = self.block * (1 + t)
+            dev = [off + f for f in base]
+            z = (intercepts[0] + intercepts[1 + t] + sum(map(w.__getitem__, base))
+                 + sum(map(w.__getitem__, dev)))
         p = sigmoid(z)
         self.progressive.update(p, y)
         scored = self.by_type.get(node_type)
@@ -179,19 +187,16 @@ class HierarchicalModel:
 
         cfg = self.cfg
         boost = 1.0 + cfg.boost * math.exp(-(self.updates - self.since) / cfg.boost_tau)
-        g = log_loss_gradient(y, z)
-        step = cfg.lr * boost * g
-        w = self.weights
-        self.intercepts[0] -= step
+        g = log_loss_gradient(y, z) * boost
+        step = cfg.lr * g
+        intercepts[0] -= step
         for f in base:
             w[f] -= step
         if t is not None:
-            off = self.block * (1 + t)
-            dstep = cfg.deviation_lr * boost * g
-            self.intercepts[1 + t] -= dstep
+            dstep = cfg.deviation_lr * g
+            intercepts[1 + t] -= dstep
             counts, evidence, weight = self.counts, self.succ if y else self.fail, self.weight
-            for f in base:
-                i = off + f
+            for i in dev:
                 w[i] -= dstep
                 counts[i] += 1
                 evidence[i] += weight
@@ -218,7 +223,10 @@ class HierarchicalModel:
         """Each result's evidence weighs 2^(1/half_life) times the previous one's, which is the
         same as every older result's weight halving each `half_life` results; the stored sums
         are scaled down before they overflow."""
-        self.weight *= 2.0 ** (1.0 / self.cfg.half_life)
+        growth = self.__dict__.get("_growth")
+        if growth is None:  # 2^(1/half_life), computed once
+            growth = self._growth = 2.0 ** (1.0 / self.cfg.half_life)
+        self.weight *= growth
         if self.weight > _RESCALE_AT:
             scale = 1.0 / self.weight
             self.succ = [v * scale for v in self.succ]
