@@ -198,20 +198,32 @@ def stop_all(*workers: Worker | None) -> None:
 # ---------------------------------------------------------------------------- metric windows
 
 
+async def metric_run(services: Services, db: str, prefix: str, n: int, env: dict[str, str],
+                     ago: float = 400) -> tuple[str, str, list[MetricEvent], dict, Worker]:
+    """A fresh app (its group starting at the topic's end), a fresh metric of n samples with
+    their expected window counts, and the app's first worker, started."""
+    app_id = f"crash-{prefix}-{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    events, expected = samples(name, n, ago=ago)
+    await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
+    return app_id, name, events, expected, spawn(services, db, app_id, "first", env)
+
+
+async def assert_windows(db: str, name: str, expected: dict, timeout: float = 240) -> None:
+    got = await settle(lambda: window_counts(db, name), expected, timeout=timeout)
+    assert got == expected, f"sum {sum(got.values())} of {sum(expected.values())}; {diff(got, expected)}"
+
+
 async def test_sigkill_three_times_during_20000_metric_samples(services, migrated_db):
     rng = random.Random()
-    app_id = f"crash-metrics-{uuid.uuid4().hex[:6]}"
-    name = f"crash_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 20_000)
-    await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
-    worker = spawn(services, migrated_db, app_id, "first", WINDOW_ENV)
+    app_id, name, events, expected, worker = await metric_run(services, migrated_db, "metrics", 20_000,
+                                                              WINDOW_ENV)
     try:
         publishing = asyncio.ensure_future(publish_paced(
             services.bootstrap, METRICS_EVENTS.name, [(name.encode(), encode(e)) for e in events], 20))
         worker = await kill_and_restart(services, migrated_db, app_id, worker, 3, WINDOW_ENV, rng, (2, 6))
         await publishing
-        got = await settle(lambda: window_counts(migrated_db, name), expected)
-        assert got == expected, f"sum {sum(got.values())} of 20000; {diff(got, expected)}"
+        await assert_windows(migrated_db, name, expected)
     finally:
         stop_all(worker)
 
@@ -220,11 +232,8 @@ async def test_windows_left_open_by_a_killed_worker_close_on_the_next_one(servic
     """The worker applied and committed every sample, then died before its last windows were
     quiet long enough to close. The next owner has nothing to replay, so no sample brings the
     partition's windows back: it restores them anyway and closes them by wall time."""
-    app_id = f"crash-open-{uuid.uuid4().hex[:6]}"
-    name = f"open_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 2_000)
-    await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
-    worker = spawn(services, migrated_db, app_id, "first", WINDOW_ENV)
+    app_id, name, events, expected, worker = await metric_run(services, migrated_db, "open", 2_000,
+                                                              WINDOW_ENV)
     try:
         await web_up(worker)
         await publish_paced(services.bootstrap, METRICS_EVENTS.name,
@@ -238,8 +247,7 @@ async def test_windows_left_open_by_a_killed_worker_close_on_the_next_one(servic
         await asyncio.sleep(11)  # the session timeout: the next worker gets the partition at once
         worker = spawn(services, migrated_db, app_id, "next", WINDOW_ENV)
         await web_up(worker)
-        got = await settle(lambda: window_counts(migrated_db, name), expected, timeout=120)
-        assert got == expected, f"sum {sum(got.values())} of 2000; {diff(got, expected)}"
+        await assert_windows(migrated_db, name, expected, timeout=120)
     finally:
         stop_all(worker)
 
@@ -249,23 +257,19 @@ async def test_sigkill_three_times_during_100000_samples_in_batched_records(serv
     re-keyed one by one through the inbox (positions carried in a header): every sample lands
     in its window exactly once."""
     rng = random.Random()
-    app_id = f"crash-batches-{uuid.uuid4().hex[:6]}"
-    name = f"batch_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 100_000, ago=1000)
+    env = {**WINDOW_ENV, "OMNISTREAM_METRIC_LATENESS_S": "400", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "30"}
+    app_id, name, events, expected, worker = await metric_run(services, migrated_db, "batch", 100_000, env,
+                                                              ago=1000)
     records = []
     for i in range(0, len(events), 500):
         body = b'{"samples":[' + b",".join(encode(e) for e in events[i:i + 500]) + b"]}"
         records.append((None if (i // 500) % 4 == 3 else name.encode(), body))
-    env = {**WINDOW_ENV, "OMNISTREAM_METRIC_LATENESS_S": "400", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "30"}
-    await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
-    worker = spawn(services, migrated_db, app_id, "first", env)
     try:
         publishing = asyncio.ensure_future(
             publish_paced(services.bootstrap, METRICS_EVENTS.name, records, 20))
         worker = await kill_and_restart(services, migrated_db, app_id, worker, 3, env, rng, (2, 6))
         await publishing
-        got = await settle(lambda: window_counts(migrated_db, name), expected)
-        assert got == expected, f"sum {sum(got.values())} of 100000; {diff(got, expected)}"
+        await assert_windows(migrated_db, name, expected)
     finally:
         stop_all(worker)
 
@@ -294,8 +298,7 @@ async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated
         await asyncio.sleep(rng.uniform(5, 9))
         kill9(a)
         await publishing
-        got = await settle(lambda: window_counts(migrated_db, name), expected)
-        assert got == expected, f"sum {sum(got.values())} of 12000; {diff(got, expected)}"
+        await assert_windows(migrated_db, name, expected)
         assert b.proc.poll() is None
     finally:
         stop_all(a, b)
@@ -442,8 +445,7 @@ async def test_broker_stopped_20s_under_load_workers_carry_on(services, migrated
         pid = await asyncio.to_thread(kafka.start, folder, cache_dir(), port, controller, lambda _: None)
         await asyncio.to_thread(kafka.wait_ready, bootstrap, pid, folder)
         await publish_paced(bootstrap, METRICS_EVENTS.name, values[7000:], 6)
-        got = await settle(lambda: window_counts(migrated_db, name), expected, timeout=300)
-        assert got == expected, f"sum {sum(got.values())} of 15000; {diff(got, expected)}"
+        await assert_windows(migrated_db, name, expected, timeout=300)
         assert worker.proc.poll() is None  # it carried on by itself
     finally:
         stop_all(worker)
