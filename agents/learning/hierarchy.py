@@ -20,6 +20,11 @@ labels. A drift also halves every weight: measured on the bench's stream, that b
 back to 0.95 in 5,000 results instead of 7,000 (a challenger copy, as the per-type models use,
 or a fresh learner were slower: old weights fight the new rules, a fresh one re-learns all).
 
+Predictions (and the progressive score) read an exponential average of the weights
+(`avg_rate` 0.01 per result, kept lazily per feature), which cancels the jitter that noisy
+labels give SGD steps: 0.9538 → 0.956 progressive accuracy on the bench's stream. Drift is
+watched on the learner's own (unaveraged) error, and a drift restarts the average.
+
 Conflicts come from two sources that must agree (`find_conflicts`): the model's contextual
 probe (the pair fails where each member succeeds), and the evidence: aged success/failure
 counts per node type for every mixin and pair (the observations `mixin_compatibility_matrix`
@@ -60,6 +65,7 @@ class HierarchyConfig:
     boost: float = 3.0           # extra rate at the start and after a drift ...
     boost_tau: float = 3000.0    # ... fading with this many results
     drift_shrink: float = 0.5    # weights are scaled by this when a drift is detected
+    avg_rate: float = 0.01       # predictions use weights averaged at this rate (1: no averaging)
     adwin_delta: float = 0.01
     fast_alpha: float = 0.02     # EWMA of recent error ...
     slow_alpha: float = 0.002    # ... against the long-run error: "did the error go up?"
@@ -83,6 +89,12 @@ class HierarchicalModel:
         size = self.block * (1 + self.max_node_types)
         self.weights = [0.0] * size
         self.intercepts = [0.0] * (1 + self.max_node_types)
+        # Predictions read an exponential average of the weights: the SGD steps that noisy
+        # labels cause cancel out in it. Kept lazily: `stamp[i]` is the result number up to
+        # which `avg[i]` has been brought (a weight does not move between its results).
+        self.avg = [0.0] * size
+        self.stamp = [0] * size
+        self.avg_intercepts = [0.0] * (1 + self.max_node_types)
         self.counts = [0] * size       # results learnt holding each feature (per type blocks)
         self.succ = [0.0] * size       # aged evidence: successes ...
         self.fail = [0.0] * size       # ... and failures, per node type and feature
@@ -108,14 +120,16 @@ class HierarchicalModel:
     def __getstate__(self) -> dict[str, Any]:
         """Weights and evidence sparse (a few thousand of the ~66,000 features are ever set)."""
         state = dict(self.__dict__)
-        for name, code in (("weights", "d"), ("counts", "q"), ("succ", "d"), ("fail", "d")):
+        for name, code in (("weights", "d"), ("counts", "q"), ("succ", "d"), ("fail", "d"), ("avg", "d"),
+                           ("stamp", "q")):
             values = state.pop(name)
             used = [i for i, v in enumerate(values) if v]
             state[name] = (len(values), array("l", used), array(code, (values[i] for i in used)))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, zero in (("weights", 0.0), ("counts", 0), ("succ", 0.0), ("fail", 0.0)):
+        for name, zero in (("weights", 0.0), ("counts", 0), ("succ", 0.0), ("fail", 0.0), ("avg", 0.0),
+                           ("stamp", 0)):
             size, used, values = state[name]
             dense = [zero] * size
             for i, v in zip(used, values, strict=True):
@@ -153,53 +167,80 @@ class HierarchicalModel:
     def pair_feature(self, a: str, b: str) -> int | None:
         return pair_number(self.index, self.max_mixins, a, b)
 
+    def _features_of(self, t: int | None, base: list[int]) -> list[int]:
+        """Shared features, then the node type's deviations of them."""
+        if t is None:  # more node types than the model has room for: shared weights only
+            return base
+        off = self.block * (1 + t)
+        return base + [off + f for f in base]
+
     def _logit(self, t: int | None, base: list[int]) -> float:
-        w = self.weights
-        z = self.intercepts[0] + sum(map(w.__getitem__, base))
-        if t is not None:
-            off = self.block * (1 + t)
-            z += self.intercepts[1 + t] + sum([w[off + f] for f in base])
+        """The served logit: averaged weights, as they stand now (nothing is written)."""
+        w, avg, stamp, n = self.weights, self.avg, self.stamp, self.updates
+        keep = 1.0 - self.cfg.avg_rate
+        z = self.avg_intercepts[0] + (self.avg_intercepts[1 + t] if t is not None else 0.0)
+        for f in self._features_of(t, base):
+            age = n - stamp[f]
+            if age == 0:
+                z += avg[f]
+            else:
+                wf = w[f]
+                z += wf + (avg[f] - wf) * keep ** age
         return z
 
     # -------------------------------------------------------------- learning
 
     def learn_one(self, node_type: str, mixins: list[str] | tuple[str, ...], success: bool) -> float:
-        """Learn one result; returns the probability predicted before learning (progressive)."""
+        """Learn one result; returns the probability predicted before learning (progressive),
+        from the averaged weights."""
         t = self._type(node_type, learn=True)
         base = self._features(self._ids(mixins, learn=True))
+        feats = self._features_of(t, base)
         y = bool(success)
-        w, intercepts = self.weights, self.intercepts
-        if t is None:  # more node types than the model has room for: shared weights only
-            dev: list[int] = []
-            z = intercepts[0] + sum(map(w.__getitem__, base))
-        else:
-            off = self.block * (1 + t)
-            dev = [off + f for f in base]
-            z = (intercepts[0] + intercepts[1 + t] + sum(map(w.__getitem__, base))
-                 + sum(map(w.__getitem__, dev)))
-        p = sigmoid(z)
+        w, intercepts, avg, stamp, n = self.weights, self.intercepts, self.avg, self.stamp, self.updates
+        rate = self.cfg.avg_rate
+        keep = 1.0 - rate
+        for f in feats:  # bring the averages of this result's features up to now
+            s = stamp[f]
+            if s != n:
+                wf = w[f]
+                avg[f] = wf + (avg[f] - wf) * keep ** (n - s)
+                stamp[f] = n
+        avg_intercepts = self.avg_intercepts
+        z = intercepts[0] + sum(map(w.__getitem__, feats))
+        served = avg_intercepts[0] + sum(map(avg.__getitem__, feats))
+        if t is not None:
+            z += intercepts[1 + t]
+            served += avg_intercepts[1 + t]
+        p = sigmoid(served)
         self.progressive.update(p, y)
         scored = self.by_type.get(node_type)
         if scored is None:
             scored = self.by_type[node_type] = Progressive()
         scored.update(p, y)
-        self._watch_drift((p >= 0.5) != y)
+        self._watch_drift((sigmoid(z) >= 0.5) != y)  # the learner's own error shows drift first
 
         cfg = self.cfg
         boost = 1.0 + cfg.boost * math.exp(-(self.updates - self.since) / cfg.boost_tau)
         g = log_loss_gradient(y, z) * boost
         step = cfg.lr * g
+        # a drift may have just rescaled the weights and restarted the averages
+        w, avg, intercepts, avg_intercepts = self.weights, self.avg, self.intercepts, self.avg_intercepts
         intercepts[0] -= step
+        avg_intercepts[0] += rate * (intercepts[0] - avg_intercepts[0])
         for f in base:
             w[f] -= step
         if t is not None:
             dstep = cfg.deviation_lr * g
             intercepts[1 + t] -= dstep
+            avg_intercepts[1 + t] += rate * (intercepts[1 + t] - avg_intercepts[1 + t])
             counts, evidence, weight = self.counts, self.succ if y else self.fail, self.weight
-            for i in dev:
+            for i in feats[len(base):]:
                 w[i] -= dstep
                 counts[i] += 1
                 evidence[i] += weight
+        for f in feats:
+            avg[f] += rate * (w[f] - avg[f])
         self._age()
         self.updates += 1
         return p
@@ -218,6 +259,10 @@ class HierarchicalModel:
             shrink = cfg.drift_shrink
             self.weights = [w * shrink for w in self.weights]
             self.intercepts = [w * shrink for w in self.intercepts]
+            # The average restarts from the shrunk weights: the old rules are not averaged in.
+            self.avg = list(self.weights)
+            self.avg_intercepts = list(self.intercepts)
+            self.stamp = [self.updates] * len(self.weights)
 
     def _age(self) -> None:
         """Each result's evidence weighs 2^(1/half_life) times the previous one's, which is the
@@ -236,6 +281,7 @@ class HierarchicalModel:
     # -------------------------------------------------------------- prediction
 
     def predict_proba(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> float:
+        """The served probability (averaged weights)."""
         base = self._features(self._ids(mixins, learn=False))
         return sigmoid(self._logit(self._type(node_type, learn=False), base))
 
@@ -249,15 +295,21 @@ class HierarchicalModel:
 
     def predict(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> Prediction:
         combo = canonical(mixins)
-        known = tuple(m for m in combo if m in self.index)
-        unseen = [m for m in combo if m not in self.index]
-        p = self.predict_proba(node_type, known)
-        n = 0 if unseen else self.evidence(node_type, known)
+        index = self.index
+        unseen = [m for m in combo if m not in index]
+        t = self._type(node_type, learn=False)
+        base = self._features(sorted(index[m] for m in combo if m in index))
+        p = sigmoid(self._logit(t, base))
+        if unseen or t is None:
+            n = 0
+        else:  # least-seen feature of the combination for this node type
+            off, counts = self.block * (1 + t), self.counts
+            n = min((counts[off + f] for f in base), default=0)
         support = n / (n + self.cfg.confidence_k)
         confidence = support * (0.5 + 0.5 * abs(2 * p - 1))
-        members = set(combo)
-        found = [c.as_dict() for c in self.conflicts.get(node_type, ())
-                 if c.pair[0] in members and c.pair[1] in members]
+        conflicts = self.conflicts.get(node_type)
+        found = [c.as_dict() for c in conflicts if c.pair[0] in combo and c.pair[1] in combo] \
+            if conflicts else []
         return Prediction(node_type=node_type, mixins=list(combo), score=p, confidence=confidence,
                           evidence=n, conflicts=found, unseen=unseen, risky=p < 0.5 or bool(found),
                           model_version=self.version, updates=self.updates)
