@@ -285,14 +285,6 @@ class HierarchicalModel:
         base = self._features(self._ids(mixins, learn=False))
         return sigmoid(self._logit(self._type(node_type, learn=False), base))
 
-    def evidence(self, node_type: str, known: tuple[str, ...]) -> int:
-        """Least-seen feature of the combination for this node type."""
-        t = self._type(node_type, learn=False)
-        if t is None:
-            return 0
-        off = self.block * (1 + t)
-        return min((self.counts[off + f] for f in self._features(self._ids(known, False))), default=0)
-
     def predict(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> Prediction:
         combo = canonical(mixins)
         index = self.index
