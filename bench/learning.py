@@ -225,11 +225,37 @@ async def replay_rate(n: int) -> dict:
             "bare_consumer_events_per_s": round(bare), "replay_vs_bare": round(rate / bare, 3)}
 
 
+def trainer_cost(stream: MixinStream) -> dict:
+    """Replay's training in-process, µs per result: the shared model learnt one result at a
+    time (`learn_one`, as replay did before) and many at a time (the compiled loop replay runs
+    now, agents/learning/minibatch.py), on the same results; both must end with the same model."""
+    from agents.learning.minibatch import MiniBatch
+
+    data = [(t, m, label) for t, m, label, _ in stream]
+    one = HierarchicalModel()
+    started = time.perf_counter()
+    for e in data:
+        one.learn_one(*e)
+    one_us = (time.perf_counter() - started) * 1e6 / len(data)
+    many = HierarchicalModel()
+    batch = MiniBatch(many)  # compiles (or loads from cache) before the clock starts
+    started = time.perf_counter()
+    for i in range(0, len(data), 2000):
+        batch.learn(data[i:i + 2000])
+    batch.close()
+    many_us = (time.perf_counter() - started) * 1e6 / len(data)
+    diff = max(abs(a - b) for a, b in zip(one.weights, many.weights, strict=True))
+    return {"learn_one_us": round(one_us, 2), "learn_many_us": round(many_us, 2),
+            "max_weight_difference": diff,
+            "same_accuracy": one.progressive.correct == many.progressive.correct}
+
+
 def run(quick: bool = False, with_replay: bool = True) -> dict:
     stream = MixinStream(n=20_000 if quick else 50_000, drift_at=10_000 if quick else 25_000)
     acc, trained = accuracy_run(stream)
     out = {"accuracy": acc, "latency_us": latency(stream, 5000), "conflicts": conflicts(trained, stream),
            "back_and_forth": back_and_forth(40_000 if quick else 120_000)}
+    out["trainer_us"] = trainer_cost(stream)
     if with_replay:
         out["replay"] = asyncio.run(replay_rate(10_000 if quick else 50_000))
     return out
@@ -257,6 +283,10 @@ def print_report(r: dict) -> None:
     for name, c in bf["models"].items():
         print(f"  after {len(bf['flips'])} changes back and forth ({bf['events']} events), {name:44} "
               f"precision/recall {c['precision']}/{c['recall']}")
+    tc = r["trainer_us"]
+    print(f"  replay's training in-process: one at a time (before) {tc['learn_one_us']} µs/result, "
+          f"many at a time {tc['learn_many_us']} µs/result; same model: largest weight difference "
+          f"{tc['max_weight_difference']:.1e}, same progressive accuracy: {tc['same_accuracy']}")
     if "replay" in r:
         rp = r["replay"]
         print(f"  replay {rp['events']} events: {rp['replay_events_per_s']:,} ev/s vs bare consumer "

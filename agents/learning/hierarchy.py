@@ -90,8 +90,9 @@ class HierarchicalModel:
         self.weights = [0.0] * size
         self.intercepts = [0.0] * (1 + self.max_node_types)
         # Predictions read an exponential average of the weights: the SGD steps that noisy
-        # labels cause cancel out in it. Kept lazily: `stamp[i]` is the result number up to
-        # which `avg[i]` has been brought (a weight does not move between its results).
+        # labels cause cancel out in it. Kept lazily: `avg[i]` is averaged over the results
+        # before number `stamp[i]` (a weight does not move between its results, so the
+        # average is brought up to result n by n - stamp[i] steps towards the same weight).
         self.avg = [0.0] * size
         self.stamp = [0] * size
         self.avg_intercepts = [0.0] * (1 + self.max_node_types)
@@ -142,6 +143,10 @@ class HierarchicalModel:
 
     def seen_id(self, id_prefix: int) -> bool:
         return self.learnt.seen(id_prefix)
+
+    def seen_ids(self, id_prefixes: list[int | None]) -> list[bool]:
+        """`seen_id` for each in order (None: a result without an id, never seen)."""
+        return self.learnt.seen_many(id_prefixes)
 
     # -------------------------------------------------------------- features
 
@@ -205,7 +210,6 @@ class HierarchicalModel:
             if s != n:
                 wf = w[f]
                 avg[f] = wf + (avg[f] - wf) * keep ** (n - s)
-                stamp[f] = n
         avg_intercepts = self.avg_intercepts
         z = intercepts[0] + sum(map(w.__getitem__, feats))
         served = avg_intercepts[0] + sum(map(avg.__getitem__, feats))
@@ -225,7 +229,8 @@ class HierarchicalModel:
         g = log_loss_gradient(y, z) * boost
         step = cfg.lr * g
         # a drift may have just rescaled the weights and restarted the averages
-        w, avg, intercepts, avg_intercepts = self.weights, self.avg, self.intercepts, self.avg_intercepts
+        w, avg, stamp = self.weights, self.avg, self.stamp
+        intercepts, avg_intercepts = self.intercepts, self.avg_intercepts
         intercepts[0] -= step
         avg_intercepts[0] += rate * (intercepts[0] - avg_intercepts[0])
         for f in base:
@@ -239,8 +244,10 @@ class HierarchicalModel:
                 w[i] -= dstep
                 counts[i] += 1
                 evidence[i] += weight
-        for f in feats:
+        n += 1
+        for f in feats:  # averaged through this result
             avg[f] += rate * (w[f] - avg[f])
+            stamp[f] = n
         self._age()
         self.updates += 1
         return p

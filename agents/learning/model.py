@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+import numpy as np
 from river import drift
 
 from agents.learning.features import PAIR_SEP, canonical, feature_numbers, number_mixins, pair_number
@@ -102,6 +103,13 @@ class Progressive:
         self.correct += (p >= 0.5) == y
         q = min(max(p if y else 1 - p, P_MIN), 1.0)
         self.log_loss_sum -= math.log(q)
+
+    def update_many(self, p: np.ndarray, y: np.ndarray) -> None:
+        """`update` for each (probability, label) of two arrays, in order."""
+        self.n += len(p)
+        self.correct += int(np.count_nonzero((p >= 0.5) == y))
+        q = np.clip(np.where(y, p, 1 - p), P_MIN, 1.0)
+        self.log_loss_sum -= float(np.log(q).sum())
 
     @property
     def accuracy(self) -> float:

@@ -9,10 +9,13 @@ broker: 0.105-0.135x a bare consumer against 0.119-0.121x in one process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agents.learning.hierarchy import HierarchicalModel
+from agents.learning.minibatch import FrozenScorer, MiniBatch, number_rows
 from agents.learning.model import MixinModel, Progressive
 from agents.learning.registry import SHARED, Model
 
@@ -32,14 +35,17 @@ class NodeReport:
 
 
 class Trainer:
-    """A fresh shared model learnt from results in order; the models in use (the shared one,
-    or a node type's own for a type it has not seen) scored on the same results beside it."""
+    """A fresh shared model learnt from results in order (compiled, many at a time:
+    minibatch.py); the models in use (the shared one, or a node type's own for a type it has
+    not seen) scored on the same results beside it. `finish()` hands the new model over."""
 
     def __init__(self, old_models: dict[str, Model]) -> None:
         self.old = old_models
         self.model = HierarchicalModel()
+        self.batch = MiniBatch(self.model)
         shared = old_models.get(SHARED)
         self.old_shared = shared if isinstance(shared, HierarchicalModel) else None
+        self.old_scorer = FrozenScorer(self.old_shared) if self.old_shared is not None else None
         self.old_version = self.old_shared.version if self.old_shared is not None else 0
         self.nodes: dict[str, NodeReport] = {}
         self.duplicates = 0  # results sent twice (same id), learnt once
@@ -56,19 +62,31 @@ class Trainer:
             return shared
         return self.old.get(node_type)
 
-    def learn(self, results: Iterable[Result]) -> None:
+    def learn(self, results: Sequence[Result]) -> None:
         """Learn results in the order given."""
-        nodes, model = self.nodes, self.model
-        learn, seen = model.learn_one, model.seen_id
-        for node_type, mixins, success, id_prefix in results:
-            if id_prefix is not None and seen(id_prefix):
-                self.duplicates += 1  # the same result sent twice (its producer crashed)
-                continue
-            node = nodes.get(node_type) or self._node(node_type)
-            node.events += 1
+        ids = [r[3] for r in results]
+        if any(i is not None for i in ids):
+            fresh = [r for r, seen in zip(results, self.model.seen_ids(ids), strict=True) if not seen]
+            self.duplicates += len(results) - len(fresh)  # sent twice (a producer crashed)
+        else:
+            fresh = list(results)
+        if not fresh:
+            return
+        rows = number_rows(self.model, [r[0] for r in fresh], [r[1] for r in fresh], [r[2] for r in fresh])
+        new = self.batch.learn_many(rows)
+        old = self.old_scorer.predict_many(self.model, rows) if self.old_scorer is not None else None
+        for c, node_type in enumerate(rows.node_types):
+            mine = rows.kind == c
+            node = self.nodes.get(node_type) or self._node(node_type)
+            node.events += int(np.count_nonzero(mine))
+            node.new.update_many(new[mine], rows.y[mine])
             serving = self._serving(node_type)
-            if isinstance(serving, HierarchicalModel):
-                node.old.update(serving.predict_proba(node_type, mixins), success)
-            elif isinstance(serving, MixinModel):
-                node.old.update(serving.predict_proba(mixins), success)
-            node.new.update(learn(node_type, mixins, success), success)
+            if isinstance(serving, HierarchicalModel) and old is not None:
+                node.old.update_many(old[mine], rows.y[mine])
+            elif isinstance(serving, MixinModel):  # a per-type snapshot of an earlier release
+                for i in np.flatnonzero(mine).tolist():
+                    node.old.update(serving.predict_proba(fresh[i][1]), fresh[i][2])
+
+    def finish(self) -> HierarchicalModel:
+        """The new model, with everything learnt written back into it."""
+        return self.batch.close()

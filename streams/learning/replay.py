@@ -14,12 +14,15 @@ interrupted sends nothing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,7 +32,6 @@ from tqdm import tqdm
 from agents.learning import snapshot
 from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.registry import SHARED, ModelRegistry
-from agents.learning.trainer import NodeReport, Result, Trainer
 from schemas.codec import MAX_VALUE_BYTES
 from schemas.events import GenerationResultFields
 from schemas.topics import CODEGEN_RESULTS
@@ -38,6 +40,9 @@ from streams.interfaces.client import OmnistreamClient
 from streams.runtime import tables
 from streams.runtime.replica import read_all, topic_partitions
 from streams.runtime.tables import ControlKind
+
+if TYPE_CHECKING:  # the trainer compiles its loops (numba): imported when a replay runs
+    from agents.learning.trainer import NodeReport, Result
 
 
 class ReplayError(Exception):
@@ -101,6 +106,8 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 **settings.kafka_security)
     await consumer.start()
+    from agents.learning.trainer import Trainer
+
     report = ReplayReport()
     trained_through: dict[int, int] = {}
     trainer = Trainer(old.models)
@@ -120,26 +127,27 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
         started = time.perf_counter()
         bar = tqdm(total=total, unit="ev", unit_scale=True, file=out, disable=not progress,
                    desc=f"replay {topic}", dynamic_ncols=True)
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=2000)
-            for tp, records in batches.items():
-                stop = end[tp]
-                if records and records[-1].offset >= stop:
-                    records = [r for r in records if r.offset < stop]
-                results = decode_results([r.value for r in records])
-                report.events += len(records)
-                report.invalid += len(records) - len(results)
-                trainer.learn(results)
-                bar.update(len(records))
-                if records and records[-1].offset + 1 >= stop:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
+        with _short_lived_garbage():
+            while remaining:
+                batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=2000)
+                for tp, records in batches.items():
+                    stop = end[tp]
+                    if records and records[-1].offset >= stop:
+                        records = [r for r in records if r.offset < stop]
+                    results = decode_results([r.value for r in records])
+                    report.events += len(records)
+                    report.invalid += len(records) - len(results)
+                    trainer.learn(results)
+                    bar.update(len(records))
+                    if records and records[-1].offset + 1 >= stop:
+                        remaining.discard(tp)
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= end[tp]:
+                        remaining.discard(tp)
         bar.close()
         report.seconds = time.perf_counter() - started
         report.nodes, report.duplicates = trainer.nodes, trainer.duplicates
-        report.model, report.old_version = trainer.model, trainer.old_version
+        report.model, report.old_version = trainer.finish(), trainer.old_version
     finally:
         await consumer.stop()
     if report.events == 0:
@@ -148,6 +156,21 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
         await _install(settings, key, report, trained_through)
         await _await_swap(settings, key, report, wait_s)
     return report
+
+
+@contextmanager
+def _short_lived_garbage() -> Iterator[None]:
+    """Replay makes about ten objects per record (parsed fields, ids, lists) that reference
+    counting frees, and every few hundred of them Python's cycle collector ran; its older
+    generations walked the models' and the consumer's long-lived objects again each time. Those
+    are frozen (left out of collections) while the replay reads: 50-74k -> 88-129k results/s
+    on the bench's 50,000 results (raising the youngest generation's threshold as well gained
+    nothing more)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 _RESULT = TypeAdapter(GenerationResultFields)

@@ -11,7 +11,7 @@ from river import linear_model, optim
 
 from agents.learning.features import PAIR_SEP, canonical, pair_key
 from agents.learning.linear import Logistic, log_loss_gradient, sigmoid
-from agents.learning.model import MixinModel
+from agents.learning.model import MixinModel, Progressive
 from bench.mixin_stream import MixinStream
 
 
@@ -117,11 +117,20 @@ def test_trainer_learns_in_order_scores_the_model_in_use_and_learns_a_resent_res
     expected = HierarchicalModel()
     for nt, mixins, label in stream:
         expected.learn_one(nt, mixins, label)
-    assert trainer.model.updates == expected.updates == 3000
-    assert trainer.model.weights == expected.weights  # same order, same model
+    model = trainer.finish()
+    assert model.updates == expected.updates == 3000
+    assert model.weights == pytest.approx(expected.weights, abs=1e-12)  # same order, same model
     for nt, node in trainer.nodes.items():
         assert node.events == expected.by_type[nt].n == node.new.n
         assert node.new.correct == expected.by_type[nt].correct
-        assert node.old.n == node.events  # the model in use, scored on every result
+        # the model in use, scored on every result as it serves them (prediction only)
+        in_use = legacy.predict_proba if nt == "compute" else lambda m, nt=nt: old.predict_proba(nt, m)
+        served = Progressive()
+        for t, mixins, label in stream:
+            if t == nt:
+                served.update(in_use(mixins), label)
+        assert (nt, node.old.n, node.old.correct) == (nt, served.n, served.correct)
+        assert node.old.n == node.events
+        assert node.old.log_loss == pytest.approx(served.log_loss, rel=1e-9)
     assert trainer.nodes["effect"].old_version == old.version and trainer.old_version == old.version
     assert trainer.nodes["compute"].old_version == legacy.version

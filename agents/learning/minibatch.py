@@ -1,0 +1,209 @@
+"""Learning many results at once into the shared model: what replay uses (river's
+`learn_many`, for the hierarchical model of hierarchy.py).
+
+`MiniBatch` holds the model's weights, averages and evidence as numpy arrays while it learns
+rows of results with the compiled loop of kernels.py, which computes what `learn_one`
+computes, result after result. The drift watch stays in Python (river's ADWIN): it reads the
+rows' errors after the loop; when it fires at a row, the rows from there on are learnt again
+from the state saved before the loop, with the weights halved at that row, as `learn_one`
+halves them. `close()` writes the arrays back into the model, which then learns and predicts
+one result at a time as before (a replayed model is installed and goes on learning).
+
+`FrozenScorer` scores rows with a model that does not learn (the one in use during a replay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.learning.hierarchy import HierarchicalModel
+from agents.learning.kernels import learn_rows, served_logits
+from agents.learning.linear import sigmoid_many
+from agents.learning.model import Progressive
+
+Mixins = list[str] | tuple[str, ...]
+# node type, mixins, success
+Example = tuple[str, Mixins, bool]
+
+_ARRAYS = ("w", "avg", "stamp", "counts", "succ", "fail", "ic", "aic")
+
+
+@dataclass
+class Rows:
+    """Results numbered by a model: per row the node type (`kind`, an index into
+    `node_types`), the model's index of it (-1: no room left for it), the label, and the
+    mixin numbers as given (`ids[indptr[i]:indptr[i + 1]]`; -1: no room left for the name)."""
+    node_types: list[str]
+    kind: np.ndarray
+    types: np.ndarray
+    y: np.ndarray
+    indptr: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def number_rows(model: HierarchicalModel, node_types: Sequence[str], mixins: Sequence[Mixins],
+                successes: Sequence[bool]) -> Rows:
+    """Number the results' node types and mixins in `model` (new ones get numbers in order,
+    as `learn_one` would give them)."""
+    kinds = list(dict.fromkeys(node_types))
+    type_of = [model._type(t, learn=True) for t in kinds]
+    kind_of = {t: c for c, t in enumerate(kinds)}
+    index = model.index
+    names = [m for combo in mixins for m in combo]
+    ids = [index.get(m, -1) for m in names]
+    if -1 in ids and len(model.names) < model.max_mixins:  # new names: number them in order
+        for combo in mixins:
+            model._ids(combo, learn=True)
+        ids = [index.get(m, -1) for m in names]
+    lengths = np.zeros(len(mixins) + 1, dtype=np.int64)
+    lengths[1:] = [len(combo) for combo in mixins]
+    kind = np.array([kind_of[t] for t in node_types], dtype=np.int64)
+    types = np.array([-1 if t is None else t for t in type_of], dtype=np.int64)
+    return Rows(kinds, kind, types[kind] if len(kind) else kind, np.array(successes, dtype=bool),
+                np.cumsum(lengths), np.array(ids, dtype=np.int64))
+
+
+def _no_rows() -> Rows:
+    none = np.empty(0, dtype=np.int64)
+    return Rows([], none, none, np.empty(0, dtype=bool), np.zeros(1, dtype=np.int64), none)
+
+
+class MiniBatch:
+    """Learns rows into `model`; `close()` hands the model back with what it learnt."""
+
+    def __init__(self, model: HierarchicalModel) -> None:
+        self.model = model
+        self.w = np.array(model.weights, dtype=float)
+        self.avg = np.array(model.avg, dtype=float)
+        self.stamp = np.array(model.stamp, dtype=np.int64)
+        self.counts = np.array(model.counts, dtype=np.int64)
+        self.succ = np.array(model.succ, dtype=float)
+        self.fail = np.array(model.fail, dtype=float)
+        self.ic = np.array(model.intercepts, dtype=float)
+        self.aic = np.array(model.avg_intercepts, dtype=float)
+        self.growth = 2.0 ** (1.0 / model.cfg.half_life)
+        # compile the loop (or load it from numba's cache) now, not in the first result's time
+        self._run(_no_rows(), 0, 0, False, np.empty(0), np.empty(0, dtype=bool))
+
+
+    def learn(self, examples: Sequence[Example]) -> tuple[Rows, np.ndarray]:
+        """Number and learn the examples; returns the rows and `learn_many`'s probabilities."""
+        node_types, mixins, successes = zip(*examples, strict=True) if examples else ((), (), ())
+        rows = number_rows(self.model, node_types, mixins, successes)
+        return rows, self.learn_many(rows)
+
+    def learn_many(self, rows: Rows) -> np.ndarray:
+        """Learn the rows in order; returns each row's probability predicted before it was
+        learnt (progressive validation), and scores the model's `progressive` and `by_type`."""
+        model = self.model
+        p = np.empty(len(rows))
+        errors = np.zeros(len(rows), dtype=bool)
+        start, drift_first = 0, False
+        while start < len(rows):
+            saved = self._save()
+            self._run(rows, start, len(rows), drift_first, p, errors)
+            watched = start + 1 if drift_first else start  # a drift row's error was watched
+            found = self._watch(errors[watched:])
+            if found is None:
+                break
+            # Rules changed at row `at`: learn again from there, weights halved at that row.
+            at = watched + found
+            self._restore(saved)
+            self._run(rows, start, at, drift_first, p, errors)
+            model.drifts.append(model.updates)
+            start, drift_first = at, True
+        self._score(rows, p)
+        return p
+
+    def close(self) -> HierarchicalModel:
+        m = self.model
+        m.weights, m.avg, m.stamp = self.w.tolist(), self.avg.tolist(), self.stamp.tolist()
+        m.counts, m.succ, m.fail = self.counts.tolist(), self.succ.tolist(), self.fail.tolist()
+        m.intercepts, m.avg_intercepts = self.ic.tolist(), self.aic.tolist()
+        return m
+
+    def _run(self, rows: Rows, start: int, stop: int, drift_first: bool, p: np.ndarray,
+             errors: np.ndarray) -> None:
+        model, cfg = self.model, self.model.cfg
+        model.updates, model.since, model.weight = learn_rows(
+            self.w, self.avg, self.stamp, self.counts, self.succ, self.fail, self.ic, self.aic,
+            rows.types, rows.y, rows.indptr, rows.ids, start, stop,
+            model.updates, model.since, model.weight, drift_first,
+            model.max_mixins, model.block, cfg.lr, cfg.deviation_lr, cfg.boost, cfg.boost_tau,
+            cfg.avg_rate, self.growth, cfg.drift_shrink, p, errors)
+
+    def _save(self) -> tuple:
+        """What a run may change: the blocks of the node types known (the rows were numbered
+        before the run), the intercepts, and the scalars."""
+        m = self.model
+        used = m.block * (1 + len(m.node_types))
+        return tuple(getattr(self, a)[:used].copy() for a in _ARRAYS) + (m.updates, m.since, m.weight)
+
+    def _restore(self, saved: tuple) -> None:
+        # A drift halves all weights (and stamps all averages): beyond the used blocks they are
+        # zero, and the run learnt again from the restored state halves and stamps them again.
+        for a, value in zip(_ARRAYS, saved, strict=False):
+            getattr(self, a)[:len(value)] = value
+        m = self.model
+        m.updates, m.since, m.weight = saved[len(_ARRAYS):]
+
+    def _watch(self, errors: np.ndarray) -> int | None:
+        """`learn_one`'s drift watch over the errors in order; the index of a drift, or None."""
+        model, cfg = self.model, self.model.cfg
+        fast, slow, update = model.err_fast, model.err_slow, model.adwin.update
+        fa, sa = cfg.fast_alpha, cfg.slow_alpha
+        found = None
+        for i, e in enumerate(errors.astype(float).tolist()):
+            fast += fa * (e - fast)
+            slow += sa * (e - slow)
+            update(e)
+            if fast > slow and model.adwin.drift_detected:
+                found = i
+                break
+        model.err_fast, model.err_slow = fast, slow
+        return found
+
+    def _score(self, rows: Rows, p: np.ndarray) -> None:
+        model = self.model
+        model.progressive.update_many(p, rows.y)
+        for c, node_type in enumerate(rows.node_types):
+            mine = rows.kind == c
+            scored = model.by_type.get(node_type)
+            if scored is None:
+                scored = model.by_type[node_type] = Progressive()
+            scored.update_many(p[mine], rows.y[mine])
+
+
+class FrozenScorer:
+    """The served predictions of a model that does not learn (the one in use, while a replay
+    trains its successor) for rows another model numbered: its averaged weights are taken
+    once, as it serves them now."""
+
+    def __init__(self, model: HierarchicalModel) -> None:
+        self.model = model
+        keep = 1.0 - model.cfg.avg_rate
+        w = np.array(model.weights, dtype=float)
+        age = model.updates - np.array(model.stamp, dtype=np.int64)
+        self.served = w + (np.array(model.avg, dtype=float) - w) * keep ** age
+        self.intercepts = np.array(model.avg_intercepts, dtype=float)
+        self._map = np.empty(0, dtype=np.int64)
+        self._mapped = (0, -1)  # which model's numbering `_map` translates, with how many names
+        self.predict_many(model, _no_rows())  # compiles now
+
+    def predict_many(self, numbering: HierarchicalModel, rows: Rows) -> np.ndarray:
+        """The probability this model serves for each row (`numbering` numbered them)."""
+        model = self.model
+        if self._mapped != (id(numbering), len(numbering.names)):  # another model, or new names
+            self._map = np.array([model.index.get(n, -1) for n in numbering.names], dtype=np.int64)
+            self._mapped = (id(numbering), len(numbering.names))
+        own_type = np.array([model.type_index.get(t, -1) for t in rows.node_types], dtype=np.int64)
+        z = np.empty(len(rows))
+        served_logits(self.served, self.intercepts, model.max_mixins, model.block, self._map,
+                      own_type[rows.kind], rows.indptr, rows.ids, z)
+        return sigmoid_many(z)
