@@ -21,11 +21,10 @@ import math
 import numpy as np
 from numba import njit
 
-_SIGMOID_CLAMP = 30.0
-_LOG_LOSS_TAIL = 18.0
-_CLIP_GRADIENT = 1e12
-_RESCALE_AT = 1e200
+from agents.learning.hierarchy import _RESCALE_AT
+from agents.learning.linear import _CLIP_GRADIENT, _LOG_LOSS_TAIL, _SIGMOID_CLAMP
 
+# linear.sigmoid and linear.log_loss_gradient, compiled
 
 @njit(cache=True, inline="always")
 def _sigmoid(z: float) -> float:
@@ -176,10 +175,10 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
 
 
 @njit(cache=True)
-def served_logits(served: np.ndarray, intercepts: np.ndarray, k: int, block: int,
+def served_probabilities(served: np.ndarray, intercepts: np.ndarray, k: int, block: int,
                   mixin_map: np.ndarray, types: np.ndarray, indptr: np.ndarray, ids: np.ndarray,
                   out: np.ndarray) -> None:
-    """The logits of a model that does not learn (its served weights given) for rows another
+    """The probabilities served by a model that does not learn (its served weights given) for rows another
     model numbered: `mixin_map` takes the other model's mixin numbers to this one's (-1:
     unknown here, left out as predict_proba leaves unknown names out); `types` are this
     model's node-type indices (-1: none)."""
@@ -206,4 +205,4 @@ def served_logits(served: np.ndarray, intercepts: np.ndarray, k: int, block: int
         z = intercepts[0] + s
         if t >= 0:
             z += intercepts[1 + t]
-        out[r] = z
+        out[r] = _sigmoid(z)

@@ -20,8 +20,6 @@ import math
 from array import array
 from collections.abc import Iterable, Sequence
 
-import numpy as np
-
 # river.utils.math.sigmoid's saturation and river.optim.losses.Log's asymptotic branches.
 _SIGMOID_CLAMP = 30.0
 _LOG_LOSS_TAIL = 18.0
@@ -96,17 +94,3 @@ class Logistic:
         self.lr, self.intercept_lr, weights, self.intercept = state
         self.weights = weights.tolist()
 
-
-def sigmoid_many(z: np.ndarray) -> np.ndarray:
-    """`sigmoid` over an array, with the same saturation."""
-    inside = 1.0 / (1.0 + np.exp(-np.clip(z, -_SIGMOID_CLAMP, _SIGMOID_CLAMP)))
-    return np.where(z < -_SIGMOID_CLAMP, 0.0, np.where(z > _SIGMOID_CLAMP, 1.0, inside))
-
-
-def log_loss_gradient_many(y: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """`log_loss_gradient` over arrays of labels (bool) and logits."""
-    sign = np.where(y, 1.0, -1.0)
-    margin = np.clip(z * sign, -700.0, 700.0)  # exp stays finite; the tails are taken below
-    g = np.where(margin > _LOG_LOSS_TAIL, np.exp(-margin) * -sign,
-                 np.where(margin < -_LOG_LOSS_TAIL, -sign, -sign / (np.exp(margin) + 1.0)))
-    return np.clip(g, -_CLIP_GRADIENT, _CLIP_GRADIENT)

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.learning.hierarchy import HierarchicalModel
-from agents.learning.kernels import learn_rows, served_logits
-from agents.learning.linear import sigmoid_many
+from agents.learning.kernels import learn_rows, served_probabilities
 from agents.learning.model import Progressive
 
 Mixins = list[str] | tuple[str, ...]
@@ -203,7 +202,7 @@ class FrozenScorer:
             self._map = np.array([model.index.get(n, -1) for n in numbering.names], dtype=np.int64)
             self._mapped = (id(numbering), len(numbering.names))
         own_type = np.array([model.type_index.get(t, -1) for t in rows.node_types], dtype=np.int64)
-        z = np.empty(len(rows))
-        served_logits(self.served, self.intercepts, model.max_mixins, model.block, self._map,
-                      own_type[rows.kind], rows.indptr, rows.ids, z)
-        return sigmoid_many(z)
+        p = np.empty(len(rows))
+        served_probabilities(self.served, self.intercepts, model.max_mixins, model.block, self._map,
+                             own_type[rows.kind], rows.indptr, rows.ids, p)
+        return p
