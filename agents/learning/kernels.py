@@ -21,31 +21,12 @@ import math
 import numpy as np
 from numba import njit
 
+from agents.learning import linear
 from agents.learning.hierarchy import _RESCALE_AT
-from agents.learning.linear import _CLIP_GRADIENT, _LOG_LOSS_TAIL, _SIGMOID_CLAMP
 
-# linear.sigmoid and linear.log_loss_gradient, compiled
-
-@njit(cache=True, inline="always")
-def _sigmoid(z: float) -> float:
-    if z < -_SIGMOID_CLAMP:
-        return 0.0
-    if z > _SIGMOID_CLAMP:
-        return 1.0
-    return 1.0 / (1.0 + math.exp(-z))
-
-
-@njit(cache=True, inline="always")
-def _gradient(y: bool, z: float) -> float:
-    sign = 1.0 if y else -1.0
-    margin = z * sign
-    if margin > _LOG_LOSS_TAIL:
-        g = math.exp(-margin) * -sign
-    elif margin < -_LOG_LOSS_TAIL:
-        g = -sign
-    else:
-        g = -sign / (math.exp(margin) + 1.0)
-    return min(max(g, -_CLIP_GRADIENT), _CLIP_GRADIENT)
+# The same functions as the Python learner's, compiled from their source.
+_sigmoid = njit(cache=True, inline="always")(linear.sigmoid)
+_gradient = njit(cache=True, inline="always")(linear.log_loss_gradient)
 
 
 @njit(cache=True, inline="always")
