@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Sequence
 
 
 def percentile(values: list[float], q: int, empty: float = 0.0) -> float:
@@ -33,19 +33,10 @@ class RecentIds:
             self._ids.popitem(last=False)
         return False
 
-    def seen_many(self, value_ids: Iterable[Hashable | None]) -> list[bool]:
+    def seen_many(self, value_ids: Sequence[Hashable | None]) -> list[bool]:
         """`seen` for each id in order (None: no id, never seen)."""
-        ids, size, out = self._ids, self.size, []
-        for value_id in value_ids:
-            if value_id is None or value_id not in ids:
-                out.append(False)
-                if value_id is not None:
-                    ids[value_id] = None
-                    if len(ids) > size:
-                        ids.popitem(last=False)
-            else:
-                out.append(True)
-        return out
+        seen = self.seen
+        return [False if v is None else seen(v) for v in value_ids]
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import uuid
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -141,11 +142,9 @@ class HierarchicalModel:
     def seen_result(self, result_id: uuid.UUID) -> bool:
         return self.learnt.seen(result_id.int >> 64)
 
-    def seen_id(self, id_prefix: int) -> bool:
-        return self.learnt.seen(id_prefix)
-
-    def seen_ids(self, id_prefixes: list[int | None]) -> list[bool]:
-        """`seen_id` for each in order (None: a result without an id, never seen)."""
+    def seen_ids(self, id_prefixes: Sequence[int | None]) -> list[bool]:
+        """For each result in order, by its id's first 64 bits: learnt already? (among the
+        last LEARNT_IDS learnt; otherwise it is remembered). None: a result without an id."""
         return self.learnt.seen_many(id_prefixes)
 
     # -------------------------------------------------------------- features

@@ -54,12 +54,11 @@ def number_rows(model: HierarchicalModel, node_types: Sequence[str], mixins: Seq
     type_of = [model._type(t, learn=True) for t in kinds]
     kind_of = {t: c for c, t in enumerate(kinds)}
     index = model.index
-    names = [m for combo in mixins for m in combo]
-    ids = [index.get(m, -1) for m in names]
+    ids = [index.get(m, -1) for combo in mixins for m in combo]
     if -1 in ids and len(model.names) < model.max_mixins:  # new names: number them in order
         for combo in mixins:
             model._ids(combo, learn=True)
-        ids = [index.get(m, -1) for m in names]
+        ids = [index.get(m, -1) for combo in mixins for m in combo]
     lengths = np.zeros(len(mixins) + 1, dtype=np.int64)
     lengths[1:] = [len(combo) for combo in mixins]
     kind = np.array([kind_of[t] for t in node_types], dtype=np.int64)

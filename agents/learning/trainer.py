@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 
 import numpy as np
 
@@ -64,15 +65,18 @@ class Trainer:
 
     def learn(self, results: Sequence[Result]) -> None:
         """Learn results in the order given."""
-        ids = [r[3] for r in results]
-        if any(i is not None for i in ids):
-            fresh = [r for r, seen in zip(results, self.model.seen_ids(ids), strict=True) if not seen]
-            self.duplicates += len(results) - len(fresh)  # sent twice (a producer crashed)
-        else:
-            fresh = list(results)
-        if not fresh:
+        if not results:
             return
-        rows = number_rows(self.model, [r[0] for r in fresh], [r[1] for r in fresh], [r[2] for r in fresh])
+        node_types, mixins, successes, ids = zip(*results, strict=True)
+        seen = self.model.seen_ids(ids)
+        if any(seen):  # the same result sent twice (its producer crashed): learnt once
+            self.duplicates += sum(seen)
+            fresh = [not s for s in seen]
+            node_types, mixins, successes = (
+                tuple(compress(column, fresh)) for column in (node_types, mixins, successes))
+            if not node_types:
+                return
+        rows = number_rows(self.model, node_types, mixins, successes)
         new = self.batch.learn_many(rows)
         old = self.old_scorer.predict_many(self.model, rows) if self.old_scorer is not None else None
         for c, node_type in enumerate(rows.node_types):
@@ -85,7 +89,7 @@ class Trainer:
                 node.old.update_many(old[mine], rows.y[mine])
             elif isinstance(serving, MixinModel):  # a per-type snapshot of an earlier release
                 for i in np.flatnonzero(mine).tolist():
-                    node.old.update(serving.predict_proba(fresh[i][1]), fresh[i][2])
+                    node.old.update(serving.predict_proba(mixins[i]), successes[i])
 
     def finish(self) -> HierarchicalModel:
         """The new model, with everything learnt written back into it."""

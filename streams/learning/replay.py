@@ -1,14 +1,15 @@
 """`omnistream replay`: rebuild the mixin models from the retained codegen.results topic.
 
-Reads the topic in a consumer group of its own (nothing is committed, so the workers' group and
-any later replay are untouched) from the beginning or from a point in time up to the end
-offsets seen at start, decodes each fetch in one parse, trains fresh models one event at a time
-(progress bar: events/s, ETA) and scores the models in use on the same events (prediction only)
-beside the new one (agents/learning/trainer.py). Then it swaps the new shared model in: a
-signed install message goes through the learner's inbox, where the worker owning the model
-catches it up on events that arrived after the replay stopped reading, gives it the
-next model_version and snapshots it. Until then nothing changes; a replay that fails or is
-interrupted sends nothing.
+Reads the topic with a consumer outside any group (it assigns the partitions itself and commits
+nothing, so the workers' group is untouched, and a fresh cluster need not set up a group
+coordinator first) from the beginning or from a point in time up to the end offsets seen at
+start. It decodes each fetch in one parse and learns a fresh shared model from it in one
+compiled loop that learns the results in order (progress bar: events/s, ETA), and scores the
+models in use on the same events (prediction only) beside the new one
+(agents/learning/trainer.py). Then it swaps the new shared model in: a signed install message
+goes through the learner's inbox, where the worker owning the model catches it up on events
+that arrived after the replay stopped reading, gives it the next model_version and snapshots
+it. Until then nothing changes; a replay that fails or is interrupted sends nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import asyncio
 import gc
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,8 +102,7 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
     old = await current_models(settings, key)
     tps = await _partitions(settings, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=f"{settings.app_id}-replay-{uuid.uuid4().hex[:8]}",
-                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 **settings.kafka_security)
     await consumer.start()
     from agents.learning.trainer import Trainer
@@ -124,9 +123,9 @@ async def replay(settings: Settings, topic: str, since: datetime | None = None, 
         remaining = {tp for tp in tps if start[tp] < end[tp]}
         total = sum(end[tp] - start[tp] for tp in tps)
         trained_through = {tp.partition: end[tp] for tp in tps}
-        started = time.perf_counter()
         bar = tqdm(total=total, unit="ev", unit_scale=True, file=out, disable=not progress,
                    desc=f"replay {topic}", dynamic_ncols=True)
+        started = time.perf_counter()
         with _short_lived_garbage():
             while remaining:
                 batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=2000)
