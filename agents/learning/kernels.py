@@ -79,12 +79,13 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
                types: np.ndarray, ys: np.ndarray, indptr: np.ndarray, ids: np.ndarray,
                start: int, stop: int, n: int, since: int, weight: float, drift_first: bool,
                k: int, block: int, lr: float, deviation_lr: float, boost: float, boost_tau: float,
-               avg_rate: float, growth: float, shrink: float,
+               avg_rate: float, growth: float, shrink: float, decay: np.ndarray,
                p_out: np.ndarray, err_out: np.ndarray) -> tuple[int, int, float]:
     """`HierarchicalModel.learn_one` for rows start..stop-1 in order; the drift watch is the
     caller's (it sees `err_out`). `drift_first`: a drift was detected at the first row, whose
     weights are halved after it is predicted and before it is learnt, as in learn_one.
-    Returns (updates, since, weight) after the rows."""
+    `decay[a]` is (1 - avg_rate) ** a for the ages it holds. Returns (updates, since, weight)
+    after the rows."""
     keep = 1.0 - avg_rate
     widest = 0
     for r in range(start, stop):
@@ -103,7 +104,8 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
             s = stamp[f]
             if s != n:
                 wf = w[f]
-                avg[f] = wf + (avg[f] - wf) * keep ** (n - s)
+                age = n - s
+                avg[f] = wf + (avg[f] - wf) * (decay[age] if age < decay.shape[0] else keep ** age)
             s_w += w[f]
             s_avg += avg[f]
         z = ic[0] + s_w

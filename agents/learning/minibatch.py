@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -27,6 +28,7 @@ Mixins = list[str] | tuple[str, ...]
 # node type, mixins, success
 Example = tuple[str, Mixins, bool]
 
+DECAY_TABLE = 4096
 _ARRAYS = ("w", "avg", "stamp", "counts", "succ", "fail", "ic", "aic")
 
 
@@ -54,14 +56,15 @@ def number_rows(model: HierarchicalModel, node_types: Sequence[str], mixins: Seq
     type_of = [model._type(t, learn=True) for t in kinds]
     kind_of = {t: c for c, t in enumerate(kinds)}
     index = model.index
-    ids = [index.get(m, -1) for combo in mixins for m in combo]
-    if -1 in ids and len(model.names) < model.max_mixins:  # new names: number them in order
-        for combo in mixins:
-            model._ids(combo, learn=True)
-        ids = [index.get(m, -1) for combo in mixins for m in combo]
+    ids: list[int | None] = list(map(index.get, chain.from_iterable(mixins)))
+    if None in ids:
+        if len(model.names) < model.max_mixins:  # new names: number them in order
+            for combo in mixins:
+                model._ids(combo, learn=True)
+        ids = [index.get(m, -1) for combo in mixins for m in combo]  # -1: no room for the name
     lengths = np.zeros(len(mixins) + 1, dtype=np.int64)
-    lengths[1:] = [len(combo) for combo in mixins]
-    kind = np.array([kind_of[t] for t in node_types], dtype=np.int64)
+    lengths[1:] = list(map(len, mixins))
+    kind = np.array(list(map(kind_of.__getitem__, node_types)), dtype=np.int64)
     types = np.array([-1 if t is None else t for t in type_of], dtype=np.int64)
     return Rows(kinds, kind, types[kind] if len(kind) else kind, np.array(successes, dtype=bool),
                 np.cumsum(lengths), np.array(ids, dtype=np.int64))
@@ -86,6 +89,10 @@ class MiniBatch:
         self.ic = np.array(model.intercepts, dtype=float)
         self.aic = np.array(model.avg_intercepts, dtype=float)
         self.growth = 2.0 ** (1.0 / model.cfg.half_life)
+        # (1 - avg_rate) ** age for the ages most features have when met again, computed as
+        # learn_one computes them (Python's float power), so both give the same averages
+        keep = 1.0 - model.cfg.avg_rate
+        self.decay = np.array([keep ** age for age in range(DECAY_TABLE)])
         # compile the loop (or load it from numba's cache) now, not in the first result's time
         self._run(_no_rows(), 0, 0, False, np.empty(0), np.empty(0, dtype=bool))
 
@@ -134,7 +141,7 @@ class MiniBatch:
             rows.types, rows.y, rows.indptr, rows.ids, start, stop,
             model.updates, model.since, model.weight, drift_first,
             model.max_mixins, model.block, cfg.lr, cfg.deviation_lr, cfg.boost, cfg.boost_tau,
-            cfg.avg_rate, self.growth, cfg.drift_shrink, p, errors)
+            cfg.avg_rate, self.growth, cfg.drift_shrink, self.decay, p, errors)
 
     def _save(self) -> tuple:
         """What a run may change: the blocks of the node types known (the rows were numbered

@@ -9,7 +9,6 @@ broker: 0.105-0.135x a bare consumer against 0.119-0.121x in one process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 
@@ -19,9 +18,7 @@ from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.minibatch import FrozenScorer, MiniBatch, number_rows
 from agents.learning.model import MixinModel, Progressive
 from agents.learning.registry import SHARED, Model
-
-# node type, mixins, success, the result id's first 64 bits (None: no id)
-Result = tuple[str, list[str], bool, int | None]
+from agents.learning.results import Results
 
 
 @dataclass
@@ -63,17 +60,18 @@ class Trainer:
             return shared
         return self.old.get(node_type)
 
-    def learn(self, results: Sequence[Result]) -> None:
+    def learn(self, results: Results) -> None:
         """Learn results in the order given."""
-        if not results:
+        if not len(results):
             return
-        node_types, mixins, successes, ids = zip(*results, strict=True)
-        seen = self.model.seen_ids(ids)
+        node_types, mixins, successes = results.node_types, results.mixins, results.successes
+        seen = self.model.seen_ids(results.ids)
         if any(seen):  # the same result sent twice (its producer crashed): learnt once
             self.duplicates += sum(seen)
             fresh = [not s for s in seen]
-            node_types, mixins, successes = (
-                tuple(compress(column, fresh)) for column in (node_types, mixins, successes))
+            node_types = list(compress(node_types, fresh))
+            mixins = list(compress(mixins, fresh))
+            successes = list(compress(successes, fresh))
             if not node_types:
                 return
         rows = number_rows(self.model, node_types, mixins, successes)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from agents.learning import snapshot
 from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.registry import SHARED, ModelRegistry
+from agents.learning.results import Results
 from schemas.codec import MAX_VALUE_BYTES
 from schemas.events import GenerationResultFields
 from schemas.topics import CODEGEN_RESULTS
@@ -42,7 +43,7 @@ from streams.runtime.replica import read_all, topic_partitions
 from streams.runtime.tables import ControlKind
 
 if TYPE_CHECKING:  # the trainer compiles its loops (numba): imported when a replay runs
-    from agents.learning.trainer import NodeReport, Result
+    from agents.learning.trainer import NodeReport
 
 
 class ReplayError(Exception):
@@ -176,30 +177,30 @@ _RESULT = TypeAdapter(GenerationResultFields)
 _RESULTS = TypeAdapter(list[GenerationResultFields])
 
 
-def _result(fields: GenerationResultFields) -> Result:
-    result_id = fields.get("id")
-    return (fields["node_type"], fields["mixins"], fields["success"],
-            None if result_id is None else result_id.int >> 64)
+def _columns(fields: list[GenerationResultFields]) -> Results:
+    return Results([f["node_type"] for f in fields], [f["mixins"] for f in fields],
+                   [f["success"] for f in fields],
+                   [None if (i := f.get("id")) is None else i.int >> 64 for f in fields])
 
 
-def decode_results(values: list[bytes | None]) -> list[Result]:
+def decode_results(values: list[bytes | None]) -> Results:
     """The values that are results (with GenerationResult's checks, no model or envelope built
     per record), in order; the others are left out: the workers dead-lettered them. One parse
     for the whole fetch; only a fetch holding a bad record is parsed again one by one."""
     if all(v is not None and len(v) <= MAX_VALUE_BYTES for v in values):
         try:
-            return [_result(f) for f in _RESULTS.validate_json(b"[" + b",".join(values) + b"]")]  # type: ignore[arg-type]
+            return _columns(_RESULTS.validate_json(b"[" + b",".join(values) + b"]"))  # type: ignore[arg-type]
         except ValidationError:
             pass
-    out: list[Result] = []
+    valid: list[GenerationResultFields] = []
     for raw in values:
         if raw is None or len(raw) > MAX_VALUE_BYTES:
             continue
         try:
-            out.append(_result(_RESULT.validate_json(raw)))
+            valid.append(_RESULT.validate_json(raw))
         except ValidationError:
             continue
-    return out
+    return _columns(valid)
 
 
 async def _install(settings: Settings, key: bytes, report: ReplayReport,

@@ -100,6 +100,7 @@ def test_a_snapshot_from_before_numbered_features_loads_with_its_weights_and_cou
 def test_trainer_learns_in_order_scores_the_model_in_use_and_learns_a_resent_result_once():
     from agents.learning.hierarchy import HierarchicalModel
     from agents.learning.registry import SHARED
+    from agents.learning.results import Results
     from agents.learning.trainer import Trainer
 
     stream = [(nt, list(m), label) for nt, m, label, _ in MixinStream(n=3000)]
@@ -110,8 +111,8 @@ def test_trainer_learns_in_order_scores_the_model_in_use_and_learns_a_resent_res
     legacy = MixinModel("compute")  # a node type only a per-type snapshot knows
     trainer = Trainer({SHARED: old, "compute": legacy})
     results = [(nt, m, label, i) for i, (nt, m, label) in enumerate(stream)]
-    trainer.learn(results[:1500])
-    trainer.learn(results[1400:])  # 100 results sent again (same ids): learnt once
+    trainer.learn(Results.of(results[:1500]))
+    trainer.learn(Results.of(results[1400:]))  # 100 results sent again (same ids): learnt once
     assert trainer.duplicates == 100
 
     expected = HierarchicalModel()
