@@ -251,18 +251,22 @@ class HierarchicalModel:
         self.updates += 1
         return p
 
-    def _watch_drift(self, err: bool) -> None:
+    def drift_seen(self, err: float) -> bool:
+        """Watch one result's error (0 or 1, from the unaveraged weights): True when ADWIN finds
+        a change while the recent error is above the long-run one (the rules changed)."""
         cfg = self.cfg
-        e = float(err)
-        self.err_fast += cfg.fast_alpha * (e - self.err_fast)
-        self.err_slow += cfg.slow_alpha * (e - self.err_slow)
-        self.adwin.update(e)
-        if self.adwin.drift_detected and self.err_fast > self.err_slow:
+        self.err_fast += cfg.fast_alpha * (err - self.err_fast)
+        self.err_slow += cfg.slow_alpha * (err - self.err_slow)
+        self.adwin.update(err)
+        return self.adwin.drift_detected and self.err_fast > self.err_slow
+
+    def _watch_drift(self, err: bool) -> None:
+        if self.drift_seen(float(err)):
             # Rules changed: halve every weight (what still holds is re-learnt within a few
             # hundred results, at the boosted rate; what no longer holds fades that much faster)
             self.drifts.append(self.updates)
             self.since = self.updates
-            shrink = cfg.drift_shrink
+            shrink = self.cfg.drift_shrink
             self.weights = [w * shrink for w in self.weights]
             self.intercepts = [w * shrink for w in self.intercepts]
             # The average restarts from the shrunk weights: the old rules are not averaged in.

@@ -96,7 +96,6 @@ class MiniBatch:
         # compile the loop (or load it from numba's cache) now, not in the first result's time
         self._run(_no_rows(), 0, 0, False, np.empty(0), np.empty(0, dtype=bool))
 
-
     def learn(self, examples: Sequence[Example]) -> tuple[Rows, np.ndarray]:
         """Number and learn the examples; returns the rows and `learn_many`'s probabilities."""
         node_types, mixins, successes = zip(*examples, strict=True) if examples else ((), (), ())
@@ -160,19 +159,8 @@ class MiniBatch:
 
     def _watch(self, errors: np.ndarray) -> int | None:
         """`learn_one`'s drift watch over the errors in order; the index of a drift, or None."""
-        model, cfg = self.model, self.model.cfg
-        fast, slow, update = model.err_fast, model.err_slow, model.adwin.update
-        fa, sa = cfg.fast_alpha, cfg.slow_alpha
-        found = None
-        for i, e in enumerate(errors.astype(float).tolist()):
-            fast += fa * (e - fast)
-            slow += sa * (e - slow)
-            update(e)
-            if fast > slow and model.adwin.drift_detected:
-                found = i
-                break
-        model.err_fast, model.err_slow = fast, slow
-        return found
+        seen = self.model.drift_seen
+        return next((i for i, e in enumerate(errors.astype(float).tolist()) if seen(e)), None)
 
     def _score(self, rows: Rows, p: np.ndarray) -> None:
         model = self.model
