@@ -124,9 +124,12 @@ class HierarchicalModel:
         state = dict(self.__dict__)
         for name, code in (("weights", "d"), ("counts", "q"), ("succ", "d"), ("fail", "d"), ("avg", "d"),
                            ("stamp", "q")):
-            values = state.pop(name)
-            used = [i for i, v in enumerate(values) if v]
-            state[name] = (len(values), array("l", used), array(code, (values[i] for i in used)))
+            values = np.asarray(state.pop(name), dtype=np.float64 if code == "d" else np.int64)
+            used = np.flatnonzero(values)
+            kept, at = array(code), array("l")
+            kept.frombytes(values[used].tobytes())
+            at.frombytes(used.astype(at.typecode).tobytes())
+            state[name] = (len(values), at, kept)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
