@@ -223,6 +223,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     from streams.config import Settings
     from streams.learning.replay import ReplayError, replay
+    from streams.learning.training import TrainingError
 
     since = None
     if args.since:
@@ -237,6 +238,9 @@ def _replay(args: argparse.Namespace) -> int:
                                     wait_s=args.wait, progress=not args.quiet))
     except ReplayError as exc:
         raise UsageError(str(exc)) from None
+    except TrainingError as exc:  # a bug or a killed process, not the input: said, nothing changed
+        print(f"omnistream: {exc}", file=sys.stderr)
+        return 1
     rate = report.events / report.seconds if report.seconds else 0.0
     print(f"replayed {report.events} events ({report.invalid} invalid, {report.duplicates} "
           f"sent twice, skipped) in "
