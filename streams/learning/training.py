@@ -141,8 +141,9 @@ class ChildTraining:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         # its imports run while the caller reads the models in use
+        # (its stdout is not the caller's: `replay --json` prints there)
         self._process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
-                                         pass_fds=(theirs.fileno(),))
+                                         pass_fds=(theirs.fileno(),), stdout=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(ours.detach())
 
@@ -218,6 +219,9 @@ def training() -> InProcessTraining | ChildTraining:
 
 if __name__ == "__main__":  # run as a script: serve from the module by its own name, so what
     # it sends back unpickles as streams.learning.training's classes, not __main__'s
+    import signal
+
     from streams.learning import training as module
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle: it ends us
     module._serve(Connection(int(sys.argv[1])))
