@@ -159,33 +159,27 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
 
 @njit(cache=True)
 def served_probabilities(served: np.ndarray, intercepts: np.ndarray, k: int, block: int,
-                  mixin_map: np.ndarray, types: np.ndarray, indptr: np.ndarray, ids: np.ndarray,
-                  out: np.ndarray) -> None:
-    """The probabilities served by a model that does not learn (its served weights given) for rows another
-    model numbered: `mixin_map` takes the other model's mixin numbers to this one's (-1:
-    unknown here, left out as predict_proba leaves unknown names out); `types` are this
-    model's node-type indices (-1: none)."""
-    mapped = np.empty(ids.shape[0] + 1, dtype=np.int64)
-    mine = np.empty(ids.shape[0] + 1, dtype=np.int64)
+                         mixin_map: np.ndarray, types: np.ndarray, indptr: np.ndarray,
+                         ids: np.ndarray, out: np.ndarray) -> None:
+    """The probabilities served by a model that does not learn (its served weights given) for
+    rows another model numbered: `mixin_map` takes the other model's mixin numbers to this
+    one's (-1: unknown here, left out as predict_proba leaves unknown names out); `types` are
+    this model's node-type indices (-1: none)."""
+    widest = 0
+    for r in range(types.shape[0]):
+        widest = max(widest, indptr[r + 1] - indptr[r])
+    mapped = np.empty(ids.shape[0], dtype=np.int64)
+    mine = np.empty(widest, dtype=np.int64)
+    feats = np.empty(2 * (widest + widest * (widest - 1) // 2), dtype=np.int64)
     for r in range(types.shape[0]):
         lo, hi = indptr[r], indptr[r + 1]
         for i in range(lo, hi):
             mapped[i] = mixin_map[ids[i]] if ids[i] >= 0 else -1
-        m = _distinct(mapped, lo, hi, mine)
         t = types[r]
-        off = block * (1 + t)
-        s = 0.0
-        for i in range(m):
-            a = mine[i]
-            s += served[a]
-            if t >= 0:
-                s += served[off + a]
-            for j in range(i + 1, m):
-                f = k + a * k + mine[j]
-                s += served[f]
-                if t >= 0:
-                    s += served[off + f]
-        z = intercepts[0] + s
+        _, total = _features(mine, _distinct(mapped, lo, hi, mine), k, t, block, feats)
+        z = intercepts[0]
+        for i in range(total):
+            z += served[feats[i]]
         if t >= 0:
             z += intercepts[1 + t]
         out[r] = _sigmoid(z)

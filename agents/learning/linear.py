@@ -93,4 +93,3 @@ class Logistic:
     def __setstate__(self, state: tuple) -> None:
         self.lr, self.intercept_lr, weights, self.intercept = state
         self.weights = weights.tolist()
-
