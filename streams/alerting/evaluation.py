@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from faust.types import EventT
 
 from agents.monitoring.alerting import AlertEngine, AlertEngineState, Change
 from agents.monitoring.windows import labels_hash
 from schemas.events import AlertCommand
 from streams.runtime.dlq import send_to_dlq
 from streams.runtime.errors import InputRefused
+from streams.runtime.faust import Record
 from streams.runtime.processing import Applied, control_kind, handle_event, origin
 from streams.runtime.tables import ControlKind
 
@@ -46,7 +46,7 @@ class Evaluation:
         self.state, self.engine, self.clock = state, engine, clock
         self.changes: list[Change] = []
 
-    async def apply(self, event: EventT) -> None:
+    async def apply(self, event: Record) -> None:
         state, offset = self.state, event.message.offset
         if offset <= state.inbox_offset:
             return
@@ -59,7 +59,7 @@ class Evaluation:
             await handle_event(event, AlertCommand, "alert-evaluator", self.on_command)
         elif kind is ControlKind.WINDOW:
             try:
-                w = orjson.loads(event.value)
+                w = orjson.loads(event.value or b"{}")
                 if not _window_seen(state, w):
                     window_s = float(w["end"]) - float(w.get("start", w["end"]))
                     self.changes += self.engine.observe(state, w["metric"], w["stats"], w["labels"], now,
@@ -69,7 +69,7 @@ class Evaluation:
         elif kind is ControlKind.TICK:
             self.changes += self.engine.tick(state, now)
 
-    async def on_command(self, cmd: AlertCommand, event: EventT) -> None:
+    async def on_command(self, cmd: AlertCommand, event: Record) -> None:
         applied = self.state.applied
         where, offset = origin(event)
         if Applied.seen(applied, where, offset):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 from prometheus_client import Counter
 
 from agents.monitoring import alertmanager
@@ -34,6 +34,7 @@ from streams.alerting.notify import post_webhook
 from streams.runtime import tables
 from streams.runtime.app import alerts, alerts_commands, app, settings
 from streams.runtime.dlq import CORRELATION_HEADER
+from streams.runtime.faust import Record
 from streams.runtime.processing import (
     held,
     run_batches,
@@ -91,7 +92,7 @@ async def window_closed(agg: Aggregate) -> None:
 
 @app.agent(alerts_commands, name="alert-commands-intake")
 async def alert_commands_intake(stream: StreamT) -> None:
-    async def handle(cmd: AlertCommand, event: EventT) -> None:
+    async def handle(cmd: AlertCommand, event: Record) -> None:
         await alert_inbox.send(key=ENGINE_KEY.encode(), value=encode(cmd), headers={
             KIND_HEADER: ControlKind.COMMAND.header, CORRELATION_HEADER: str(cmd.correlation_id).encode(),
             **source_headers(event)})

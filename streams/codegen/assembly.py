@@ -16,13 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
-from faust.types import EventT
 
 from agents.codegen import assembler
 from agents.codegen.assembler import AssemblyState
 from agents.logging import log_context
 from schemas.events import GeneratedNode, PrdCompleted
 from streams.runtime.emit import emitter
+from streams.runtime.faust import Record
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Assembly:
             return self.changed[cid][2]
         return AssemblyState.load(self.table.get(cid))
 
-    def put(self, event: EventT, cid: str, state: AssemblyState | None) -> None:
+    def put(self, event: Record, cid: str, state: AssemblyState | None) -> None:
         self.changed[cid] = (event.message.topic, event.message.partition, state)
 
     def _complete(self, cid: str, state: AssemblyState, timed_out: bool) -> AssemblyState:
@@ -57,7 +57,7 @@ class Assembly:
         self.completed.append(done)
         return assembler.mark_done(state, now)
 
-    async def on_node(self, node: GeneratedNode, event: EventT) -> None:
+    async def on_node(self, node: GeneratedNode, event: Record) -> None:
         cid = str(node.correlation_id)
         if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
             await self.rekey(cid, node)
@@ -67,12 +67,12 @@ class Assembly:
             state = self._complete(cid, state, timed_out=False)
         self.put(event, cid, state)
 
-    def on_tick(self, event: EventT) -> None:
+    def on_tick(self, event: Record) -> None:
         cid = (event.key or b"").decode("utf-8", "replace")
         state = self.state(cid)
         if state is None:
             return
-        action = orjson.loads(event.value).get("action")
+        action = orjson.loads(event.value or b"{}").get("action")
         with log_context(correlation_id=cid, component="prd-assembler"):
             if action == "expire" and assembler.is_overdue(state, self.clock()):
                 self.put(event, cid, self._complete(cid, state, timed_out=True))

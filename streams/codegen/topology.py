@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
 from agents.codegen import assembler
 from agents.codegen.assembler import AssemblyState
@@ -39,6 +39,7 @@ from streams.runtime.app import (
 )
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers
 from streams.runtime.emit import emitter
+from streams.runtime.faust import Record
 from streams.runtime.processing import (
     control_kind,
     handle_event,
@@ -81,7 +82,7 @@ assembly_table = app.Table(tables.ASSEMBLY_TABLE, default=None, partitions=CODEG
 
 @app.agent(prd_requests, name="prd-fanout")
 async def prd_fanout(stream: StreamT) -> None:
-    async def handle(prd: PrdSubmitted, event: EventT) -> None:
+    async def handle(prd: PrdSubmitted, event: Record) -> None:
         tasks = fan_out(prd)
         for task in tasks:
             await codegen_tasks.send(
@@ -107,7 +108,7 @@ async def start_codegen_pool() -> None:
 
 @app.agent(codegen_tasks, name="codegen-render")
 async def codegen_render(stream: StreamT) -> None:
-    async def handle(task: NodeTask, event: EventT) -> None:
+    async def handle(task: NodeTask, event: Record) -> None:
         prediction = models.predict(task.node.node_type, list(task.node.mixins))
         node = await codegen_pool.generate(task, WORKER_ID, patterns.suppressed,
                                            Compatibility(**prediction.compatibility()))

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, StreamT
 from prometheus_client import Gauge
 
 from agents.learning import feedback, snapshot
@@ -38,6 +38,7 @@ from streams.learning.learner import SNAPSHOTS_REFUSED, Learner
 from streams.runtime import tables
 from streams.runtime.app import app, codegen_results, pattern_feedback, settings
 from streams.runtime.dlq import correlation_headers, header, send_to_dlq
+from streams.runtime.faust import Record
 from streams.runtime.processing import (
     Applied,
     control_kind,
@@ -116,7 +117,7 @@ async def pattern_replica() -> None:
 
 @app.agent(codegen_results, name="results-intake")
 async def results_intake(stream: StreamT) -> None:
-    async def handle(result: GenerationResult, event: EventT) -> None:
+    async def handle(result: GenerationResult, event: Record) -> None:
         # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream;
         # the source header lets the learner skip what a replay sends again.
         await results_inbox.send(key=SHARED_KEY, value=encode(result), headers={
@@ -128,7 +129,7 @@ async def results_intake(stream: StreamT) -> None:
 
 @app.agent(pattern_feedback, name="feedback-intake")
 async def feedback_intake(stream: StreamT) -> None:
-    async def handle(fb: PatternFeedback, event: EventT) -> None:
+    async def handle(fb: PatternFeedback, event: Record) -> None:
         await feedback_inbox.send(key=fb.pattern_name.encode(), value=encode(fb), headers={
             **correlation_headers(fb.correlation_id), **source_headers(event)})
 
@@ -180,7 +181,7 @@ async def mixin_learner(stream: StreamT) -> None:
                 continue
             where, offset = origin(event)
 
-            async def learn(result: GenerationResult, event: EventT, where=where, offset=offset) -> None:
+            async def learn(result: GenerationResult, event: Record, where=where, offset=offset) -> None:
                 if learner.learn(result, where, offset):
                     changed[SHARED] = event.message.partition
 
@@ -242,7 +243,7 @@ async def pattern_feedback_learner(stream: StreamT) -> None:
         for event in events:
             where, offset = origin(event)
 
-            async def handle(fb: PatternFeedback, event: EventT, where=where, offset=offset) -> None:
+            async def handle(fb: PatternFeedback, event: Record, where=where, offset=offset) -> None:
                 state = (changed[fb.pattern_name][1] if fb.pattern_name in changed
                          else feedback.FeedbackState.load(feedback_table.get(fb.pattern_name))) \
                     or feedback.new_state(fb.pattern_name)

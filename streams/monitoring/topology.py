@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, StreamT
 from pydantic import TypeAdapter, ValidationError
 
 from agents.monitoring.windows import WindowSpec
@@ -37,6 +37,7 @@ from streams.runtime import tables
 from streams.runtime.app import app, metrics_events, settings
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
 from streams.runtime.emit import emitter
+from streams.runtime.faust import Record
 from streams.runtime.metrics import EVENTS_PROCESSED
 from streams.runtime.processing import (
     LAST_EVENT,
@@ -80,7 +81,7 @@ SAMPLE_SLOTS = 16384
 assert SAMPLE_SLOTS > MAX_BATCH_SAMPLES
 
 
-def sample_origin(event: EventT) -> tuple[str, int]:
+def sample_origin(event: Record) -> tuple[str, int]:
     """(source, base): sample i of the record behind `event` sits at position base + i of
     `source`. A sample re-keyed through the inbox carries its position in the source header."""
     where, offset = origin(event)
@@ -98,7 +99,7 @@ def _fields(m: MetricEvent) -> MetricSampleFields:
             "occurred_at": m.occurred_at, "id": m.id, "correlation_id": m.correlation_id}
 
 
-async def decode_samples(event: EventT, agent: str) -> list[tuple[int, MetricSampleFields]]:
+async def decode_samples(event: Record, agent: str) -> list[tuple[int, MetricSampleFields]]:
     """The samples of one `metrics.events` record (one `MetricEvent` or a `MetricBatch`) as
     `MetricSampleFields` dicts with their index. A batch is validated straight from its bytes
     in one call; only when that fails are its samples checked one by one: a bad sample is
@@ -121,9 +122,10 @@ async def decode_samples(event: EventT, agent: str) -> list[tuple[int, MetricSam
     return [] if value is None else [(0, _fields(value))]
 
 
-async def _decode_one_by_one(event: EventT, agent: str) -> list[tuple[int, MetricSampleFields]]:
+async def _decode_one_by_one(event: Record, agent: str) -> list[tuple[int, MetricSampleFields]]:
+    raw = event.value or b""
     try:
-        data = orjson.loads(event.value)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         await send_to_dlq(event, "invalid_json", f"not valid JSON: {exc}", agent)
         return []
@@ -132,7 +134,7 @@ async def _decode_one_by_one(event: EventT, agent: str) -> list[tuple[int, Metri
         return [] if value is None else [(0, _fields(value))]
     samples = data.get("samples") if isinstance(data, dict) else None
     if not isinstance(data, dict) or set(data) != {"samples"} or not isinstance(samples, list) \
-            or not samples or len(samples) > MAX_BATCH_SAMPLES or len(event.value) > MAX_VALUE_BYTES:
+            or not samples or len(samples) > MAX_BATCH_SAMPLES or len(raw) > MAX_VALUE_BYTES:
         await send_to_dlq(event, "schema", "a MetricBatch is {\"samples\": [MetricEvent, ...]} "
                           f"with 1..{MAX_BATCH_SAMPLES} samples in at most {MAX_VALUE_BYTES} bytes", agent)
         return []
@@ -147,7 +149,7 @@ async def _decode_one_by_one(event: EventT, agent: str) -> list[tuple[int, Metri
     return out
 
 
-def as_event(event: EventT, index: int, sample: MetricSampleFields) -> MetricEvent:
+def as_event(event: Record, index: int, sample: MetricSampleFields) -> MetricEvent:
     """Sample `index` of the record behind `event` as a whole MetricEvent (its envelope derived
     from the record where it left it out: a replayed batch gives the same events)."""
     defaults = record_defaults(event)

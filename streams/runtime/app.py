@@ -11,9 +11,9 @@ from faust.types import TP
 
 from schemas import topics as spec
 from streams.config import Settings, omnistream_home
-from streams.runtime import faust_patches
+from streams.runtime import faust as faust_runtime
 
-faust_patches.apply()
+faust_runtime.install()
 
 
 def _credentials(settings: Settings):
@@ -65,8 +65,8 @@ app = create_app(settings)
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers with `signal=`; ours take **kwargs
-async def _forget_rewinds(sender: object, revoked: set[TP], **kwargs: object) -> None:
-    faust_patches.forget(revoked)
+async def _forget_lane_positions(sender: object, revoked: set[TP], **kwargs: object) -> None:
+    faust_runtime.forget(revoked)
 
 
 def topic(ts: spec.TopicSpec) -> faust.TopicT:

@@ -16,11 +16,10 @@ import logging
 import uuid
 from typing import Any
 
-from faust.types import EventT
-
 from schemas.codec import encode
 from schemas.events import DeadLetter
 from streams.runtime.errors import retrying
+from streams.runtime.faust import Record
 from streams.runtime.metrics import DLQ_EVENTS
 
 log = logging.getLogger(__name__)
@@ -29,10 +28,8 @@ EMBED_BYTES = 256 * 1024           # copy of the bad value kept in the letter (b
 DEAD_LETTER_NS = uuid.UUID("6c1f3a52-8d0e-4b7a-9f1e-2a5c4d3b7e90")
 
 
-def header(event: EventT, name: str) -> str | None:
-    headers = event.headers or {}
-    items = headers.items() if isinstance(headers, dict) else headers
-    for key, value in items:
+def header(event: Record, name: str) -> str | None:
+    for key, value in event.headers or ():
         if key == name and value is not None:
             return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return None
@@ -82,7 +79,7 @@ def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw:
     )
 
 
-async def send_to_dlq(event: EventT, reason: str, error: str, agent: str, *,
+async def send_to_dlq(event: Record, reason: str, error: str, agent: str, *,
                       sample: bytes | None = None, sample_index: int | None = None) -> None:
     """Dead-letter the record behind `event` (or its sample `sample_index`, whose bytes are
     `sample`); retried (with backoff) until the broker has it."""

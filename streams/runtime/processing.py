@@ -34,18 +34,18 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from faust.transport.consumer import Consumer
-from faust.types import TP, EventT, StreamT, TableT
+from faust.types import TP, StreamT, TableT
 from pydantic import BaseModel
 
 from agents.logging import log_context
 from schemas.codec import DecodeError, decode
 from streams.config import Settings
+from streams.runtime import faust as faust_runtime
 from streams.runtime.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
 from streams.runtime.errors import InputRefused, is_retriable, retrying
-from streams.runtime.faust_patches import InOrder
+from streams.runtime.faust import Reader, Record
 from streams.runtime.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER, ControlKind
 
@@ -69,7 +69,7 @@ def record_id(topic: str, partition: int, offset: int) -> uuid.UUID:
     return uuid.uuid5(RECORD_NS, f"{topic}/{partition}/{offset}")
 
 
-def record_defaults(event: EventT) -> dict[str, Any]:
+def record_defaults(event: Record) -> dict[str, Any]:
     """Envelope fields for a value that left them out, derived from the record itself, so a
     replayed record is the same event (same id, same window)."""
     msg = event.message
@@ -86,7 +86,7 @@ def internal_topic(topic: str) -> bool:
     return topic.startswith(f"{settings.app_id}-")
 
 
-def control_kind(event: EventT) -> ControlKind | None:
+def control_kind(event: Record) -> ControlKind | None:
     """The `omnistream.kind` header, honoured only on internal topics: an outside publisher
     cannot make its record a tick, an install or anything but data. An unknown kind is data."""
     if not internal_topic(event.message.topic):
@@ -98,7 +98,7 @@ def control_kind(event: EventT) -> ControlKind | None:
         return None
 
 
-def origin(event: EventT) -> tuple[str, int]:
+def origin(event: Record) -> tuple[str, int]:
     """(source topic:partition, offset) of the record this event stands for: the record itself,
     or for a record an intake re-keyed, the one it came from (SOURCE_HEADER)."""
     src = header(event, SOURCE_HEADER) if internal_topic(event.message.topic) else None
@@ -111,7 +111,7 @@ def origin(event: EventT) -> tuple[str, int]:
     return f"{msg.topic}:{msg.partition}", msg.offset
 
 
-def source_headers(event: EventT) -> dict[str, bytes]:
+def source_headers(event: Record) -> dict[str, bytes]:
     """Headers that carry an event's origin across a re-keying hop (see `origin`)."""
     where, offset = origin(event)
     return {SOURCE_HEADER: f"{where}:{offset}".encode()}
@@ -137,11 +137,11 @@ class Applied:
 # ---------------------------------------------------------------------------- events
 
 
-async def decode_event(event: EventT, model: type[M], agent: str) -> M | None:
+async def decode_event(event: Record, model: type[M], agent: str) -> M | None:
     """The event's value as `model` (envelope filled from the record), or None once it has been
     dead-lettered."""
     try:
-        return decode(model, event.value, defaults=record_defaults(event))
+        return decode(model, event.value or b"", defaults=record_defaults(event))
     except DecodeError as exc:
         EVENTS_PROCESSED.labels(agent, "invalid").inc()
         await send_to_dlq(event, exc.kind, str(exc), agent)
@@ -160,7 +160,7 @@ async def call_retrying(what: str, fn: Callable[..., Awaitable[Any]], *args: Any
     return await retrying(what, log=log)(fn, *args)
 
 
-async def handle_event(event: EventT, model: type[M], agent: str, handler: Handler) -> bool:
+async def handle_event(event: Record, model: type[M], agent: str, handler: Handler) -> bool:
     """Decode and handle one event. Bad input and refused events go to the DLQ; failures that
     are not the input's fault are retried. True when it was handled."""
     header_cid = valid_uuid(header(event, CORRELATION_HEADER))
@@ -192,110 +192,48 @@ async def handle_event(event: EventT, model: type[M], agent: str, handler: Handl
 Batch = Callable[[Sequence[Any]], Awaitable[None]]
 
 
+def _reader(stream: StreamT, agent: str, capacity: int) -> Reader:
+    """The agent's lane reader for the topics its faust stream subscribes."""
+    topics = getattr(stream.channel, "topics", None) or ()
+    return faust_runtime.LANES.reader(agent, topics, capacity)
+
+
 async def run_batches(stream: StreamT, agent: str, on_batch: Batch, *, max_events: int | None = None,
                       within_s: float | None = None) -> None:
-    """Feed the stream to `on_batch` in batches; a batch is acked once `on_batch` has returned.
+    """Feed the agent's records to `on_batch` in batches; a batch counts as done (its offsets
+    may be committed) once `on_batch` has returned.
 
-    The events are read by a task of their own into a bounded queue, and batched here (up to
-    `max_events`, or what arrived within `within_s` of the batch's first event); this path, not
-    faust's `take_events`, decides when an event is acked (faust's take acks whatever happens
-    to the batch, and was measured to drop events at a full buffer's edge)."""
+    Records come from the agent's lane (streams.runtime.faust): whole fetches, in offset order
+    per partition, without faust's per-record path. A batch is up to `max_events` records, or
+    what arrived within `within_s` of its first."""
     max_events = max_events or BATCH_EVENTS
     within = BATCH_WITHIN_S if within_s is None else within_s
-    queue: asyncio.Queue = asyncio.Queue(maxsize=max_events)
-    loop = asyncio.get_running_loop()
-
-    from streams.runtime.app import app
-
-    in_order = InOrder()
-    consumer = cast(Consumer, app.consumer)  # faust's transport consumer behind ConsumerT
-
-    async def read() -> None:
-        async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
-            if not in_order.holds_back(event.message, consumer):
-                await queue.put(event)
-
-    reader = asyncio.ensure_future(read())
-    last_offsets: dict[tuple[str, int], int] = {}
+    reader = _reader(stream, agent, capacity=max(4 * max_events, 10_000))
     try:
         while True:
-            first = await _first(queue, reader)
-            if first is _ENDED:
-                return
-            batch = [first]
-            deadline = loop.time() + within
-            while len(batch) < max_events:
-                if not queue.empty():
-                    batch.append(queue.get_nowait())
-                    continue
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), left))
-                except TimeoutError:
-                    break
-            _check_contiguous(agent, batch, last_offsets)
-            await _apply(agent, on_batch, batch)
-            for event in batch:
-                event.ack()
+            batch = await reader.take(max_events, within)
+            await _apply(agent, on_batch, batch, reader)
     finally:
-        reader.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
+        reader.close()
 
 
-def _check_contiguous(agent: str, batch: list[Any], last: dict[tuple[str, int], int]) -> None:
-    """Log when a partition's offsets jump between deliveries. A record faust passed over within
-    one generation never gets here (InOrder rewinds to it first); what does is a new generation
-    or a hole InOrder found to hold no record."""
-    for event in batch:
-        msg = event.message
-        tp = (msg.topic, msg.partition)
-        before = last.get(tp)
-        if before is not None and msg.offset > before + 1:
-            log.info("offsets jumped in delivery (a new consumer generation, or an empty hole)",
-                     extra={"metadata": {
-                "agent": agent, "topic": msg.topic, "partition": msg.partition,
-                "after": before, "next": msg.offset}})
-        last[tp] = msg.offset
-
-
-_ENDED = object()  # the stream stopped (the worker is stopping)
-
-
-async def _first(queue: asyncio.Queue, reader: asyncio.Future) -> Any:
-    """The next event, waiting as long as it takes; raises if the reading task ended."""
-    if not queue.empty():
-        return queue.get_nowait()
-    getter = asyncio.ensure_future(queue.get())
-    try:
-        await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not getter.done():
-            getter.cancel()
-    if getter.done() and not getter.cancelled():
-        return getter.result()
-    reader.result()  # raises what ended the reader
-    return _ENDED
-
-
-async def _apply(agent: str, on_batch: Batch, batch: list[Any]) -> None:
+async def _apply(agent: str, on_batch: Batch, batch: list[Record], reader: Reader) -> None:
     """Run on_batch to the end. Cancelled (the worker stops): the batch gets a grace period to
-    finish; if it does not, it is left unacked (replayed, and skipped by state, after restart).
-    Failed: state may be half-applied, so the worker stops hard without acking it."""
+    finish; if it does not, it is handed back uncommitted (replayed, and skipped by state,
+    after restart). Failed: state may be half-applied, so the worker stops hard without
+    committing it."""
     work = asyncio.ensure_future(on_batch(batch))
     try:
         await asyncio.shield(work)
     except asyncio.CancelledError:
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(asyncio.shield(work), STOP_GRACE_S)
-        if work.done() and not work.cancelled() and work.exception() is None:
-            for event in batch:
-                event.ack()
+        finished = work.done() and not work.cancelled() and work.exception() is None
+        reader.done(batch, handed_back=not finished)
         raise
     except Exception:
         _stop_hard(agent, len(batch), "batch could not be applied")
+    reader.done(batch)
 
 
 def _stop_hard(agent: str, events: int, why: str) -> None:
@@ -307,8 +245,8 @@ def _stop_hard(agent: str, events: int, why: str) -> None:
 
 async def run_intake(stream: StreamT, model: type[M], agent: str, handler: Handler, *,
                      concurrency: int = 1) -> None:
-    """A stateless agent: each event decoded and handled, the batch acked after. A batch is
-    whatever has arrived (no waiting to fill it: latency first). With `concurrency` > 1 the
+    """A stateless agent: each event decoded and handled, the batch marked done after. A batch
+    is whatever has arrived (no waiting to fill it: latency first). With `concurrency` > 1 the
     events are handled side by side instead (see run_concurrent)."""
     if concurrency > 1:
         await run_concurrent(stream, model, agent, handler, concurrency)
@@ -322,14 +260,14 @@ async def run_intake(stream: StreamT, model: type[M], agent: str, handler: Handl
 
 
 class OrderedAcks:
-    """Acks events handled out of order in their partition's offset order: an event is acked
-    once it and every event before it in its partition are done. (faust's own commit of
-    out-of-order acks does not see a gap of one offset right after the committed one.)"""
+    """Marks records handled out of order done in their partition's offset order: a record is
+    done once it and every record before it in its partition are (`on_done(record)`)."""
 
-    def __init__(self) -> None:
-        self._pending: dict[Any, deque[list]] = defaultdict(deque)  # tp → [event, done]
+    def __init__(self, on_done: Callable[[Any], None]) -> None:
+        self._pending: dict[Any, deque[list]] = defaultdict(deque)  # tp → [record, done]
+        self._on_done = on_done
 
-    def started(self, event: EventT) -> list:
+    def started(self, event: Any) -> list:
         entry = [event, False]
         self._pending[event.message.tp].append(entry)
         return entry
@@ -338,23 +276,20 @@ class OrderedAcks:
         entry[1] = True
         queue = self._pending[entry[0].message.tp]
         while queue and queue[0][1]:
-            queue.popleft()[0].ack()
+            self._on_done(queue.popleft()[0])
 
 
 async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: Handler,
                          concurrency: int) -> None:
     """A stateless agent whose events are handled side by side, up to `concurrency` at once
-    (their outputs may leave in another order than they came), each acked in offset order
-    once handled. No batch waits for its slowest event before the next ones start."""
-    from streams.runtime.app import app
-
+    (their outputs may leave in another order than they came), each marked done in offset
+    order once handled. No batch waits for its slowest event before the next ones start."""
     gate = asyncio.Semaphore(concurrency)
-    acks = OrderedAcks()
-    in_order = InOrder()
-    consumer = cast(Consumer, app.consumer)
+    reader = _reader(stream, agent, capacity=max(8 * concurrency, 1000))
+    acks = OrderedAcks(reader.mark)
     inflight: set[asyncio.Future] = set()
 
-    async def one(event: EventT, entry: list) -> None:
+    async def one(event: Record, entry: list) -> None:
         try:
             await handle_event(event, model, agent, handler)
         except asyncio.CancelledError:
@@ -364,21 +299,27 @@ async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: H
         else:
             acks.done(entry)
         finally:
+            reader.release(1)
             gate.release()
 
     try:
-        async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack; not on StreamT
-            if in_order.holds_back(event.message, consumer):
-                continue
-            await gate.acquire()
-            task = asyncio.create_task(one(event, acks.started(event)))
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
-    finally:  # stopping: what is in hand gets the grace period, the rest stays unacked
+        while True:
+            taken = await reader.take(concurrency, 0.0)
+            for i, event in enumerate(taken):
+                try:
+                    await gate.acquire()
+                except asyncio.CancelledError:
+                    reader.release(len(taken) - i)  # never started: not committed
+                    raise
+                task = asyncio.create_task(one(event, acks.started(event)))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+    finally:  # stopping: what is in hand gets the grace period, the rest is not committed
         if inflight:
             await asyncio.wait(set(inflight), timeout=STOP_GRACE_S)
         for pending in inflight:
             pending.cancel()
+        reader.close()
 
 
 # ---------------------------------------------------------------------------- tables

@@ -33,12 +33,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 
 from streams.runtime.emit import emitter
 from streams.runtime.errors import PG_ROW_REFUSED, retrying
+from streams.runtime.faust import Record
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class PgBatchSink:
     def pending(self) -> int:
         return len(self._rows)
 
-    async def add(self, row: tuple, source: EventT | None = None) -> None:
+    async def add(self, row: tuple, source: Record | None = None) -> None:
         while len(self._rows) >= self.max_pending:  # backpressure: the caller stops consuming
             self._room.clear()
             await self._room.wait()
@@ -137,7 +138,7 @@ class PgBatchSink:
         except Exception:  # flush retries what is not a row's fault; anything else is logged
             log.exception("sink flush failed", extra={"metadata": {"table": self.table}})
 
-    def add_nowait(self, row: tuple, source: EventT | None = None) -> None:
+    def add_nowait(self, row: tuple, source: Record | None = None) -> None:
         """Buffer a row without waiting (no backpressure); the timer or the next flush writes it."""
         if self._oldest is None:
             self._oldest = time.monotonic()

@@ -35,7 +35,7 @@ class Message:
 @dataclass
 class Event:
     message: Message
-    headers: dict = field(default_factory=dict)
+    headers: list = field(default_factory=list)
 
     @property
     def value(self) -> bytes | None:
@@ -131,11 +131,9 @@ def test_ordered_acks_ack_a_partition_in_offset_order_whatever_order_events_fini
     acked: list[tuple[str, int]] = []
 
     def event(tp: str, offset: int) -> SimpleNamespace:
-        ev = SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
-        ev.ack = lambda: acked.append((tp, offset))
-        return ev
+        return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
 
-    acks = OrderedAcks()
+    acks = OrderedAcks(lambda ev: acked.append((ev.message.tp, ev.message.offset)))
     a0, a1, a2 = (acks.started(event("a", o)) for o in (0, 1, 2))
     b0 = acks.started(event("b", 0))
     acks.done(a2)
@@ -155,7 +153,7 @@ def test_control_kinds_are_honoured_on_internal_topics_only():
     from streams.runtime.tables import KIND_HEADER, ControlKind
 
     def event(topic: str, kind: bytes | None) -> SimpleNamespace:
-        headers = {KIND_HEADER: kind} if kind is not None else {}
+        headers = [(KIND_HEADER, kind)] if kind is not None else []  # as Kafka gives them
         return SimpleNamespace(message=SimpleNamespace(topic=topic), headers=headers)
 
     inbox = f"{settings.app_id}-alert-engine"

@@ -1,0 +1,145 @@
+"""Every place omnistream replaces a faust-streaming behaviour, fenced in one package.
+
+The agents stay faust agents with faust tables: faust subscribes their topics, balances the
+partitions, restores and writes the tables, flushes the producer and commits offsets. What it
+no longer does is hand the agents' records on one by one: `lanes.py` takes them from each
+fetch and gives them to the agents in lists. `install()` puts the pieces below in place before
+the app is created; `check()` refuses to start on a faust that no longer has what they wrap.
+
+| faust behaviour replaced | why | upstream | proved by | can go when |
+|---|---|---|---|---|
+| `Consumer._wait_next_records` also hands the records of agent topics to their lanes (`lanes.Lanes.deliver`), the rest go on to faust | faust's per-record path (Message, conductor, Event, stream iteration, sensors, ack) cost ~200 µs a record: 4.9k records/s for an agent that only acks, against 500k/s for aiokafka | design, no issue | tests/unit/test_lanes.py; bench `metrics` (single records vs Quix) | faust delivers batches to agents itself |
+| records of one partition handed on in offset order without a hole, once per consumer generation (a hole is sought back) | faust's fetch loop moves its read offset past a record it gave up on when flow is suspended (`wait_first(callback, suspend_flow)`), and its stream skips and *acks* a record fetched before a rebalance: both lost a record in 20,000 under SIGKILL | faust-streaming #606, #316 (acks and commits) | tests/unit/test_lanes.py; tests/integration/test_crash_e2e.py | — |
+| `Consumer._new_offset` of a lane partition: the lowest offset every reader of its topic has finished (`Lanes.committable`) | faust's ack bookkeeping is per record (a list of offsets sorted at every commit) | — | tests/unit/test_lanes.py; the SIGKILL tests | with the first row |
+| `Consumer.wait_empty` (a rebalance, a stop) first drops what the lanes queued and waits for the batches in hand | faust waits for its own unacked messages only; a batch finished after its partitions were revoked could commit for the new owner | — | tests/integration/test_crash_e2e.py (rebalance under load) | with the first row |
+| `Consumer.perform_seek` (after every rebalance) resets each lane partition's expected offset to the committed one, and reads again a partition with no commit from the first record a rebalance dropped | faust does not seek a partition with no committed offset: records fetched and dropped before its first commit were never read again | — | tests/unit/test_lanes.py | — |
+
+Checked at start-up by attribute (`REQUIRED`) and by version (`TESTED`): a faust release that
+renamed what is wrapped fails loudly instead of losing records quietly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import faust
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+from streams.runtime.faust.lanes import Lanes, Reader, Record
+
+__all__ = ["LANES", "Reader", "Record", "check", "install", "lane_topics"]
+
+log = logging.getLogger(__name__)
+
+TESTED = ("0.15.",)  # faust-streaming releases these replacements were written against
+REQUIRED = ("_wait_next_records", "_new_offset", "wait_empty", "perform_seek", "seek", "assignment",
+            "_acked", "flow_active")
+LANES = Lanes()
+
+_faust = {name: getattr(Consumer, name) for name in
+          ("_wait_next_records", "_new_offset", "wait_empty", "perform_seek")}
+
+
+def check() -> None:
+    """Raise RuntimeError when faust no longer has what this package wraps or reads."""
+    version = faust.__version__
+    missing = [name for name in REQUIRED if not hasattr(Consumer, name)
+               and name not in getattr(Consumer, "__annotations__", {})]
+    if missing or not version.startswith(TESTED):
+        raise RuntimeError(
+            f"faust-streaming {version} is not one streams.runtime.faust was written for "
+            f"({', '.join(t + 'x' for t in TESTED)})"
+            + (f"; missing: {', '.join(missing)}" if missing else ""))
+
+
+def lane_topics(app: Any) -> dict[str, int]:
+    """Every topic an agent reads, with how many agents read it (each gets every record)."""
+    wanted: dict[str, int] = {}
+    for agent in app.agents.values():
+        for topic in getattr(agent.channel, "topics", None) or ():
+            wanted[topic] = wanted.get(topic, 0) + 1
+    return wanted
+
+
+async def _wait_next_records(self: Consumer, timeout: float) -> tuple[Any, Any]:
+    generation = self.app.consumer_generation_id
+    records, active = await _faust["_wait_next_records"](self, timeout)
+    if not records:
+        return records, active
+    wanted = _lanes_for(self).wanted
+    if not any(tp.topic in wanted for tp in records):
+        return records, active
+    assigned = self.assignment()
+    mine: dict[TP, Any] = {}
+    rest: dict[Any, Any] = {}
+    for tp, fetched in records.items():
+        if tp.topic not in wanted:
+            rest[tp] = fetched
+        elif tp in assigned and (active is None or tp in active):
+            mine[TP(tp.topic, tp.partition)] = fetched
+
+    def still_current() -> bool:
+        return (self.flow_active and not self.should_stop
+                and self.app.consumer_generation_id == generation)
+
+    await LANES.deliver(mine, still_current, self.seek)
+    return rest, active
+
+
+def _lanes_for(consumer: Consumer) -> Lanes:
+    """The lanes, bound to this consumer on first use (every agent is declared by then)."""
+    if not LANES.wanted:
+        LANES.wanted = lane_topics(consumer.app)
+        LANES.touch = lambda tps: _touch(consumer, tps)
+    return LANES
+
+
+def _touch(consumer: Consumer, tps: Iterable[TP]) -> None:
+    """Tell faust's commit loop that these partitions may have something to commit (it looks
+    for them in `_acked`, a defaultdict)."""
+    acked = consumer._acked
+    for tp in tps:
+        if tp not in acked:
+            acked[tp] = []
+
+
+def _new_offset(self: Consumer, tp: TP) -> int | None:
+    if tp.topic in LANES.wanted:
+        return LANES.committable(tp)
+    return _faust["_new_offset"](self, tp)
+
+
+async def _wait_empty(self: Consumer) -> None:
+    LANES.clear()
+    await LANES.wait_idle()
+    _touch(self, LANES.positions())  # faust forgot the revoked partitions' acks: commit them
+    await _faust["wait_empty"](self)
+
+
+async def _perform_seek(self: Consumer) -> None:
+    await _faust["perform_seek"](self)
+    _lanes_for(self)
+    committed: Mapping[TP, int | None] = {TP(tp.topic, tp.partition): offset
+                                           for tp, offset in self._read_offset.items()}
+    assigned = {TP(tp.topic, tp.partition) for tp in self.assignment()}
+    for tp, offset in LANES.reset({tp: committed.get(tp) for tp in assigned}).items():
+        log.info("records a rebalance dropped before any commit: read again", extra={"metadata": {
+            "topic": tp.topic, "partition": tp.partition, "offset": offset}})
+        await self.seek(tp, offset)
+
+
+def forget(tps: Iterable[TP]) -> None:
+    """Partitions this worker no longer holds (after a rebalance's commit)."""
+    LANES.forget(tps)
+
+
+def install() -> None:
+    """Put the replacements in place (idempotent); call before the faust app is created."""
+    check()
+    Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign]
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    Consumer.wait_empty = _wait_empty  # type: ignore[method-assign]
+    Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]

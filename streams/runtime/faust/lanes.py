@@ -1,0 +1,351 @@
+"""Fetch lanes: whole fetches handed to the agents that read them, one call per partition.
+
+faust hands every record on by itself: a `Message`, the conductor, an `Event`, a stream
+iteration with its sensors and its context, an ack and its bookkeeping — about 200 µs a record
+on these machines, which capped every agent at what a faust agent that does nothing can take.
+A lane takes the records of a fetch for the topics the agents read before faust sees them,
+wraps each in a small `Record` and puts the partition's list into the queue of every `Reader`
+(one per agent) of its topic. An agent takes its records in batches and says when a batch is
+done; the offset committed for a partition is the lowest that every reader of its topic has
+finished (`committable`), and faust's commit loop commits it after flushing the producer.
+
+Order and completeness are the lane's to keep, per partition: `expected` is the next offset to
+hand on. A fetched list that starts below it is cut (read again after a seek: already handed
+on); one that starts above it has a hole (records fetched before a rebalance and never handed
+on, or a seek racing a fetch), and the partition is sought back to the expected offset. A hole
+that is still there after `HOLE_SEEKS` seeks holds no record (a transaction marker, a
+compacted record) and is passed over with a warning. Within one list Kafka's own gaps are
+real ones and pass.
+
+A rebalance first drops what the readers have queued but not taken (`clear`), waits for the
+batches in hand (`wait_idle`), and lets faust commit; faust then seeks every partition it
+keeps to its committed offset, which becomes the lane's expected offset (`reset`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+HOLE_SEEKS = 3  # a hole still open after this many seeks holds no record
+HOLE_RETRY_S = 2.0  # a hole sought back is sought again only after this long
+
+
+class Record:
+    """One consumed record as an agent sees it: the fields of a faust `Event` and its
+    `Message` that the agents use, without their per-record machinery. `message` is the record
+    itself, so code written against faust's events reads it unchanged."""
+
+    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers", "tp")
+
+    def __init__(self, tp: TP, offset: int, timestamp: float | None, key: bytes | None,
+                 value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
+        self.tp = tp
+        self.topic, self.partition = tp
+        self.offset = offset
+        self.timestamp = timestamp  # seconds, as faust's Message has it
+        self.key = key
+        self.value = value
+        self.headers = headers
+
+    @property
+    def message(self) -> Record:
+        return self
+
+    def __repr__(self) -> str:
+        return f"Record({self.topic}:{self.partition}@{self.offset})"
+
+
+def to_records(tp: TP, fetched: Iterable[Any]) -> list[Record]:
+    """aiokafka's ConsumerRecords (timestamps in ms) as Records."""
+    return [Record(tp, r.offset, r.timestamp / 1000.0 if r.timestamp is not None else None,
+                   r.key, r.value, r.headers) for r in fetched]
+
+
+class Reader:
+    """One agent's queue of records from its topics, and how far it has finished each
+    partition. The lane puts whole lists in; the agent takes batches and marks them done."""
+
+    def __init__(self, lanes: Lanes, agent: str, topics: Iterable[str], capacity: int) -> None:
+        self.lanes = lanes
+        self.agent = agent
+        self.topics = frozenset(topics)
+        self.capacity = capacity  # records queued before the lane waits (backpressure)
+        self._queue: deque[list[Record]] = deque()
+        self.queued = 0
+        self.in_hand = 0  # records taken and not done yet
+        self.finished: dict[TP, int] = {}  # tp → next offset to commit (all before it done)
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---------------------------------------------------------------- the lane's side
+    def has_room(self) -> bool:
+        return self.queued < self.capacity
+
+    async def wait_room(self) -> None:
+        while not self.has_room():
+            self._room.clear()
+            await self._room.wait()
+
+    def put(self, records: list[Record]) -> None:
+        self._queue.append(records)
+        self.queued += len(records)
+        self._arrived.set()
+
+    def clear(self) -> dict[TP, int]:
+        """Drop what is queued; returns the first dropped offset per partition."""
+        dropped: dict[TP, int] = {}
+        for records in self._queue:
+            tp = records[0].tp
+            dropped[tp] = min(dropped.get(tp, records[0].offset), records[0].offset)
+        self._queue.clear()
+        self.queued = 0
+        self._arrived.clear()
+        self._room.set()
+        return dropped
+
+    # ---------------------------------------------------------------- the agent's side
+    async def take(self, max_records: int, within_s: float) -> list[Record]:
+        """Up to `max_records` records, waiting for the first as long as it takes and then up to
+        `within_s` for more. The records are in hand until `done`."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if within_s > 0 and self.queued < max_records:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within_s
+            while self.queued < max_records:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except TimeoutError:
+                    break
+            if not self._queue:  # cleared by a rebalance meanwhile
+                return await self.take(max_records, within_s)
+        batch: list[Record] = []
+        queue = self._queue
+        while queue and len(batch) < max_records:
+            head = queue[0]
+            room = max_records - len(batch)
+            if len(head) <= room:
+                batch.extend(queue.popleft())
+            else:
+                batch.extend(head[:room])
+                queue[0] = head[room:]
+        self.queued -= len(batch)
+        self.in_hand += len(batch)
+        self._idle.clear()
+        if self.has_room():
+            self._room.set()
+        return batch
+
+    def done(self, records: Sequence[Record], *, handed_back: bool = False) -> None:
+        """The records are applied (or, `handed_back`, given up: not applied and not to be
+        committed); either way they are no longer in hand."""
+        if not handed_back:
+            finished = self.finished
+            for record in records:  # in offset order per partition
+                finished[record.tp] = record.offset + 1
+            self.lanes.finished_some({r.tp for r in records} if len(records) < 64
+                                     else set(finished))
+        self.in_hand -= len(records)
+        if self.in_hand <= 0:
+            self.in_hand = 0
+            self._idle.set()
+
+    def mark(self, record: Record) -> None:
+        """One record applied out of a batch (its partition's earlier ones are done too)."""
+        self.finished[record.tp] = record.offset + 1
+        self.lanes.finished_some((record.tp,))
+
+    def release(self, n: int) -> None:
+        """`n` records taken are out of hand (marked, or given up)."""
+        self.in_hand -= n
+        if self.in_hand <= 0:
+            self.in_hand = 0
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def close(self) -> None:
+        self.lanes.unregister(self)
+
+
+class Lanes:
+    """Every reader of every lane topic, and the order each partition is handed on in.
+
+    `seek(tp, offset)` asks the consumer to read a partition again from an offset;
+    `touch(tps)` tells faust's commit loop these partitions have something to commit."""
+
+    def __init__(self) -> None:
+        self.readers: dict[str, list[Reader]] = {}
+        self.expected: dict[TP, int | None] = {}
+        self._holes: dict[TP, list] = {}  # tp → [offset, seeks, last seek time]
+        self.dropped: dict[TP, int] = {}  # tp → first record dropped by a rebalance
+        self._registered = asyncio.Event()
+        self.wanted: Mapping[str, int] = {}  # topic → readers it must have before records flow
+        self.touch: Callable[[Iterable[TP]], None] = lambda tps: None
+
+    # ---------------------------------------------------------------- readers
+    def reader(self, agent: str, topics: Iterable[str], capacity: int) -> Reader:
+        reader = Reader(self, agent, topics, capacity)
+        for topic in reader.topics:
+            self.readers.setdefault(topic, []).append(reader)
+        self._registered.set()
+        return reader
+
+    def unregister(self, reader: Reader) -> None:
+        for topic in reader.topics:
+            listed = self.readers.get(topic, [])
+            if reader in listed:
+                listed.remove(reader)
+
+    def ready(self, topic: str) -> bool:
+        return len(self.readers.get(topic, ())) >= self.wanted.get(topic, 1)
+
+    # ---------------------------------------------------------------- delivery
+    async def deliver(self, fetched: Mapping[TP, Sequence[Any]], still_current: Callable[[], bool],
+                      seek: Callable[[TP, int], Awaitable[Any]]) -> None:
+        """Hand each partition's fetched records (aiokafka ConsumerRecords) to its readers, in
+        order, each list whole. `still_current()` is False once a rebalance has begun: what is
+        not handed on by then is dropped (faust seeks back to the committed offsets after it)."""
+        for tp, fetched_records in fetched.items():
+            if not fetched_records:
+                continue
+            while not self.ready(tp.topic):
+                self._registered.clear()
+                try:
+                    await asyncio.wait_for(self._registered.wait(), 10)
+                except TimeoutError:
+                    log.error("no reader for a lane topic after 10 s: its records wait",
+                              extra={"metadata": {"topic": tp.topic, "agents_expected":
+                                                  self.wanted.get(tp.topic, 1)}})
+            readers = self.readers[tp.topic]
+            for reader in readers:
+                await reader.wait_room()
+            if not still_current():
+                return
+            first = fetched_records[0].offset
+            want = self.expected.get(tp)
+            if want is not None and first != want:
+                if first < want:  # read again after a seek: the head was handed on already
+                    fetched_records = [r for r in fetched_records if r.offset >= want]
+                    if not fetched_records:
+                        continue
+                elif not await self._pass_hole(tp, want, first, seek):
+                    continue
+            records = to_records(tp, fetched_records)
+            for reader in readers:
+                reader.put(records)
+            self.expected[tp] = records[-1].offset + 1
+            self._holes.pop(tp, None)
+
+    async def _pass_hole(self, tp: TP, want: int, got: int,
+                         seek: Callable[[TP, int], Awaitable[Any]]) -> bool:
+        """A fetched list starts past the expected offset. False: the partition was sought
+        back (this list is dropped). True: the hole was sought often enough to be real."""
+        hole = self._holes.get(tp)
+        now = time.monotonic()
+        if hole is None or hole[0] != want:
+            hole = self._holes[tp] = [want, 0, 0.0]
+        if hole[1] >= HOLE_SEEKS:
+            log.warning("no record at an offset after %d seeks: going on after it", hole[1],
+                        extra={"metadata": {"topic": tp.topic, "partition": tp.partition,
+                                            "offset": want, "next": got}})
+            del self._holes[tp]
+            return True
+        if now - hole[2] >= HOLE_RETRY_S:
+            hole[1] += 1
+            hole[2] = now
+            log.info("records passed over before a rebalance or a seek: partition read again "
+                     "from the first one", extra={"metadata": {
+                         "topic": tp.topic, "partition": tp.partition, "offset": want, "next": got}})
+            await seek(tp, want)
+        return False
+
+    # ---------------------------------------------------------------- rebalances and commits
+    def clear(self) -> None:
+        """Drop every queued record (a rebalance begins). faust seeks the partitions it keeps
+        to their committed offsets afterwards; one with no committed offset is not sought, so
+        its first dropped record is remembered (`reset` reads it again from there)."""
+        for readers in self.readers.values():
+            for reader in readers:
+                for tp, offset in reader.clear().items():
+                    if offset < self.dropped.get(tp, offset + 1):
+                        self.dropped[tp] = offset
+
+    async def wait_idle(self) -> None:
+        for readers in list(self.readers.values()):
+            for reader in readers:
+                await reader.wait_idle()
+
+    def reset(self, positions: Mapping[TP, int | None]) -> dict[TP, int]:
+        """The consumer was sought to these committed offsets (None or < 0: none committed).
+        Returns the partitions to seek further: ones with no committed offset whose records a
+        rebalance dropped (read again from the first dropped one). Otherwise a partition with
+        no committed offset takes the first record fetched as its start."""
+        rewind: dict[TP, int] = {}
+        for tp, offset in positions.items():
+            if tp.topic not in self.readers and tp.topic not in self.wanted:
+                continue
+            self._holes.pop(tp, None)
+            dropped = self.dropped.pop(tp, None)
+            if offset is not None and offset >= 0:
+                self.expected[tp] = offset
+            elif dropped is not None:
+                self.expected[tp] = rewind[tp] = dropped
+            else:
+                self.expected[tp] = None
+        self.dropped.clear()  # partitions not kept: the next owner reads them from the commit
+        return rewind
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Partitions this worker no longer holds: their positions are the next owner's."""
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self._holes.pop(tp, None)
+            for reader in self.readers.get(tp.topic, ()):
+                reader.finished.pop(tp, None)
+
+    def finished_some(self, tps: Iterable[TP]) -> None:
+        self.touch(tps)
+
+    def committable(self, tp: TP) -> int | None:
+        """The offset to commit for `tp`: the lowest every reader of its topic has finished up
+        to; None while one of them has finished nothing of it."""
+        readers = self.readers.get(tp.topic)
+        if not readers:
+            return None
+        low: int | None = None
+        for reader in readers:
+            mine = reader.finished.get(tp)
+            if mine is None:
+                return None
+            low = mine if low is None or mine < low else low
+        return low
+
+    def positions(self) -> dict[TP, int]:
+        """Every partition some reader has finished something of (for a commit)."""
+        out: dict[TP, int] = {}
+        for readers in self.readers.values():
+            for reader in readers:
+                for tp in reader.finished:
+                    value = self.committable(tp)
+                    if value is not None:
+                        out[tp] = value
+        return out
