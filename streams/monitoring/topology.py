@@ -176,19 +176,21 @@ async def metrics_aggregator(stream: StreamT) -> None:
     async def on_batch(events: Sequence[Any]) -> None:
         touched: set[int] = set()
         folded = 0
+        # One group per (partition, series) for the whole batch: a series' samples stay in
+        # source order, and each series is folded in one call.
+        groups: dict[tuple, list[tuple[float, float, str, int]]] = {}
         for event in events:
+            partition = event.partition
             if control_kind(event) is ControlKind.TICK:
                 # A worker that took a partition over with nothing left to replay restores
                 # its open windows here: wall time closes them once they are quiet.
-                aggregator.windows(event.message.partition)
-                touched.add(event.message.partition)
+                aggregator.windows(partition)
+                touched.add(partition)
                 continue
-            partition = event.message.partition
-            received = event.message.timestamp
+            received = event.timestamp
             received = received if received and received > 0 else time.time()
             where, base = sample_origin(event)
             key = event.key
-            groups: dict[tuple, list[tuple[float, float, str, int]]] = {}
             for index, m in await decode_samples(event, "metrics-aggregator"):
                 name, position = m["name"], base + index
                 if key != name.encode():  # repartition: a metric's windows live on one partition
@@ -201,15 +203,16 @@ async def metrics_aggregator(stream: StreamT) -> None:
                     continue
                 at = m.get("occurred_at")
                 labels = m.get("labels")
-                group = (name, m["metric_type"], tuple(sorted(labels.items())) if labels else ())
+                group = (partition, name, m["metric_type"],
+                         tuple(sorted(labels.items())) if labels else ())
                 samples = groups.get(group)
                 if samples is None:
                     samples = groups[group] = []
                 samples.append((float(m["value"]), at.timestamp() if at is not None else received,
                                 where, position))
-            for (name, metric_type, labels), samples in groups.items():  # a record's series, folded
-                folded += aggregator.add_many(partition, name, metric_type, dict(labels), samples)
             touched.add(partition)
+        for (partition, name, metric_type, labels), samples in groups.items():
+            folded += aggregator.add_many(partition, name, metric_type, dict(labels), samples)
         if folded:  # bookkeeping once per batch, not per sample
             EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
             LAST_EVENT["metrics-aggregator"] = time.time()

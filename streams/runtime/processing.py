@@ -79,11 +79,17 @@ def record_defaults(event: Record) -> dict[str, Any]:
             "correlation_id": valid_uuid(header(event, CORRELATION_HEADER)) or rid}
 
 
+_internal_prefix: str | None = None
+
+
 def internal_topic(topic: str) -> bool:
     """Topics the workers write for themselves (inboxes, changelogs): `<app id>-…`."""
-    from streams.runtime.app import settings
+    global _internal_prefix
+    if _internal_prefix is None:  # once: this runs for every record
+        from streams.runtime.app import settings
 
-    return topic.startswith(f"{settings.app_id}-")
+        _internal_prefix = f"{settings.app_id}-"
+    return topic.startswith(_internal_prefix)
 
 
 def control_kind(event: Record) -> ControlKind | None:
