@@ -84,7 +84,7 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
               f"(cached is {tc['speedup_cached_vs_uncached']:.1f}x faster)")
         print(f"  one node generated   {tc['node_generate_ms']:8.3f} ms")
         print(f"  -> {_write('template_cache', tc)}")
-    if only in (None, "pipeline", "learning", "metrics"):
+    if only in (None, "pipeline", "learning", "learner", "metrics"):
         print("  starting a throwaway Kafka + PostgreSQL for the load runs")
         with isolated_stack():
             if only in (None, "pipeline"):
@@ -93,10 +93,20 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
                 print(f"  max sustained with the pool: {pl['max_sustained_prd_per_s']} PRD/s")
                 print(f"  -> {_write('pipeline', pl)}")
             if only in (None, "metrics"):
-                print("== metrics ingest (1) and sink (3) beside bare consumer / one INSERT each / raw COPY")
+                print("== metrics ingest (1, 6): ours beside Quix Streams on the same single and batched "
+                      "records, bare consumer, faust, one INSERT each; sink (3) beside raw COPY")
                 mt = metrics.run(quick)
                 metrics.print_report(mt)
                 print(f"  -> {_write('metrics', mt)}")
+            if only in (None, "learner"):
+                import asyncio
+
+                from bench import learner_e2e
+
+                print("== learner end to end (6): codegen.results -> results-intake -> mixin-learner")
+                le = asyncio.run(learner_e2e.run(10_000 if quick else 30_000))
+                learner_e2e.print_report(le)
+                print(f"  -> {_write('learner', le)}")
             if only in (None, "learning"):
                 print("== mixin model (4): drifting synthetic stream, baseline = LEARNING.md's best")
                 lr = learning.run(quick)

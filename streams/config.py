@@ -152,7 +152,7 @@ class Settings(BaseModel):
         "secret that signs model snapshots; the same on every worker and for `replay`",
         shown="random, in `.omnistream/model.key`", min_length=16)
     model_snapshot_every: int = _setting(
-        "OMNISTREAM_MODEL_SNAPSHOT_EVERY", 100,
+        "OMNISTREAM_MODEL_SNAPSHOT_EVERY", 5000,
         "the mixin learner's batch: at most this many results; each batch ends with a snapshot", ge=1)
     model_snapshot_interval_s: float = _setting(
         "OMNISTREAM_MODEL_SNAPSHOT_INTERVAL_S", 2.0, "... or what arrived within this many seconds", gt=0)

@@ -14,6 +14,7 @@ one result at a time as before (a replayed model is installed and goes on learni
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -75,6 +76,11 @@ def _no_rows() -> Rows:
     return Rows([], none, none, np.empty(0, dtype=bool), np.zeros(1, dtype=np.int64), none)
 
 
+@functools.lru_cache(maxsize=8)
+def _decay_table(keep: float) -> np.ndarray:
+    return np.array([keep ** age for age in range(DECAY_TABLE)])  # shared: never written
+
+
 class MiniBatch:
     """Learns rows into `model`; `close()` hands the model back with what it learnt."""
 
@@ -91,8 +97,7 @@ class MiniBatch:
         self.growth = 2.0 ** (1.0 / model.cfg.half_life)
         # (1 - avg_rate) ** age for the ages most features have when met again, computed as
         # learn_one computes them (Python's float power), so both give the same averages
-        keep = 1.0 - model.cfg.avg_rate
-        self.decay = np.array([keep ** age for age in range(DECAY_TABLE)])
+        self.decay = _decay_table(1.0 - model.cfg.avg_rate)
         # compile the loop (or load it from numba's cache) now, not in the first result's time
         self._run(_no_rows(), 0, 0, False, np.empty(0), np.empty(0, dtype=bool))
 

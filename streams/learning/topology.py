@@ -29,6 +29,8 @@ from prometheus_client import Gauge
 
 from agents.learning import feedback, snapshot
 from agents.learning.features import canonical
+from agents.learning.hierarchy import HierarchicalModel
+from agents.learning.minibatch import MiniBatch
 from agents.learning.registry import SHARED, ModelRegistry, PatternRegistry
 from schemas.codec import encode
 from schemas.events import GenerationResult, PatternFeedback
@@ -143,13 +145,23 @@ learner = Learner(model_table, b"", models)
 
 
 def start() -> None:
-    """At worker start: the key that signs and verifies model snapshots."""
+    """At worker start: the key that signs and verifies model snapshots; the compiled learning
+    loop loaded (numba's cache), not in the first busy batch's time."""
     models.key = learner.key = model_key()
+    MiniBatch(HierarchicalModel())
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers with `signal=`; ours take **kwargs
 async def _forget_unacked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     learner.reset()
+
+
+def learn_now(results: list[tuple[GenerationResult, str, int]], changed: dict[str, int],
+              partition: int) -> None:
+    """Learn the results collected so far (and empty the list)."""
+    if results and learner.learn_many(results):
+        changed[SHARED] = partition
+    results.clear()
 
 
 @app.agent(results_inbox, name="mixin-learner")
@@ -162,6 +174,8 @@ async def mixin_learner(stream: StreamT) -> None:
 
     async def on_batch(events: Sequence[Any]) -> None:
         changed: dict[str, int] = {}  # node type → partition of its table key
+        results: list[tuple[GenerationResult, str, int]] = []  # learnt together, in order
+        last_partition = 0
         for event in events:
             kind = control_kind(event)
             node_type = (event.key or b"").decode("utf-8", "replace")
@@ -169,7 +183,8 @@ async def mixin_learner(stream: StreamT) -> None:
                 try:
                     trained = {int(k): int(v) for k, v in
                                orjson.loads(header(event, TRAINED_HEADER) or "{}").items()}
-                    learner.install(node_type, event.value, trained)
+                    learn_now(results, changed, event.message.partition)  # before the install
+                    learner.install(node_type, event.value or b"", trained)
                     changed[node_type] = event.message.partition
                 except (snapshot.SnapshotRejected, ValueError, orjson.JSONDecodeError) as exc:
                     SNAPSHOTS_REFUSED.labels("install").inc()
@@ -181,11 +196,13 @@ async def mixin_learner(stream: StreamT) -> None:
                 continue
             where, offset = origin(event)
 
-            async def learn(result: GenerationResult, event: Record, where=where, offset=offset) -> None:
-                if learner.learn(result, where, offset):
-                    changed[SHARED] = event.message.partition
+            async def collect(result: GenerationResult, event: Record, where=where, offset=offset) -> None:
+                results.append((result, where, offset))
 
-            await handle_event(event, GenerationResult, "mixin-learner", learn)
+            await handle_event(event, GenerationResult, "mixin-learner", collect)
+            last_partition = event.message.partition
+        if results:
+            learn_now(results, changed, last_partition)
         await learner.commit(changed, put=lambda p, k, v: table_put(model_table, p, k, v),
                              held=lambda p: held(results_inbox.get_topic_name(), p))
 
