@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from schemas.topics import CODEGEN_RESULTS
 from streams.config import Settings, model_key, omnistream_home
@@ -27,6 +27,7 @@ from streams.infra.proc import free_port
 from streams.infra.workerproc import spawn_worker, stop_worker, wait_healthy
 from streams.learning import replay
 from streams.runtime import tables
+from streams.runtime.replica import read_all, topic_partitions
 from streams.runtime.topics import ensure_topics
 
 MIXINS = [f"Mixin{c}" for c in "ABCDEFGHIJKLMNOPQRSTUVWX"]
@@ -65,24 +66,14 @@ async def _wait_updates(port: int, at_least: int, timeout: float) -> int:
 
 async def _changelog_bytes(settings: Settings, app_id: str) -> tuple[int, int]:
     """(records, value bytes) in the model table's changelog."""
-    topic = tables.changelog_topic(app_id, tables.MODEL_TABLE)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            return 0, 0
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        records = size = 0
-        while any([await consumer.position(tp) < end[tp] for tp in tps]):
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records += len(batch)
-                size += sum(len(r.value or b"") for r in batch)
-        return records, size
-    finally:
-        await consumer.stop()
+    seen = [0, 0]
+
+    def count(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
+        seen[0] += 1
+        seen[1] += len(value or b"")
+
+    await read_all(settings.kafka_bootstrap, tables.changelog_topic(app_id, tables.MODEL_TABLE), count)
+    return seen[0], seen[1]
 
 
 async def run(n: int = 30_000) -> dict:
@@ -106,6 +97,8 @@ async def run(n: int = 30_000) -> dict:
         # A replay's install right behind a burst of n more results.
         own = Settings.from_env().model_copy(update={"app_id": app_id})
         report = await replay.replay(own, CODEGEN_RESULTS.name, swap=False, progress=False)
+        assert report.model is not None
+        trained = report.model.updates
         trained_through = await _end_offsets(settings, CODEGEN_RESULTS.name)
         await _send(settings.kafka_bootstrap, CODEGEN_RESULTS.name, results(n, 2))
         sent = time.perf_counter()
@@ -129,14 +122,14 @@ async def run(n: int = 30_000) -> dict:
             "changelog_bytes_per_result": round(changelog / max(learnt, 1), 1),
             "install_behind_backlog_s": round(swap_s, 2) if swap_s is not None else None,
             "updates_after_install": final.updates if final is not None else None,
-            "updates_expected": 2 * n}
+            "updates_expected": trained + n}
 
 
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    tps = await topic_partitions(settings.kafka_bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()

@@ -218,16 +218,21 @@ async def mixin_learner(stream: StreamT) -> None:
 RESULT_COLUMNS = ("id", "node_type", "mixin_combination", "success", "source", "failure_reason",
                   "correlation_id", "occurred_at")
 _COLS = ", ".join(RESULT_COLUMNS)
-# Only rows new to mixin_results_log are counted, so a replayed batch changes nothing.
+# Only rows new to mixin_results_log are counted, so a replayed batch changes nothing; the
+# batch's groups are counted in one statement (migrations/006_mixin_counts_in_sets.sql).
 MATRIX_SQL = f"""
 WITH fresh AS (
     INSERT INTO mixin_results_log ({_COLS}) SELECT {_COLS} FROM {{stage}}
     ON CONFLICT (id) DO NOTHING
-    RETURNING node_type, mixin_combination, success)
-SELECT update_mixin_compatibility(node_type, mixin_combination,
-                                  (count(*) FILTER (WHERE success))::int,
-                                  (count(*) FILTER (WHERE NOT success))::int)
-FROM fresh GROUP BY node_type, mixin_combination ORDER BY node_type, mixin_combination"""
+    RETURNING node_type, mixin_combination, success),
+groups AS (
+    SELECT node_type, array_to_string(mixin_combination, chr(31)) AS combination,
+           (count(*) FILTER (WHERE success))::int AS successes,
+           (count(*) FILTER (WHERE NOT success))::int AS failures
+    FROM fresh GROUP BY node_type, mixin_combination)
+SELECT add_mixin_counts(array_agg(node_type), array_agg(combination), array_agg(successes),
+                        array_agg(failures))
+FROM groups"""
 
 
 def result_row(r: GenerationResult) -> tuple:
