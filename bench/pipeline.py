@@ -165,7 +165,7 @@ async def parallel_probe(bootstrap: str, count: int) -> list[float]:
 def start_worker(**env: str) -> subprocess.Popen:
     port = free_port()
     proc = spawn_worker(
-        port, omnistream_home() / "bench-worker.log", OMNISTREAM_LOG_LEVEL="WARNING",
+        port, omnistream_home() / "bench-worker.log",  # the default log level, as users run it
         # a new consumer group: start at the end, not at every PRD ever published
         OMNISTREAM_AUTO_OFFSET_RESET="latest",
         OMNISTREAM_APP_ID=f"omnistream-bench-{uuid.uuid4().hex[:6]}", **env)

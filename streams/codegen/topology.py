@@ -44,6 +44,7 @@ from streams.runtime.processing import (
     control_kind,
     handle_event,
     held,
+    produce,
     run_batches,
     run_intake,
     table_delete,
@@ -85,10 +86,9 @@ async def prd_fanout(stream: StreamT) -> None:
     async def handle(prd: PrdSubmitted, event: Record) -> None:
         tasks = fan_out(prd)
         for task in tasks:
-            await codegen_tasks.send(
-                key=str(task.correlation_id).encode(), value=encode(task),
-                partition=task_partition(task, CODEGEN_TASKS.partitions),
-                headers=correlation_headers(task.correlation_id))
+            await produce(codegen_tasks, str(task.correlation_id).encode(), encode(task),
+                          partition=task_partition(task, CODEGEN_TASKS.partitions),
+                          headers=correlation_headers(task.correlation_id))
         log.info("PRD fanned out", extra={"metadata": {"prd_id": prd.prd_id, "nodes": len(tasks)}})
 
     await run_intake(stream, PrdSubmitted, "prd-fanout", handle)
@@ -113,10 +113,8 @@ async def codegen_render(stream: StreamT) -> None:
         node = await codegen_pool.generate(task, WORKER_ID, patterns.suppressed,
                                            Compatibility(**prediction.compatibility()))
         headers = correlation_headers(task.correlation_id)
-        await codegen_generated.send(key=str(task.correlation_id).encode(), value=node.node,
-                                     headers=headers)
-        await codegen_results.send(key=task.node.node_type.encode(), value=node.result,
-                                   headers=headers)
+        await produce(codegen_generated, str(task.correlation_id).encode(), node.node, headers=headers)
+        await produce(codegen_results, task.node.node_type.encode(), node.result, headers=headers)
         emitter.emit("codegen_node_duration_ms", node.duration_ms, "histogram",
                      node_type=node.node_type, success=str(node.success).lower())
         emitter.emit("codegen_quality_score", node.quality_score, "histogram", node_type=node.node_type)
@@ -135,13 +133,13 @@ async def codegen_render(stream: StreamT) -> None:
 
 
 async def _rekey(cid: str, node: GeneratedNode) -> None:
-    await assembler_inbox.send(key=cid.encode(), value=encode(node), headers={
+    await produce(assembler_inbox, cid.encode(), encode(node), headers={
         **correlation_headers(cid), KIND_HEADER: ControlKind.NODE.header})
 
 
 async def _publish(done: PrdCompleted) -> None:
     cid = str(done.correlation_id)
-    await codegen_completed.send(key=cid.encode(), value=encode(done), headers=correlation_headers(cid))
+    await produce(codegen_completed, cid.encode(), encode(done), headers=correlation_headers(cid))
 
 
 @app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,

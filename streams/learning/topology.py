@@ -47,6 +47,7 @@ from streams.runtime.processing import (
     handle_event,
     held,
     origin,
+    produce,
     run_batches,
     run_intake,
     source_headers,
@@ -122,7 +123,7 @@ async def results_intake(stream: StreamT) -> None:
     async def handle(result: GenerationResult, event: Record) -> None:
         # Re-encoded: an envelope filled on intake (id, timestamps) stays the same downstream;
         # the source header lets the learner skip what a replay sends again.
-        await results_inbox.send(key=SHARED_KEY, value=encode(result), headers={
+        await produce(results_inbox, SHARED_KEY, encode(result), headers={
             **correlation_headers(result.correlation_id), KIND_HEADER: ControlKind.RESULT.header,
             **source_headers(event)})
 
@@ -132,7 +133,7 @@ async def results_intake(stream: StreamT) -> None:
 @app.agent(pattern_feedback, name="feedback-intake")
 async def feedback_intake(stream: StreamT) -> None:
     async def handle(fb: PatternFeedback, event: Record) -> None:
-        await feedback_inbox.send(key=fb.pattern_name.encode(), value=encode(fb), headers={
+        await produce(feedback_inbox, fb.pattern_name.encode(), encode(fb), headers={
             **correlation_headers(fb.correlation_id), **source_headers(event)})
 
     await run_intake(stream, PatternFeedback, "feedback-intake", handle)

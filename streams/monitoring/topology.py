@@ -15,7 +15,6 @@ for one is late, never a new partial row).
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
@@ -41,11 +40,11 @@ from streams.runtime.faust import Record
 from streams.runtime.metrics import EVENTS_PROCESSED
 from streams.runtime.processing import (
     LAST_EVENT,
-    call_retrying,
     control_kind,
     decode_event,
     held,
     origin,
+    produce,
     record_defaults,
     run_batches,
     table_put,
@@ -195,11 +194,10 @@ async def metrics_aggregator(stream: StreamT) -> None:
                 name, position = m["name"], base + index
                 if key != name.encode():  # repartition: a metric's windows live on one partition
                     whole = as_event(event, index, m)
-                    await call_retrying("metrics re-key", functools.partial(
-                        metrics_inbox.send, key=name.encode(), value=encode(whole), headers={
-                            **correlation_headers(whole.correlation_id),
-                            KIND_HEADER: ControlKind.SAMPLE.header,
-                            SOURCE_HEADER: f"{where}:{position}".encode()}))
+                    await produce(metrics_inbox, name.encode(), encode(whole), headers={
+                        **correlation_headers(whole.correlation_id),
+                        KIND_HEADER: ControlKind.SAMPLE.header,
+                        SOURCE_HEADER: f"{where}:{position}".encode()})
                     continue
                 at = m.get("occurred_at")
                 labels = m.get("labels")

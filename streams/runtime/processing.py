@@ -32,7 +32,7 @@ import os
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -349,3 +349,16 @@ def held(topic: str, partition: int) -> bool:
     from streams.runtime.app import app
 
     return TP(topic, partition) in app.consumer.assignment()  # a set of TopicPartitions
+
+
+async def produce(topic: Any, key: bytes | None, value: bytes | None, *,
+                  headers: Mapping[str, bytes] | None = None, partition: int | None = None) -> None:
+    """Send one record through the app's producer (`topic`: a faust topic or a name). Its
+    delivery is awaited with the batch's commit (faust flushes the producer before it commits
+    offsets), so this only hands the record over: faust's `Topic.send` builds a future message
+    with callbacks per record, which cost more than the send."""
+    from streams.runtime.app import app
+
+    name = topic if isinstance(topic, str) else topic.get_topic_name()
+    await call_retrying(f"send to {name}", app.producer.send, name, key, value, partition, None,
+                        list(headers.items()) if headers else None)

@@ -177,7 +177,7 @@ def test_cache_ttl_with_the_real_clock(tmp_path):
 
 def test_cache_content_invalidation_by_sha256(tmp_path):
     root = _copy_templates(tmp_path)
-    cache = TemplateCache()
+    cache = TemplateCache(check_every_s=0.0)  # compare the file on every lookup
     g = CodeGenerator(cache, root)
     task = fan_out(_prd())[0]
     before = g.generate(task).files
@@ -333,3 +333,16 @@ def test_assembler_complete_partial_duplicate_and_deadline():
     assert done.id == assembler.completion_id(cid)  # deterministic across replays
     state = assembler.mark_done(state, now + 1)
     assert not assembler.is_complete(state) and not assembler.is_overdue(state, now + 1000)
+
+
+def test_cache_compares_a_file_at_most_once_per_interval(tmp_path):
+    root = _copy_templates(tmp_path)
+    cache = TemplateCache(check_every_s=0.3)
+    g = CodeGenerator(cache, root)
+    first = g.env.get_template("init.py.j2")
+    path = root / "init.py.j2"
+    path.write_text(path.read_text() + "\nGENERATED_MARKER = 1\n")
+    assert g.env.get_template("init.py.j2") is first  # within the interval: not compared yet
+    time.sleep(0.35)
+    assert g.env.get_template("init.py.j2") is not first
+    assert cache.stats["init.py.j2"].invalidations == 1
