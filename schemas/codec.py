@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -34,8 +35,25 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def decode(model: type[M], raw: bytes | str, defaults: dict | None = None) -> M:
-    """Parse JSON bytes into `model`; `defaults` fill envelope fields the publisher left out."""
+Defaults = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+# The envelope fields an intake derives from the record when the publisher left them out.
+DERIVED_FIELDS = frozenset({"id", "occurred_at", "correlation_id"})
+
+
+@functools.cache
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(model.model_fields)
+
+
+@functools.cache
+def _derived(model: type[BaseModel]) -> frozenset[str]:
+    return _field_names(model) & DERIVED_FIELDS
+
+
+def decode(model: type[M], raw: bytes | str | None, defaults: Defaults = None) -> M:
+    """Parse JSON bytes into `model`; `defaults` fill fields the publisher left out (a callable
+    gives the DERIVED_FIELDS, and is only called when one of them is missing: deriving them
+    costs more than the decode)."""
     if raw is None:
         raise DecodeError("empty", "empty value (tombstone)")
     if isinstance(raw, str):
@@ -49,11 +67,16 @@ def decode(model: type[M], raw: bytes | str, defaults: dict | None = None) -> M:
     return validate(model, data, defaults)
 
 
-def validate(model: type[M], data: object, defaults: dict | None = None) -> M:
+def validate(model: type[M], data: object, defaults: Defaults = None) -> M:
     if not isinstance(data, dict):
         raise DecodeError("schema", f"expected a JSON object, got {type(data).__name__}")
-    if defaults:
-        data = {**{k: v for k, v in defaults.items() if k in model.model_fields}, **data}
+    if callable(defaults):
+        if not _derived(model) <= data.keys():
+            fields = _field_names(model)
+            data = {**{k: v for k, v in defaults().items() if k in fields}, **data}
+    elif defaults:
+        fields = _field_names(model)
+        data = {**{k: v for k, v in defaults.items() if k in fields}, **data}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -3,8 +3,9 @@ type learns into it) when a worker holds its partition, its signed snapshots in 
 installs from replay.
 
 The table, the conflicts sink and the clock are given to it, so its contract is tested in
-milliseconds (tests/unit/test_learner.py): a batch's models are snapshotted into the table,
-and the conflicts flushed, before `commit` returns and the batch may be acked; a result a
+milliseconds (tests/unit/test_learner.py): a batch's models are snapshotted into the table
+before `commit` returns and the batch may be acked (their conflicts follow within the sink's
+interval); a result a
 snapshot already holds (by source offset) or already learnt (by id) is skipped; a snapshot
 that fails verification is refused and learning goes on from the newest verified model.
 """
@@ -161,13 +162,13 @@ class Learner:
     async def commit(self, changed: dict[str, int], put: Callable[[int, bytes, bytes], None],
                      held: Callable[[int], bool]) -> None:
         """End of a batch: snapshot each changed model (key → its table partition) that this
-        worker still holds, then flush the conflicts. Returns only when all of it is written,
-        so the batch is acked after its snapshots; a failure raises (no ack)."""
+        worker still holds; the batch is acked after its snapshots; a failure raises (no ack).
+        The conflicts are not waited for: they are derived from the model (the sink replaces a
+        node type's conflicts), written within the sink's interval, and after a crash the next
+        snapshot writes them again (`conflicts_written` starts empty)."""
         for key, partition in changed.items():
             if held(partition):
                 self.snapshot(key, partition, functools.partial(put, partition))
-        if self.conflict_sink is not None:
-            await self.conflict_sink.flush()
 
     def snapshot(self, key: str, partition: int,
                  put: Callable[[bytes, bytes], None] | None = None) -> bytes | None:

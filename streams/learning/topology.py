@@ -245,8 +245,10 @@ def result_row(r: GenerationResult) -> tuple:
 async def mixin_matrix_sink(stream: StreamT) -> None:
     await run_sink(stream, "mixin-matrix-sink", GenerationResult, PgBatchSink(
         settings.database_url, "mixin_results_log", RESULT_COLUMNS, apply_sql=MATRIX_SQL,
-        dedupe_key=lambda row: row[0], source_topic=CODEGEN_RESULTS.name), result_row,
-        accept=lambda event: control_kind(event) is ControlKind.RESULT)
+        dedupe_key=lambda row: row[0], source_topic=CODEGEN_RESULTS.name, max_rows=SNAPSHOT_EVERY),
+        result_row,
+        accept=lambda event: control_kind(event) is ControlKind.RESULT,
+        max_events=SNAPSHOT_EVERY)  # one statement per batch: bigger batches, fewer commits
 
 
 # ---------------------------------------------------------------------------- pattern feedback

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -143,15 +144,31 @@ class Applied:
 # ---------------------------------------------------------------------------- events
 
 
+@functools.cache
+def _processed(agent: str, outcome: str) -> Any:
+    """The counter child of (agent, outcome), found once (`labels()` costs ~1 µs a call)."""
+    return EVENTS_PROCESSED.labels(agent, outcome)
+
+
+@functools.cache
+def _handle_seconds(agent: str) -> Any:
+    return HANDLE_SECONDS.labels(agent)
+
+
 async def decode_event(event: Record, model: type[M], agent: str) -> M | None:
     """The event's value as `model` (envelope filled from the record), or None once it has been
     dead-lettered."""
+    cached = event.decoded
+    if cached is not None and cached[0] is model:  # another agent of this record decoded it
+        return cached[1]
     try:
-        return decode(model, event.value or b"", defaults=record_defaults(event))
+        value = decode(model, event.value, defaults=lambda: record_defaults(event))
     except DecodeError as exc:
-        EVENTS_PROCESSED.labels(agent, "invalid").inc()
+        _processed(agent, "invalid").inc()
         await send_to_dlq(event, exc.kind, str(exc), agent)
         return None
+    event.decoded = (model, value)
+    return value
 
 
 async def call_retrying(what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -180,16 +197,16 @@ async def handle_event(event: Record, model: type[M], agent: str, handler: Handl
             try:
                 await call_retrying(f"{agent} handler", handler, value, event)
             except InputRefused as exc:
-                EVENTS_PROCESSED.labels(agent, "refused").inc()
+                _processed(agent, "refused").inc()
                 await send_to_dlq(event, exc.reason, str(exc), agent)
                 return False
             except Exception as exc:  # a handler bug must not stop the agent
                 log.exception("handler failed")
-                EVENTS_PROCESSED.labels(agent, "error").inc()
+                _processed(agent, "error").inc()
                 await send_to_dlq(event, "handler_error", f"{type(exc).__name__}: {exc}", agent)
                 return False
-    EVENTS_PROCESSED.labels(agent, "ok").inc()
-    HANDLE_SECONDS.labels(agent).observe(time.perf_counter() - started)
+    _processed(agent, "ok").inc()
+    _handle_seconds(agent).observe(time.perf_counter() - started)
     return True
 
 

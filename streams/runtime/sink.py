@@ -260,7 +260,7 @@ def dead_letter_row(agent: str) -> Reject:
 
 async def run_sink(stream: StreamT, agent: str, model: type[BaseModel], sink: PgBatchSink,
                    to_row: Callable[[Any], tuple | None],
-                   accept: Callable[[Any], bool] | None = None) -> None:
+                   accept: Callable[[Any], bool] | None = None, max_events: int | None = None) -> None:
     """A sink agent on the checkpointed path: decode each event (bad ones dead-lettered), buffer
     its row, flush at the end of the batch; the batch is acked only after the commit.
     `accept(event)` False: the event is not for this sink (e.g. a control message)."""
@@ -281,6 +281,6 @@ async def run_sink(stream: StreamT, agent: str, model: type[BaseModel], sink: Pg
         await sink.flush()
 
     try:
-        await run_batches(stream, agent, on_batch)
+        await run_batches(stream, agent, on_batch, max_events=max_events)
     finally:
         await sink.stop()

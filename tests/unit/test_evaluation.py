@@ -3,14 +3,14 @@ seconds), a replayed record or window is applied once."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import orjson
+from faust.types import TP
 
 from agents.monitoring.alerting import AlertEngine, new_state
 from agents.monitoring.rules import Grouping, parse
 from streams.alerting.evaluation import Evaluation
 from streams.runtime.app import settings
+from streams.runtime.faust import Record
 from streams.runtime.tables import KIND_HEADER, ControlKind
 
 RULE = {"name": "latency_high", "metric": "lat_ms", "stat": "p95", "op": ">", "warning": 200,
@@ -24,19 +24,15 @@ def _engine() -> AlertEngine:
                                        repeat_interval_s=600), stale_s=900)
 
 
-def _window(offset: int, stamp: float, p95: float, end: float) -> SimpleNamespace:
+def _window(offset: int, stamp: float, p95: float, end: float) -> Record:
     value = orjson.dumps({"metric": "lat_ms", "labels": {"node": "a"}, "start": end - 60, "end": end,
                           "stats": {"count": 5, "sum": 5 * p95, "min": 1.0, "max": p95, "p50": p95,
                                     "p95": p95, "p99": p95}})
-    return SimpleNamespace(key=b"engine", value=value, headers={KIND_HEADER: ControlKind.WINDOW.header},
-                           message=SimpleNamespace(topic=INBOX, partition=0, offset=offset,
-                                                   timestamp=stamp))
+    return Record(TP(INBOX, 0), offset, stamp, b"engine", value, [(KIND_HEADER, ControlKind.WINDOW.header)])
 
 
-def _tick(offset: int, stamp: float) -> SimpleNamespace:
-    return SimpleNamespace(key=b"engine", value=b"{}", headers={KIND_HEADER: ControlKind.TICK.header},
-                           message=SimpleNamespace(topic=INBOX, partition=0, offset=offset,
-                                                   timestamp=stamp))
+def _tick(offset: int, stamp: float) -> Record:
+    return Record(TP(INBOX, 0), offset, stamp, b"engine", b"{}", [(KIND_HEADER, ControlKind.TICK.header)])
 
 
 async def test_the_clock_is_the_records_time_and_replayed_records_are_skipped():

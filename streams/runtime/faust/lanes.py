@@ -44,7 +44,7 @@ class Record:
     `Message` that the agents use, without their per-record machinery. `message` is the record
     itself, so code written against faust's events reads it unchanged."""
 
-    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers", "tp")
+    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers", "tp", "decoded")
 
     def __init__(self, tp: TP, offset: int, timestamp: float | None, key: bytes | None,
                  value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
@@ -55,6 +55,9 @@ class Record:
         self.key = key
         self.value = value
         self.headers = headers
+        # (model, value) once an agent decoded it: the agents reading one topic get the same
+        # Records, and the event models are frozen
+        self.decoded: tuple[type, Any] | None = None
 
     @property
     def message(self) -> Record:
