@@ -49,6 +49,10 @@ def create_app(settings: Settings | None = None) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
         producer_acks=-1,
+        # aiokafka keeps one open batch per partition and waits for it to be sent when it is
+        # full: at faust's 16 KiB a burst re-keyed onto one partition (the learner's inbox)
+        # waited for a broker round trip every ~40 records.
+        producer_max_batch_size=512 * 1024,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),

@@ -373,9 +373,10 @@ async def produce(topic: Any, key: bytes | None, value: bytes | None, *,
     """Send one record through the app's producer (`topic`: a faust topic or a name). Its
     delivery is awaited with the batch's commit (faust flushes the producer before it commits
     offsets), so this only hands the record over: faust's `Topic.send` builds a future message
-    with callbacks per record, which cost more than the send."""
+    with callbacks per record, which cost more than the send (streams/runtime/faust)."""
     from streams.runtime.app import app
 
     name = topic if isinstance(topic, str) else topic.get_topic_name()
-    await call_retrying(f"send to {name}", app.producer.send, name, key, value, partition, None,
-                        list(headers.items()) if headers else None)
+    send = faust_runtime.kafka_producer(app).send
+    await call_retrying(f"send to {name}", functools.partial(
+        send, name, value, key=key, partition=partition, headers=list(headers.items()) if headers else None))

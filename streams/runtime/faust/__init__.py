@@ -12,6 +12,7 @@ the app is created; `check()` refuses to start on a faust that no longer has wha
 | records of one partition handed on in offset order without a hole, once per consumer generation (a hole is sought back) | faust's fetch loop moves its read offset past a record it gave up on when flow is suspended (`wait_first(callback, suspend_flow)`), and its stream skips and *acks* a record fetched before a rebalance: both lost a record in 20,000 under SIGKILL | faust-streaming #606, #316 (acks and commits) | tests/unit/test_lanes.py; tests/integration/test_crash_e2e.py | — |
 | `Consumer._new_offset` of a lane partition: the lowest offset every reader of its topic has finished (`Lanes.committable`) | faust's ack bookkeeping is per record (a list of offsets sorted at every commit) | — | tests/unit/test_lanes.py; the SIGKILL tests | with the first row |
 | `Consumer.wait_empty` (a rebalance, a stop) first drops what the lanes queued and waits for the batches in hand | faust waits for its own unacked messages only; a batch finished after its partitions were revoked could commit for the new owner | — | tests/integration/test_crash_e2e.py (rebalance under load) | with the first row |
+| records the agents send go to the aiokafka producer behind faust's (`kafka_producer`), not through `Topic.send` / `Producer.send` | `Topic.send` builds a future message with callbacks per record, and `Producer.send` checks the headers against `typing.Mapping` (~3 µs a record); delivery is still awaited by faust's flush before each commit | — | the SIGKILL tests (every output counted) | faust's send path costs as little |
 | `Consumer.perform_seek` (after every rebalance) resets each lane partition's expected offset to the committed one, and reads again a partition with no commit from the first record a rebalance dropped | faust does not seek a partition with no committed offset: records fetched and dropped before its first commit were never read again | — | tests/unit/test_lanes.py | — |
 
 Checked at start-up by attribute (`REQUIRED`) and by version (`TESTED`): a faust release that
@@ -30,7 +31,7 @@ from faust.types import TP
 
 from streams.runtime.faust.lanes import Lanes, Reader, Record
 
-__all__ = ["LANES", "Reader", "Record", "check", "install", "lane_topics"]
+__all__ = ["LANES", "Reader", "Record", "check", "install", "kafka_producer", "lane_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,12 @@ _faust = {name: getattr(Consumer, name) for name in
 def check() -> None:
     """Raise RuntimeError when faust no longer has what this package wraps or reads."""
     version = faust.__version__
+    from faust.transport.drivers.aiokafka import Producer
+
     missing = [name for name in REQUIRED if not hasattr(Consumer, name)
                and name not in getattr(Consumer, "__annotations__", {})]
+    if not hasattr(Producer, "_ensure_producer"):
+        missing.append("Producer._ensure_producer")
     if missing or not version.startswith(TESTED):
         raise RuntimeError(
             f"faust-streaming {version} is not one streams.runtime.faust was written for "
@@ -129,6 +134,12 @@ async def _perform_seek(self: Consumer) -> None:
         log.info("records a rebalance dropped before any commit: read again", extra={"metadata": {
             "topic": tp.topic, "partition": tp.partition, "offset": offset}})
         await self.seek(tp, offset)
+
+
+def kafka_producer(app: Any) -> Any:
+    """The aiokafka producer behind the app's faust producer (started with the app): what
+    the agents send through (see the table above)."""
+    return app.producer._ensure_producer()
 
 
 def forget(tps: Iterable[TP]) -> None:
