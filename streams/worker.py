@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 
 from agents.logging import logging_config
@@ -35,6 +36,12 @@ def run() -> None:
     app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     # mode's Worker wants argv it can own; it reads nothing from it that we need.
     sys.argv = sys.argv[:1]
+    # Everything imported so far lives as long as the worker: keep the cycle collector's full
+    # passes off it (they walked it every few thousand records under load), and collect less
+    # often: a batch allocates tens of thousands of short-lived objects without cycles.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     Worker(
         app,
         loglevel=settings.log_level,
