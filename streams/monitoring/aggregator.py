@@ -9,6 +9,7 @@ after a restart, and only partitions still held write their records.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable, MutableMapping
@@ -70,21 +71,37 @@ class Aggregator:
                  samples: list[tuple[float, float, str, int]]) -> int:
         """Fold samples of one series, (value, event time, source, position) in source order,
         skipping those its record already holds; returns how many were folded."""
+        folded, run = 0, 0
+        while run < len(samples):  # runs of one source each
+            where = samples[run][2]
+            end = run
+            while end < len(samples) and samples[end][2] == where:
+                end += 1
+            part = samples[run:end]
+            folded += self.add_columns(partition, name, metric_type, labels, where,
+                                       [s[0] for s in part], [s[1] for s in part], [s[3] for s in part])
+            run = end
+        return folded
+
+    def add_columns(self, partition: int, name: str, metric_type: str, labels: dict[str, str], where: str,
+                    values: list[float], stamps: list[float], positions: list[int]) -> int:
+        """Fold samples of one series from one source, in source order (positions rising),
+        skipping those its record already holds; returns how many were folded."""
         w = self.windows(partition)
         series = series_key(name, labels)
         applied = w.applied.setdefault(series, {})
-        values: list[float] = []
-        stamps: list[float] = []
-        horizon = self.clock() + self.lateness_s  # no closing from the future
-        for value, ts, where, position in samples:
-            if Applied.seen(applied, where, position):
-                self.replayed += 1
-                continue
-            Applied.mark(applied, where, position)
-            values.append(value)
-            stamps.append(ts if ts < horizon else horizon)
-        if not values:
+        held = applied.get(where, -1)
+        if positions[-1] <= held:  # all of them folded in before (a replay after a crash)
+            self.replayed += len(positions)
             return 0
+        if positions[0] <= held:
+            skip = bisect.bisect_right(positions, held)
+            self.replayed += skip
+            values, stamps = values[skip:], stamps[skip:]
+        Applied.mark(applied, where, positions[-1])
+        horizon = self.clock() + self.lateness_s  # no closing from the future
+        if max(stamps) >= horizon:
+            stamps = [ts if ts < horizon else horizon for ts in stamps]
         late_before = w.late
         w.add_many(name, metric_type, labels, values, stamps, series)
         SAMPLES.inc(len(values))

@@ -175,9 +175,10 @@ async def metrics_aggregator(stream: StreamT) -> None:
     async def on_batch(events: Sequence[Any]) -> None:
         touched: set[int] = set()
         folded = 0
-        # One group per (partition, series) for the whole batch: a series' samples stay in
-        # source order, and each series is folded in one call.
-        groups: dict[tuple, list[tuple[float, float, str, int]]] = {}
+        # One group per (partition, series, source) for the whole batch, as columns (values,
+        # event times, positions): a series' samples stay in source order, and each group is
+        # folded in one call.
+        groups: dict[tuple, tuple[list[float], list[float], list[int]]] = {}
         for event in events:
             partition = event.partition
             if control_kind(event) is ControlKind.TICK:
@@ -202,15 +203,17 @@ async def metrics_aggregator(stream: StreamT) -> None:
                 at = m.get("occurred_at")
                 labels = m.get("labels")
                 group = (partition, name, m["metric_type"],
-                         tuple(sorted(labels.items())) if labels else ())
-                samples = groups.get(group)
-                if samples is None:
-                    samples = groups[group] = []
-                samples.append((float(m["value"]), at.timestamp() if at is not None else received,
-                                where, position))
+                         tuple(sorted(labels.items())) if labels else (), where)
+                columns = groups.get(group)
+                if columns is None:
+                    columns = groups[group] = ([], [], [])
+                columns[0].append(float(m["value"]))
+                columns[1].append(at.timestamp() if at is not None else received)
+                columns[2].append(position)
             touched.add(partition)
-        for (partition, name, metric_type, labels), samples in groups.items():
-            folded += aggregator.add_many(partition, name, metric_type, dict(labels), samples)
+        for (partition, name, metric_type, labels, where), (values, stamps, positions) in groups.items():
+            folded += aggregator.add_columns(partition, name, metric_type, dict(labels), where,
+                                             values, stamps, positions)
         if folded:  # bookkeeping once per batch, not per sample
             EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
             LAST_EVENT["metrics-aggregator"] = time.time()
