@@ -8,12 +8,13 @@ import subprocess
 import time
 import uuid
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.stats import percentile
 from schemas.codec import decode
 from schemas.events import PrdCompleted, PrdSubmitted
-from schemas.topics import CODEGEN_COMPLETED
+from schemas.topics import CODEGEN_COMPLETED, CODEGEN_GENERATED, CODEGEN_TASKS, PRD_REQUESTS
 from streams.config import Settings, omnistream_home
 from streams.infra.proc import free_port
 from streams.infra.workerproc import spawn_worker, stop_worker, wait_healthy
@@ -47,11 +48,55 @@ async def _paced(rate: int, seconds: float, send) -> int:
     return total
 
 
+class Hops:
+    """Each hop's time from the records' own timestamps (set by their producers, ms): PRD →
+    its first task (fan-out), task → its generated node less the node's own generation time
+    (render: what the hop adds), last generated node → completion (assembly)."""
+
+    TOPICS = (PRD_REQUESTS.name, CODEGEN_TASKS.name, CODEGEN_GENERATED.name)
+
+    def __init__(self) -> None:
+        self.prd: dict[str, int] = {}
+        self.tasks: dict[tuple[str, str], int] = {}
+        self.generated: dict[str, list[tuple[str, int, float]]] = {}
+        self.fan_out: list[float] = []
+        self.render: list[float] = []
+        self.assembly: list[float] = []
+
+    def see(self, topic: str, value: bytes, ts: int) -> None:
+        body = orjson.loads(value)
+        cid = str(body.get("correlation_id"))
+        if topic == PRD_REQUESTS.name:
+            self.prd[cid] = ts
+        elif topic == CODEGEN_TASKS.name:
+            self.tasks[(cid, body["node"]["name"])] = ts
+        elif topic == CODEGEN_GENERATED.name:
+            self.generated.setdefault(cid, []).append((body["node_name"], ts, body["duration_ms"]))
+
+    def completed(self, cid: str, ts: int) -> None:
+        nodes = self.generated.pop(cid, [])
+        starts = [t for (c, _), t in self.tasks.items() if c == cid]
+        if cid in self.prd and starts:
+            self.fan_out.append(min(starts) - self.prd.pop(cid))
+        for name, at, work_ms in nodes:
+            task_ts = self.tasks.pop((cid, name), None)
+            if task_ts is not None:
+                self.render.append(max(0.0, at - task_ts - work_ms))
+        if nodes:
+            self.assembly.append(ts - max(at for _, at, _ in nodes))
+
+    def summary(self) -> dict:
+        return {hop: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95)}
+                for hop, v in (("fan_out", self.fan_out), ("render_less_work", self.render),
+                               ("assembly", self.assembly))}
+
+
 async def pipeline_load(bootstrap: str, rate: int, seconds: float) -> dict:
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
-    consumer = AIOKafkaConsumer(CODEGEN_COMPLETED.name, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="latest")
+    hops = Hops()
+    consumer = AIOKafkaConsumer(CODEGEN_COMPLETED.name, *Hops.TOPICS, bootstrap_servers=bootstrap,
+                                group_id=None, auto_offset_reset="latest")
     await consumer.start()
     await asyncio.sleep(1)
 
@@ -61,7 +106,11 @@ async def pipeline_load(bootstrap: str, rate: int, seconds: float) -> dict:
             now = time.perf_counter()
             for records in batch.values():
                 for r in records:
+                    if r.topic != CODEGEN_COMPLETED.name:
+                        hops.see(r.topic, r.value, r.timestamp)
+                        continue
                     done = decode(PrdCompleted, r.value)
+                    hops.completed(str(done.correlation_id), r.timestamp)
                     t0 = sent_at.pop(str(done.correlation_id), None)
                     if t0 is not None:
                         latencies.append((now - t0) * 1000)
@@ -80,7 +129,7 @@ async def pipeline_load(bootstrap: str, rate: int, seconds: float) -> dict:
     wall = time.monotonic() - started
     collector.cancel()
     await consumer.stop()
-    return summarise(latencies, rate, sent, wall)
+    return {**summarise(latencies, rate, sent, wall), "hops": hops.summary()}
 
 
 async def relay_load(bootstrap: str, rate: int, seconds: float, hops: int = 3) -> dict:
@@ -213,6 +262,7 @@ def run(quick: bool = False) -> dict:
         modes[mode] = {"rows": rows, "max_sustained_prd_per_s": max(sustained) if sustained else 0,
                        "p95_ms_at_10": at10["p95_ms"],
                        "p95_ratio_vs_floor_at_10": at10["p95_ms"] / floor["p95_ms"],
+                       "hops_at_10": at10["hops"],
                        "parallel_speedup": sorted(speedups)}
     pool, plain = modes["pool"], modes["no_pool"]
     ratio = (pool["max_sustained_prd_per_s"] / plain["max_sustained_prd_per_s"]
@@ -229,6 +279,11 @@ def run(quick: bool = False) -> dict:
           "  <= 2x")
     print(f"  {'pool / no pool, max sustained (the pool uses both cores)':58} {'':>9} {ratio:>8.2f}x"
           "  >= 1.6x")
+    for hop, label in (("fan_out", "hop p50 at 10 PRD/s: PRD -> first task"),
+                       ("render_less_work", "hop p50 at 10 PRD/s: task -> node, less its generation"),
+                       ("assembly", "hop p50 at 10 PRD/s: last node -> completed")):
+        print(f"  {label:58} {plain['hops_at_10'][hop]['p50_ms']:>7.1f}ms "
+              f"{pool['hops_at_10'][hop]['p50_ms']:>7.1f}ms  <= 3 ms")
     print(f"  {'parallel_speedup, 4-node PRD, idle worker (median)':58} "
           f"{median(plain['parallel_speedup']):>9.2f} {median(pool['parallel_speedup']):>9.2f}  reported")
     return {"seconds_per_rate": seconds, "relay_floor_at_10": floor, "modes": modes,

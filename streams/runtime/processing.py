@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -282,24 +283,31 @@ async def run_intake(stream: StreamT, model: type[M], agent: str, handler: Handl
     await run_batches(stream, agent, on_batch, within_s=0.0)
 
 
+@dataclass(slots=True)
+class InFlight:
+    """A record being handled, and whether it is."""
+    record: Any
+    done: bool = False
+
+
 class OrderedAcks:
     """Marks records handled out of order done in their partition's offset order: a record is
     done once it and every record before it in its partition are (`on_done(record)`)."""
 
     def __init__(self, on_done: Callable[[Any], None]) -> None:
-        self._pending: dict[Any, deque[list]] = defaultdict(deque)  # tp → [record, done]
+        self._pending: dict[Any, deque[InFlight]] = defaultdict(deque)  # tp → in offset order
         self._on_done = on_done
 
-    def started(self, event: Any) -> list:
-        entry = [event, False]
+    def started(self, event: Any) -> InFlight:
+        entry = InFlight(event)
         self._pending[event.message.tp].append(entry)
         return entry
 
-    def done(self, entry: list) -> None:
-        entry[1] = True
-        queue = self._pending[entry[0].message.tp]
-        while queue and queue[0][1]:
-            self._on_done(queue.popleft()[0])
+    def done(self, entry: InFlight) -> None:
+        entry.done = True
+        queue = self._pending[entry.record.message.tp]
+        while queue and queue[0].done:
+            self._on_done(queue.popleft().record)
 
 
 async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: Handler,
@@ -312,7 +320,7 @@ async def run_concurrent(stream: StreamT, model: type[M], agent: str, handler: H
     acks = OrderedAcks(reader.mark)
     inflight: set[asyncio.Future] = set()
 
-    async def one(event: Record, entry: list) -> None:
+    async def one(event: Record, entry: InFlight) -> None:
         try:
             await handle_event(event, model, agent, handler)
         except asyncio.CancelledError:

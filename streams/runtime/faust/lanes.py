@@ -29,6 +29,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from faust.types import TP
@@ -71,6 +72,15 @@ def to_records(tp: TP, fetched: Iterable[Any]) -> list[Record]:
     """aiokafka's ConsumerRecords (timestamps in ms) as Records."""
     return [Record(tp, r.offset, r.timestamp / 1000.0 if r.timestamp is not None else None,
                    r.key, r.value, r.headers) for r in fetched]
+
+
+@dataclass(slots=True)
+class Hole:
+    """A partition's records start past its expected offset: where, and how often it was
+    sought back for it."""
+    offset: int
+    seeks: int = 0
+    sought_at: float = 0.0
 
 
 class Reader:
@@ -198,7 +208,7 @@ class Lanes:
     def __init__(self) -> None:
         self.readers: dict[str, list[Reader]] = {}
         self.expected: dict[TP, int | None] = {}
-        self._holes: dict[TP, list] = {}  # tp → [offset, seeks, last seek time]
+        self._holes: dict[TP, Hole] = {}
         self.dropped: dict[TP, int] = {}  # tp → first record dropped by a rebalance
         self._registered = asyncio.Event()
         self.wanted: Mapping[str, int] = {}  # topic → readers it must have before records flow
@@ -264,17 +274,17 @@ class Lanes:
         back (this list is dropped). True: the hole was sought often enough to be real."""
         hole = self._holes.get(tp)
         now = time.monotonic()
-        if hole is None or hole[0] != want:
-            hole = self._holes[tp] = [want, 0, 0.0]
-        if hole[1] >= HOLE_SEEKS:
-            log.warning("no record at an offset after %d seeks: going on after it", hole[1],
+        if hole is None or hole.offset != want:
+            hole = self._holes[tp] = Hole(want)
+        if hole.seeks >= HOLE_SEEKS:
+            log.warning("no record at an offset after %d seeks: going on after it", hole.seeks,
                         extra={"metadata": {"topic": tp.topic, "partition": tp.partition,
                                             "offset": want, "next": got}})
             del self._holes[tp]
             return True
-        if now - hole[2] >= HOLE_RETRY_S:
-            hole[1] += 1
-            hole[2] = now
+        if now - hole.sought_at >= HOLE_RETRY_S:
+            hole.seeks += 1
+            hole.sought_at = now
             log.info("records passed over before a rebalance or a seek: partition read again "
                      "from the first one", extra={"metadata": {
                          "topic": tp.topic, "partition": tp.partition, "offset": want, "next": got}})
