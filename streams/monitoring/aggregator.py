@@ -9,12 +9,12 @@ after a restart, and only partitions still held write their records.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 from prometheus_client import Counter, Gauge
 
@@ -85,20 +85,25 @@ class Aggregator:
 
     def add_columns(self, partition: int, name: str, metric_type: str, labels: dict[str, str], where: str,
                     values: list[float], stamps: list[float], positions: list[int]) -> int:
-        """Fold samples of one series from one source, in source order (positions rising),
-        skipping those its record already holds; returns how many were folded."""
+        """Fold samples of one series from one source, in the order they came, skipping each
+        one at or below the highest position folded in before it (its record's, or an earlier
+        sample's of this run: a re-keying worker that crashed sends a stretch again, so the
+        inbox can hold positions 1..9, 5..9, 10..); returns how many were folded."""
         w = self.windows(partition)
         series = series_key(name, labels)
         applied = w.applied.setdefault(series, {})
         held = applied.get(where, -1)
-        if positions[-1] <= held:  # all of them folded in before (a replay after a crash)
-            self.replayed += len(positions)
-            return 0
-        if positions[0] <= held:
-            skip = bisect.bisect_right(positions, held)
-            self.replayed += skip
-            values, stamps = values[skip:], stamps[skip:]
-        Applied.mark(applied, where, positions[-1])
+        pos = np.asarray(positions, dtype=np.int64)
+        before = np.maximum.accumulate(np.concatenate(([held], pos[:-1])))
+        fresh = pos > before
+        kept = int(np.count_nonzero(fresh))
+        if kept < len(positions):  # a replay after a crash, or a stretch sent again
+            self.replayed += len(positions) - kept
+            if not kept:
+                return 0
+            values = [v for v, new in zip(values, fresh.tolist(), strict=True) if new]
+            stamps = [t for t, new in zip(stamps, fresh.tolist(), strict=True) if new]
+        Applied.mark(applied, where, int(pos.max()))
         horizon = self.clock() + self.lateness_s  # no closing from the future
         if max(stamps) >= horizon:
             stamps = [ts if ts < horizon else horizon for ts in stamps]

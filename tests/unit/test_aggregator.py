@@ -104,3 +104,17 @@ async def test_idle_partitions_close_by_the_clock_and_unheld_partitions_write_no
     clock.now += 31  # silent longer than idle_close_s
     closed = await agg.commit({3}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     assert len(closed) == 1 and sink.committed[0][6] == 4 and f"3|{series_key('m', {})}".encode() in table
+
+
+@pytest.mark.parametrize("n", [10, 100])  # one by one, and a run folded with numpy
+def test_a_stretch_a_crashed_rekeying_worker_sent_again_is_folded_once(n):
+    """The inbox can hold positions 0..n-1, then n/2..n-1 again (the re-keying worker died
+    before its commit and its source was read again), then n..: each sample counts once."""
+    clock = Clock(2000.0)
+    agg = _aggregator({}, ListSink([]), clock)
+    first, again, rest = _samples(0, n, 1000.0), _samples(n // 2, n - n // 2, 1000.0), _samples(n, 5, 1000.0)
+    assert agg.add_many(0, "m", "gauge", {}, first + again + rest) == n + 5
+    assert agg.replayed == n - n // 2
+    w = agg.windows(0)
+    assert sum(a.count for a in w.open.values()) == n + 5
+    assert w.applied[series_key("m", {})] == {WHERE: n + 4}
