@@ -92,7 +92,7 @@ async def _bare(bootstrap: str, records: list[tuple[bytes, bytes]], topic: str) 
         await consumer.stop()
 
 
-async def _naive(bootstrap: str, db: str, start: dict, end: dict, limit: int) -> float:
+async def _naive(bootstrap: str, db: str, start: dict, limit: int) -> float:
     """The naive way: read the same events, decode each, one INSERT (one transaction) per event
     into a durable table of a sample's shape."""
     conn = await asyncpg.connect(db)
@@ -197,7 +197,7 @@ async def limits(n: int) -> dict:
     records = _records(f"bench_{uuid.uuid4().hex[:8]}", n, series=20, batched=False)
     bare = await _bare(settings.kafka_bootstrap, records, topic)
     start = {TopicPartition(topic, p): 0 for p in range(METRICS_EVENTS.partitions)}
-    naive = await _naive(settings.kafka_bootstrap, settings.database_url, start, {}, min(n, 5000))
+    naive = await _naive(settings.kafka_bootstrap, settings.database_url, start, min(n, 5000))
     return {"bare_consumer_events_per_s": round(bare), "naive_insert_events_per_s": round(naive)}
 
 

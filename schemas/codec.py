@@ -71,10 +71,8 @@ def validate(model: type[M], data: object, defaults: Defaults = None) -> M:
     if not isinstance(data, dict):
         raise DecodeError("schema", f"expected a JSON object, got {type(data).__name__}")
     if callable(defaults):
-        if not _derived(model) <= data.keys():
-            fields = _field_names(model)
-            data = {**{k: v for k, v in defaults().items() if k in fields}, **data}
-    elif defaults:
+        defaults = None if _derived(model) <= data.keys() else defaults()
+    if defaults:
         fields = _field_names(model)
         data = {**{k: v for k, v in defaults.items() if k in fields}, **data}
     try:

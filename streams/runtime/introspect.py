@@ -4,6 +4,7 @@ Read by /health and by the worker's own metrics."""
 from __future__ import annotations
 
 from streams.runtime.app import app
+from streams.runtime.faust import channel_topics
 from streams.runtime.metrics import AGENT_LAG, CONSUMER_LAG
 
 
@@ -58,9 +59,8 @@ def split_lag(by_topic: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]
 
 
 def agent_topics() -> dict[str, list[str]]:
-    """The topics each agent reads, by agent name. (A faust Topic names them in `topics`;
-    `get_topic_names()` belongs to the conductor, not to a channel.)"""
-    return {name.rsplit(".", 1)[-1]: sorted(getattr(agent.channel, "topics", None) or ())
+    """The topics each agent reads, by agent name."""
+    return {name.rsplit(".", 1)[-1]: sorted(channel_topics(agent.channel))
             for name, agent in app.agents.items()}
 
 

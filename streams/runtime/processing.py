@@ -218,8 +218,7 @@ Batch = Callable[[Sequence[Any]], Awaitable[None]]
 
 def _reader(stream: StreamT, agent: str, capacity: int) -> Reader:
     """The agent's lane reader for the topics its faust stream subscribes."""
-    topics = getattr(stream.channel, "topics", None) or ()
-    return faust_runtime.LANES.reader(agent, topics, capacity)
+    return faust_runtime.LANES.reader(agent, faust_runtime.channel_topics(stream.channel), capacity)
 
 
 async def run_batches(stream: StreamT, agent: str, on_batch: Batch, *, max_events: int | None = None,

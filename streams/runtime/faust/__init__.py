@@ -31,7 +31,8 @@ from faust.types import TP
 
 from streams.runtime.faust.lanes import Lanes, Reader, Record
 
-__all__ = ["LANES", "Reader", "Record", "check", "install", "kafka_producer", "lane_topics"]
+__all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "install", "kafka_producer",
+           "lane_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,17 @@ def check() -> None:
             + (f"; missing: {', '.join(missing)}" if missing else ""))
 
 
+def channel_topics(channel: Any) -> tuple[str, ...]:
+    """The topic names a faust channel reads (a Topic names them in `topics`;
+    `get_topic_names()` belongs to the conductor, not to a channel)."""
+    return tuple(getattr(channel, "topics", None) or ())
+
+
 def lane_topics(app: Any) -> dict[str, int]:
     """Every topic an agent reads, with how many agents read it (each gets every record)."""
     wanted: dict[str, int] = {}
     for agent in app.agents.values():
-        for topic in getattr(agent.channel, "topics", None) or ():
+        for topic in channel_topics(agent.channel):
             wanted[topic] = wanted.get(topic, 0) + 1
     return wanted
 

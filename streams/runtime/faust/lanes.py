@@ -173,17 +173,13 @@ class Reader:
             finished = self.finished
             for record in records:  # in offset order per partition
                 finished[record.tp] = record.offset + 1
-            self.lanes.finished_some({r.tp for r in records} if len(records) < 64
-                                     else set(finished))
-        self.in_hand -= len(records)
-        if self.in_hand <= 0:
-            self.in_hand = 0
-            self._idle.set()
+            self.lanes.touch({r.tp for r in records})
+        self.release(len(records))
 
     def mark(self, record: Record) -> None:
         """One record applied out of a batch (its partition's earlier ones are done too)."""
         self.finished[record.tp] = record.offset + 1
-        self.lanes.finished_some((record.tp,))
+        self.lanes.touch((record.tp,))
 
     def release(self, n: int) -> None:
         """`n` records taken are out of hand (marked, or given up)."""
@@ -334,9 +330,6 @@ class Lanes:
             self._holes.pop(tp, None)
             for reader in self.readers.get(tp.topic, ()):
                 reader.finished.pop(tp, None)
-
-    def finished_some(self, tps: Iterable[TP]) -> None:
-        self.touch(tps)
 
     def committable(self, tp: TP) -> int | None:
         """The offset to commit for `tp`: the lowest every reader of its topic has finished up
