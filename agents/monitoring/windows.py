@@ -203,10 +203,24 @@ class Windows:
             taken += len(share)
         return taken
 
-    def _late(self, end: float, watermark: float, closed: float) -> bool:
-        # Late: past the lateness, or its window was already closed and written (a re-opened
-        # window would overwrite that row with a partial count).
-        return end + self.lateness_s <= watermark or end <= closed
+    def _take(self, shares: dict[tuple[int, float], Any], index: int, value: float, ts: float,
+              watermark: float, closed: float) -> int:
+        """Give one sample to every window of spec `index` holding it; returns how many of those
+        were late: past the lateness, or already closed and written (a re-opened window would
+        overwrite that row with a partial count)."""
+        spec = self.specs[index]
+        size = spec.size_s
+        late = 0
+        for start in (math.floor(ts / size) * size,) if spec.tumbling else spec.starts(ts):
+            end = start + size
+            if end + self.lateness_s <= watermark or end <= closed:
+                late += 1
+                continue
+            share = shares.get((index, start))
+            if share is None:
+                share = shares[(index, start)] = []
+            share.append(value)
+        return late
 
     def _shares_one_by_one(self, values: Sequence[float], stamps: Sequence[float], watermark: float,
                            closed: list[float]) -> tuple[dict[tuple[int, float], Any], int, float]:
@@ -215,17 +229,8 @@ class Windows:
         for value, ts in zip(values, stamps, strict=True):
             if ts > watermark:
                 watermark = ts
-            for index, spec in enumerate(self.specs):
-                size = spec.size_s
-                starts = (math.floor(ts / size) * size,) if spec.tumbling else spec.starts(ts)
-                for start in starts:
-                    if self._late(start + size, watermark, closed[index]):
-                        late += 1
-                        continue
-                    share = shares.get((index, start))
-                    if share is None:
-                        share = shares[(index, start)] = []
-                    share.append(value)
+            for index in range(len(self.specs)):
+                late += self._take(shares, index, value, ts, watermark, closed[index])
         return shares, late, watermark
 
     def _shares_of_array(self, values: Sequence[float], stamps: Sequence[float], watermark: float,
@@ -242,11 +247,7 @@ class Windows:
             size = spec.size_s
             if not spec.tumbling:  # a sample is in several hopping windows: one by one
                 for value, at, mark in zip(vals.tolist(), ts.tolist(), running.tolist(), strict=True):
-                    for start in spec.starts(at):
-                        if self._late(start + size, mark, closed[index]):
-                            late += 1
-                            continue
-                        shares.setdefault((index, start), []).append(value)
+                    late += self._take(shares, index, value, at, mark, closed[index])
                 continue
             starts = np.floor(ts / size) * size
             ends = starts + size

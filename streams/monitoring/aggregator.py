@@ -67,22 +67,6 @@ class Aggregator:
                 "partition": partition, "series": len(w.applied), "open_windows": len(w.open)}})
         return w
 
-    def add_many(self, partition: int, name: str, metric_type: str, labels: dict[str, str],
-                 samples: list[tuple[float, float, str, int]]) -> int:
-        """Fold samples of one series, (value, event time, source, position) in source order,
-        skipping those its record already holds; returns how many were folded."""
-        folded, run = 0, 0
-        while run < len(samples):  # runs of one source each
-            where = samples[run][2]
-            end = run
-            while end < len(samples) and samples[end][2] == where:
-                end += 1
-            part = samples[run:end]
-            folded += self.add_columns(partition, name, metric_type, labels, where,
-                                       [s[0] for s in part], [s[1] for s in part], [s[3] for s in part])
-            run = end
-        return folded
-
     def add_columns(self, partition: int, name: str, metric_type: str, labels: dict[str, str], where: str,
                     values: list[float], stamps: list[float], positions: list[int]) -> int:
         """Fold samples of one series from one source, in the order they came, skipping each
@@ -101,8 +85,9 @@ class Aggregator:
             self.replayed += len(positions) - kept
             if not kept:
                 return 0
-            values = [v for v, new in zip(values, fresh.tolist(), strict=True) if new]
-            stamps = [t for t, new in zip(stamps, fresh.tolist(), strict=True) if new]
+            keep = fresh.tolist()
+            values = [v for v, new in zip(values, keep, strict=True) if new]
+            stamps = [t for t, new in zip(stamps, keep, strict=True) if new]
         Applied.mark(applied, where, int(pos.max()))
         horizon = self.clock() + self.lateness_s  # no closing from the future
         if max(stamps) >= horizon:

@@ -41,8 +41,15 @@ def _aggregator(table: dict, sink: ListSink, clock: Clock) -> Aggregator:
                       monotonic=clock)
 
 
-def _samples(start: int, n: int, t0: float) -> list[tuple[float, float, str, int]]:
-    return [(float(i), t0 + i * 0.5, WHERE, i) for i in range(start, start + n)]
+def _samples(start: int, n: int, t0: float) -> list[tuple[float, float, int]]:
+    """(value, event time, position) of samples start .. start + n - 1 from WHERE."""
+    return [(float(i), t0 + i * 0.5, i) for i in range(start, start + n)]
+
+
+def _fold(agg: Aggregator, partition: int, name: str, metric_type: str, labels: dict[str, str],
+          samples: list[tuple[float, float, int]]) -> int:
+    return agg.add_columns(partition, name, metric_type, labels, WHERE, [s[0] for s in samples],
+                           [s[1] for s in samples], [s[2] for s in samples])
 
 
 async def test_windows_are_committed_before_any_series_record_says_they_closed():
@@ -55,7 +62,7 @@ async def test_windows_are_committed_before_any_series_record_says_they_closed()
         log.append(f"put {key.decode()}")
         table[key] = value
 
-    assert agg.add_many(0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30  # 1000 .. 1014.5
+    assert _fold(agg, 0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30  # 1000 .. 1014.5
     closed = await agg.commit({0}, put=put, held=lambda p: True)
     assert [a.start for _, a in closed] == [1000.0]  # 1010-1020 is still open (watermark 1014.5)
     assert log == ["flush 1", f"put 0|{series_key('m', {})}"]
@@ -67,14 +74,14 @@ async def test_a_failing_sink_writes_no_record_and_the_replay_closes_the_same_wi
     table: dict[bytes, bytes] = {}
     clock = Clock(2000.0)
     failing = _aggregator(table, ListSink(log, fail=True), clock)
-    failing.add_many(0, "m", "gauge", {}, _samples(0, 30, 1000.0))
+    _fold(failing, 0, "m", "gauge", {}, _samples(0, 30, 1000.0))
     with pytest.raises(ConnectionError):
         await failing.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     assert table == {}  # not acked, nothing says "closed"
 
     sink = ListSink(log)
     restarted = _aggregator(table, sink, clock)  # the batch is replayed from its offsets
-    assert restarted.add_many(0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30
+    assert _fold(restarted, 0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30
     await restarted.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     assert [r[6] for r in sink.committed] == [20]
 
@@ -83,11 +90,11 @@ async def test_after_a_restart_samples_the_record_holds_are_skipped():
     table: dict[bytes, bytes] = {}
     clock = Clock(2000.0)
     first = _aggregator(table, ListSink([]), clock)
-    first.add_many(0, "m", "gauge", {"s": "a"}, _samples(0, 12, 1000.0))
+    _fold(first, 0, "m", "gauge", {"s": "a"}, _samples(0, 12, 1000.0))
     await first.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
 
     restarted = _aggregator(table, ListSink([]), clock)
-    assert restarted.add_many(0, "m", "gauge", {"s": "a"}, _samples(0, 20, 1000.0)) == 8
+    assert _fold(restarted, 0, "m", "gauge", {"s": "a"}, _samples(0, 20, 1000.0)) == 8
     assert restarted.replayed == 12
     window = next(iter(restarted.windows(0).open.values()))
     assert window.count == 20  # 0..19 at 1000 .. 1009.5: each once
@@ -98,7 +105,7 @@ async def test_idle_partitions_close_by_the_clock_and_unheld_partitions_write_no
     clock = Clock(2000.0)
     sink = ListSink([])
     agg = _aggregator(table, sink, clock)
-    agg.add_many(3, "m", "counter", {}, _samples(0, 4, 1000.0))
+    _fold(agg, 3, "m", "counter", {}, _samples(0, 4, 1000.0))
     assert await agg.commit({3}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: False) == []
     assert table == {}  # revoked meanwhile: the new owner writes it
     clock.now += 31  # silent longer than idle_close_s
@@ -113,7 +120,7 @@ def test_a_stretch_a_crashed_rekeying_worker_sent_again_is_folded_once(n):
     clock = Clock(2000.0)
     agg = _aggregator({}, ListSink([]), clock)
     first, again, rest = _samples(0, n, 1000.0), _samples(n // 2, n - n // 2, 1000.0), _samples(n, 5, 1000.0)
-    assert agg.add_many(0, "m", "gauge", {}, first + again + rest) == n + 5
+    assert _fold(agg, 0, "m", "gauge", {}, first + again + rest) == n + 5
     assert agg.replayed == n - n // 2
     w = agg.windows(0)
     assert sum(a.count for a in w.open.values()) == n + 5
