@@ -13,8 +13,8 @@ from schemas import events as ev
 class TopicSpec:
     name: str
     key: str
-    model: type[BaseModel]
-    partitions: int = 4
+    model: type[BaseModel] | None = None  # None: an internal topic (inbox, changelog)
+    partitions: int = 4  # the default of OMNISTREAM_PARTITIONS; a deployment's count rules
     compacted: bool = False
 
 

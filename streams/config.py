@@ -107,7 +107,15 @@ class Settings(BaseModel):
     log_level: LogLevel = _setting("OMNISTREAM_LOG_LEVEL", "INFO", "JSON logs on stderr, one object per line")
     log_file: Path | None = _setting("OMNISTREAM_LOG_FILE", None,
                                      "also log to this file, rotated at 100 MB, 5 backups")
-    partitions: int = _setting("OMNISTREAM_PARTITIONS", 4, "partitions of the internal topics", ge=1, le=1000)
+    partitions: int = _setting(
+        "OMNISTREAM_PARTITIONS", 4,
+        "partitions of every topic the worker creates; fixed once a deployment has its topics "
+        "(see [Running on a cluster](#running-on-a-cluster))", ge=1, le=1000)
+    replication_factor: int | None = _setting(
+        "OMNISTREAM_REPLICATION_FACTOR", None,
+        "replicas of every topic the worker creates (public, inboxes, changelogs, dead letters); "
+        "`min.insync.replicas` is one less (at least 1)", shown="min(3, brokers in the cluster)",
+        ge=1, le=16)
     auto_offset_reset: Literal["earliest", "latest"] = _setting(
         "OMNISTREAM_AUTO_OFFSET_RESET", "earliest",
         "where a new consumer group starts (`latest` skips the backlog)")

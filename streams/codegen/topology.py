@@ -24,7 +24,7 @@ from agents.codegen.fanout import fan_out, task_partition
 from agents.codegen.pool import GenerationPool, default_processes
 from schemas.codec import encode
 from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdCompleted, PrdSubmitted
-from schemas.topics import CODEGEN_GENERATED, CODEGEN_TASKS
+from schemas.topics import CODEGEN_GENERATED
 from streams.codegen.assembly import Assembly
 from streams.learning.topology import models, patterns
 from streams.runtime import tables
@@ -72,9 +72,9 @@ codegen_pool = GenerationPool(
 # (outside publishers may send no key), re-keyed by correlation id so the table stays
 # co-partitioned with codegen.generated.
 assembler_inbox = app.topic(tables.assembler_inbox(settings.app_id), key_type=bytes, value_type=bytes,
-                            partitions=CODEGEN_GENERATED.partitions, internal=True,
+                            partitions=settings.partitions, internal=True,
                             value_serializer="raw", key_serializer="raw")
-assembly_table = app.Table(tables.ASSEMBLY_TABLE, default=None, partitions=CODEGEN_GENERATED.partitions,
+assembly_table = app.Table(tables.ASSEMBLY_TABLE, default=None, partitions=settings.partitions,
                            key_type=str)  # json keys and values in the changelog
 
 
@@ -87,7 +87,7 @@ async def prd_fanout(stream: StreamT) -> None:
         tasks = fan_out(prd)
         for task in tasks:
             await produce(codegen_tasks, str(task.correlation_id).encode(), encode(task),
-                          partition=task_partition(task, CODEGEN_TASKS.partitions),
+                          partition=task_partition(task, settings.partitions),
                           headers=correlation_headers(task.correlation_id))
         log.info("PRD fanned out", extra={"metadata": {"prd_id": prd.prd_id, "nodes": len(tasks)}})
 

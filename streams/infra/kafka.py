@@ -1,4 +1,8 @@
-"""A local Apache Kafka broker: KRaft, one combined broker+controller on loopback.
+"""A local Apache Kafka cluster on loopback: KRaft, one or more combined broker+controller nodes.
+
+One node keeps its files in the folder it is given; a cluster of n nodes keeps node i in
+`<folder>/node-<i>`, all formatted with the cluster id in `<folder>/cluster_id` and voting in
+one static controller quorum, so a node started again on its own folder rejoins by itself.
 
 Jars come from Maven Central once (mvn dependency:copy-dependencies on kafka-pom.xml) into the
 cache folder; every later start is offline.
@@ -13,13 +17,16 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 from streams.infra.errors import InfraError
 from streams.infra.proc import pid_alive, run, tail
 
 KAFKA_VERSION = "4.1.1"
+T = TypeVar("T")
 
 
 def _resource(name: str) -> Path:
@@ -69,12 +76,17 @@ def _cluster_id() -> str:
             return cid
 
 
-def write_config(folder: Path, port: int, controller_port: int) -> Path:
+def write_config(folder: Path, port: int, controller_port: int, node_id: int = 1,
+                 voters: str | None = None, replicas: int = 1) -> Path:
+    """server.properties for one node. `voters` names every node's controller (`id@host:port,…`);
+    `replicas`: the replication factor of the broker's own topics (group offsets, transactions)
+    and of topics created without one, with min.insync.replicas one less (at least 1)."""
     data = folder / "data"
+    min_isr = str(max(1, replicas - 1))
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{controller_port}",
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -82,13 +94,15 @@ def write_config(folder: Path, port: int, controller_port: int) -> Path:
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(data),
         "num.partitions": "4",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": str(replicas),
         "offsets.topic.num.partitions": "8",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         "log.cleaner.dedupe.buffer.size": "16777216",
         "num.network.threads": "2",
@@ -96,18 +110,30 @@ def write_config(folder: Path, port: int, controller_port: int) -> Path:
         "auto.create.topics.enable": "true",
         "delete.topic.enable": "true",
     }
+    if replicas > 1:
+        # A node back from a crash catches up and takes its leaderships back (the default
+        # 5 min check would leave one node leading everything for the rest of a test).
+        props["leader.imbalance.check.interval.seconds"] = "10"
     path = folder / "server.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     return path
 
 
-def start(folder: Path, cache: Path, port: int, controller_port: int, progress=print) -> int:
-    """Format (once) and launch the broker detached; return its pid. Readiness is checked apart."""
+def voters_of(nodes: list[dict]) -> str:
+    """The static quorum of a cluster's nodes (`node_id`, `controller_port` each)."""
+    return ",".join(f"{n['node_id']}@127.0.0.1:{n['controller_port']}" for n in nodes)
+
+
+def start(folder: Path, cache: Path, port: int, controller_port: int, progress=print, *,
+          node_id: int = 1, voters: str | None = None, replicas: int = 1,
+          cluster_id_file: Path | None = None) -> int:
+    """Format (once) and launch one node detached; return its pid. Readiness is checked apart
+    (a node of a cluster answers only once a majority of the quorum runs)."""
     lib = ensure_jars(cache, progress)
     folder.mkdir(parents=True, exist_ok=True)
-    config = write_config(folder, port, controller_port)
+    config = write_config(folder, port, controller_port, node_id, voters, replicas)
     data = folder / "data"
-    id_file = folder / "cluster_id"
+    id_file = cluster_id_file or folder / "cluster_id"
     meta = data / "meta.properties"
     cluster_id = id_file.read_text().strip() if id_file.exists() else None
     # A data folder formatted for another cluster id refuses to start: reset it.
@@ -151,6 +177,35 @@ async def probe(bootstrap: str, timeout: float = 3.0, **security) -> bool:
     finally:
         await client.close()
         quiet.setLevel(level)
+
+
+async def admin_call(bootstrap: str, call: Callable[[Any], Awaitable[T]], *, timeout: float = 30.0,
+                     **security) -> T:
+    """`call(admin)` on an admin client of the cluster behind `bootstrap`, tried again on
+    retriable errors for up to `timeout` s: aiokafka's admin sends each request to a random
+    broker it knows, which on a cluster may be one that has just died."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await call(admin)
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+
+
+async def brokers(bootstrap: str, **security) -> list[dict]:
+    """The brokers of the cluster behind `bootstrap`: node_id, host, port each."""
+    cluster = await admin_call(bootstrap, lambda admin: admin.describe_cluster(), **security)
+    return sorted(cluster["brokers"], key=lambda b: b["node_id"])
 
 
 def wait_ready(bootstrap: str, pid: int | None, folder: Path | None, timeout: float = 90.0) -> None:

@@ -17,7 +17,9 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -74,8 +76,22 @@ def _same_place(a: tuple[str, int], b: tuple[str, int]) -> bool:
 
 def ours(svc: dict) -> bool:
     """True when `svc` (a state entry) was started by this stack and its process still runs:
-    the recorded pid is alive and its command line names the stack's data folder."""
+    the recorded pid is alive and its command line names the stack's data folder. A cluster
+    entry is ours while any of its nodes is."""
+    if svc.get("nodes"):
+        return any(ours(node) for node in svc["nodes"])
     return bool(svc.get("started") and svc.get("folder") and runs(svc.get("pid"), svc["folder"]))
+
+
+def kafka_nodes(svc: dict) -> list[dict]:
+    """The nodes of a Kafka state entry: a cluster's list, or the single broker as node 1."""
+    if svc.get("nodes"):
+        return svc["nodes"]
+    if svc.get("started"):
+        return [{"node_id": 1, "pid": svc.get("pid"), "port": svc.get("port"),
+                 "controller_port": svc.get("controller_port"), "folder": svc.get("folder"),
+                 "started": True}]
+    return []
 
 
 def _previous(state: dict, name: str, env: str | None, address: Callable[[str], tuple[str, int]],
@@ -95,10 +111,17 @@ def _previous(state: dict, name: str, env: str | None, address: Callable[[str], 
     return {}
 
 
-def _up_kafka(state: dict, progress: Progress) -> dict:
+def _up_kafka(state: dict, progress: Progress, brokers: int | None = None) -> dict:
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     folder = omnistream_home() / "kafka"
     previous = _previous(state, "kafka", env, _kafka_host_port, "bootstrap")
+    recorded = len(previous["nodes"]) if previous.get("nodes") else (1 if previous else 0)
+    if previous and brokers is not None and brokers != recorded:
+        raise InfraError(
+            f"this stack runs a Kafka of {recorded} node(s), not {brokers}: run `omnistream infra "
+            f"down` first (its data goes with it), then `omnistream infra up --brokers {brokers}`")
+    if previous.get("nodes"):
+        return _up_cluster(previous, folder, progress)
     if previous and ours(previous):
         if asyncio.run(kafka.probe(previous["bootstrap"])):
             progress(f"kafka: already running (pid {previous['pid']}, {previous['bootstrap']})")
@@ -115,9 +138,16 @@ def _up_kafka(state: dict, progress: Progress) -> dict:
         if asyncio.run(kafka.probe(env)):
             return {"source": "env", "bootstrap": env, "started": False}
         host, port = _kafka_host_port(env)
-        if host not in LOOPBACK or not port_is_free(port):
+        if host not in LOOPBACK or not port_is_free(port) or (brokers or 1) > 1:
             raise InfraError(f"KAFKA_BOOTSTRAP_SERVERS={env} does not answer a metadata request")
         progress(f"KAFKA_BOOTSTRAP_SERVERS={env} is not running: starting a local broker there")
+    elif (brokers or 1) > 1:
+        nodes = [{"node_id": i, "port": free_port(), "controller_port": free_port(),
+                  "folder": str(folder / f"node-{i}"), "started": True}
+                 for i in range(1, (brokers or 1) + 1)]
+        (folder / "cluster_id").unlink(missing_ok=True)  # a new cluster: new id, fresh data
+        return _up_cluster({"source": "started", "started": True, "nodes": nodes,
+                            "folder": str(folder), "version": kafka.KAFKA_VERSION}, folder, progress)
     elif asyncio.run(kafka.probe(DEFAULT_BOOTSTRAP)):
         progress(f"kafka: using the broker already answering at {DEFAULT_BOOTSTRAP}")
         return {"source": "local", "bootstrap": DEFAULT_BOOTSTRAP, "started": False}
@@ -133,6 +163,40 @@ def _up_kafka(state: dict, progress: Progress) -> dict:
     return {"source": "started", "bootstrap": bootstrap, "started": True, "pid": pid,
             "port": port, "controller_port": controller, "version": kafka.KAFKA_VERSION,
             "folder": str(folder)}
+
+
+def _up_cluster(entry: dict, folder: Path, progress: Progress) -> dict:
+    """Start every node of `entry` that is not running (same id, ports and data as before),
+    then wait until each answers: a node serves only once a majority of the quorum runs, so
+    they are all launched first."""
+    nodes = entry["nodes"]
+    voters = kafka.voters_of(nodes)
+    replicas = min(3, len(nodes))
+    started = time.monotonic()
+    launched = []
+    for node in nodes:
+        if ours(node):
+            continue
+        for port in (node["port"], node["controller_port"]):
+            if not port_is_free(port):
+                raise InfraError(f"kafka node {node['node_id']}: port {port} is taken by another "
+                                 "process; free it or run `omnistream infra down`")
+        if node.get("pid"):
+            progress(f"kafka: node {node['node_id']} (pid {node['pid']}) is gone: starting it again")
+        node["pid"] = kafka.start(Path(node["folder"]), cache_dir(), node["port"],
+                                  node["controller_port"], progress, node_id=node["node_id"],
+                                  voters=voters, replicas=replicas,
+                                  cluster_id_file=folder / "cluster_id")
+        launched.append(node["node_id"])
+    for node in nodes:
+        kafka.wait_ready(f"127.0.0.1:{node['port']}", node["pid"], Path(node["folder"]))
+    entry["bootstrap"] = ",".join(f"127.0.0.1:{n['port']}" for n in nodes)
+    if launched:
+        progress(f"kafka: started node(s) {', '.join(map(str, launched))} of {len(nodes)} "
+                 f"({kafka.KAFKA_VERSION}, {entry['bootstrap']}) in {time.monotonic() - started:.1f}s")
+    else:
+        progress(f"kafka: all {len(nodes)} nodes already running ({entry['bootstrap']})")
+    return entry
 
 
 def _up_postgres(state: dict, progress: Progress) -> dict:
@@ -178,12 +242,13 @@ def _up_postgres(state: dict, progress: Progress) -> dict:
             "version": version, "folder": str(folder)}
 
 
-def up(progress: Progress = print) -> dict:
+def up(progress: Progress = print, brokers: int | None = None) -> dict:
     """Find or start both services; the state file is written after each, so a failure of
-    the second keeps the record of the first."""
+    the second keeps the record of the first. `brokers`: the size of the local Kafka cluster
+    to start (default: what this stack runs, else one broker)."""
     with _locked():
         state = _read_state()
-        state["kafka"] = _up_kafka(state, progress)
+        state["kafka"] = _up_kafka(state, progress, brokers)
         _write_state(state)
         state["postgres"] = _up_postgres(state, progress)
         _write_state(state)
@@ -202,6 +267,15 @@ def _stop(name: str, svc: dict, progress: Progress) -> None:
         return
     if name == "postgres":
         postgres.stop(Path(svc["folder"]))
+    if svc.get("nodes"):
+        # All at once: the last nodes of a cluster stopped one by one wait for a quorum that
+        # has gone before their shutdown times out.
+        running = [node for node in svc["nodes"] if ours(node)]
+        with ThreadPoolExecutor(max(1, len(running))) as pool:
+            list(pool.map(lambda node: stop_pid(node["pid"]), running))
+        for node in running:
+            progress(f"{name}: node {node['node_id']} stopped (pid {node['pid']})")
+        return
     stop_pid(svc["pid"])
     progress(f"{name}: stopped (pid {svc['pid']})")
 
@@ -237,6 +311,7 @@ def status() -> dict:
     state = _read_state()
     kf, pg = state.get("kafka", {}), state.get("postgres", {})
     pg_version = asyncio.run(postgres.probe(settings.database_url))
+    answering = asyncio.run(kafka.probe(settings.kafka_bootstrap))
     return {
         "kafka": {
             "bootstrap": settings.kafka_bootstrap,
@@ -246,7 +321,9 @@ def status() -> dict:
             "pid_alive": pid_alive(kf.get("pid")) if kf.get("pid") else None,
             "pid_is_ours": ours(kf) if kf.get("pid") else None,
             "version": kf.get("version"),
-            "answering": asyncio.run(kafka.probe(settings.kafka_bootstrap)),
+            "answering": answering,
+            "nodes": _node_report(kf, settings.kafka_bootstrap if answering else None),
+            "under_replicated": (asyncio.run(_under_replicated(settings)) if answering else None),
         },
         "postgres": {
             "url": settings.database_url,
@@ -259,6 +336,33 @@ def status() -> dict:
             "answering": pg_version is not None,
         },
     }
+
+
+def _node_report(svc: dict, bootstrap: str | None) -> list[dict]:
+    """The Kafka nodes: the ones this stack started (pid, and whether it still runs), else
+    the brokers the cluster names (no pid: not ours)."""
+    nodes = kafka_nodes(svc)
+    if nodes:
+        return [{"node_id": n["node_id"], "pid": n.get("pid"), "address": f"127.0.0.1:{n['port']}",
+                 "alive": ours(n)} for n in nodes]
+    if bootstrap is None:
+        return []
+    return [{"node_id": b["node_id"], "pid": None, "address": f"{b['host']}:{b['port']}", "alive": True}
+            for b in asyncio.run(kafka.brokers(bootstrap))]
+
+
+async def _under_replicated(settings: Any) -> dict[str, int]:
+    """Topics of this deployment (the public ones and the app's own) with fewer replicas than
+    its replication factor asks."""
+    from streams.runtime import topics
+
+    security = settings.kafka_security
+    rf = await topics.replication_for(settings.kafka_bootstrap, settings.replication_factor, **security)
+    prefix = f"{settings.app_id}-"
+    public = {t.name for t in topics.ALL}
+    return {name: info.replicas
+            for name, info in (await topics.describe(settings.kafka_bootstrap, **security)).items()
+            if (name in public or name.startswith(prefix)) and info.replicas < rf}
 
 
 def env_lines() -> list[str]:

@@ -23,11 +23,21 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 1."""
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, not {text!r}")
+    return value
+
+
 def _infra(args: argparse.Namespace) -> int:
     from streams.infra import stack
 
     if args.action == "up":
-        stack.up()
+        stack.up(brokers=args.brokers)
     elif args.action == "down":
         stack.down()
     elif args.action == "status":
@@ -43,6 +53,12 @@ def _infra(args: argparse.Namespace) -> int:
                     pid = f"{pid}({'not ours' if svc['pid_alive'] else 'gone'})"
                 print(f"{name:9} {state:5} {where}  owner={svc['owner']} source={svc['source']} "
                       f"pid={pid} version={svc['version']}")
+                for node in svc.get("nodes") or []:
+                    print(f"  node {node['node_id']}  {'up' if node['alive'] else 'GONE':5} "
+                          f"{node['address']}  pid={node['pid']}")
+                if svc.get("under_replicated"):
+                    print("  topics with fewer replicas than asked: " + ", ".join(
+                        f"{t} ({n})" for t, n in sorted(svc["under_replicated"].items())))
         return 0 if all(s["answering"] for s in report.values()) else 3
     elif args.action == "env":
         print("\n".join(stack.env_lines()))
@@ -378,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     infra = sub.add_parser("infra", help="start, stop, report the local Kafka + PostgreSQL")
     infra.add_argument("action", choices=["up", "down", "status", "env"])
     infra.add_argument("--json", action="store_true", help="status as JSON")
+    infra.add_argument("--brokers", type=_positive, default=None, metavar="N",
+                       help="up: a local Kafka cluster of N nodes (each broker and controller); "
+                            "default: what the stack runs, else 1")
     infra.set_defaults(func=_infra)
 
     sub.add_parser("migrate", help="apply migrations/*.sql").set_defaults(func=_migrate)

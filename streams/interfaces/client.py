@@ -34,7 +34,8 @@ class OmnistreamClient:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> OmnistreamClient:
-        await ensure_topics(self.bootstrap, **self.settings.kafka_security)
+        await ensure_topics(self.bootstrap, partitions=self.settings.partitions,
+                            replication=self.settings.replication_factor, **self.settings.kafka_security)
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                           enable_idempotence=True, **self.settings.kafka_security)
         await self._producer.start()

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from schemas.events import PredictRequest
 from streams.infra import kafka, postgres
 from streams.learning.topology import models, patterns
+from streams.runtime import topics
 from streams.runtime.app import app, settings
 from streams.runtime.introspect import (
     agent_states,
@@ -63,6 +64,11 @@ async def health_report() -> dict[str, Any]:
         "agent_lag": per_agent,
         "changelog_lag": changelogs,
         "assignment": assignment(),
+        # Topics found at start with fewer replicas than asked (created before, or by hand):
+        # losing one broker can lose their data.
+        "topics": ({"replication": STARTUP_CHECK.replication,
+                    "under_replicated": STARTUP_CHECK.under_replicated}
+                   if (STARTUP_CHECK := topics.STARTUP_CHECK) else None),
         "check_ms": round((time.perf_counter() - started) * 1000, 1),
     }
 

@@ -74,11 +74,11 @@ def _internal(name: str, partitions: int) -> Any:
 
 # Every result goes to the one partition that owns the shared model (agents/learning/hierarchy.py).
 SHARED_KEY = SHARED.encode()
-results_inbox = _internal(tables.results_inbox(settings.app_id), CODEGEN_RESULTS.partitions)
-feedback_inbox = _internal(tables.feedback_inbox(settings.app_id), PATTERN_FEEDBACK.partitions)
-model_table = app.Table(MODEL_TABLE, default=None, partitions=CODEGEN_RESULTS.partitions,
+results_inbox = _internal(tables.results_inbox(settings.app_id), settings.partitions)
+feedback_inbox = _internal(tables.feedback_inbox(settings.app_id), settings.partitions)
+model_table = app.Table(MODEL_TABLE, default=None, partitions=settings.partitions,
                         key_type=bytes, value_type=bytes)  # raw bytes in the changelog
-feedback_table = app.Table(FEEDBACK_TABLE, default=None, partitions=PATTERN_FEEDBACK.partitions,
+feedback_table = app.Table(FEEDBACK_TABLE, default=None, partitions=settings.partitions,
                            key_type=str)  # json keys and values
 
 # The snapshot key is set by `start()` when the worker starts (it may create the key file).

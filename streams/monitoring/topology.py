@@ -64,9 +64,9 @@ SPECS = [WindowSpec(TUMBLING_S)] + ([WindowSpec(HOPPING_S, HOP_STEP_S)] if HOPPI
 
 
 metrics_inbox = app.topic(tables.metrics_inbox(settings.app_id), key_type=bytes, value_type=bytes,
-                          partitions=METRICS_EVENTS.partitions, internal=True,
+                          partitions=settings.partitions, internal=True,
                           value_serializer="raw", key_serializer="raw")
-window_table = app.Table(tables.WINDOW_TABLE, default=None, partitions=METRICS_EVENTS.partitions,
+window_table = app.Table(tables.WINDOW_TABLE, default=None, partitions=settings.partitions,
                          key_type=bytes, value_type=bytes)  # raw bytes in the changelog
 
 

@@ -74,7 +74,7 @@ async def _forget_lane_positions(sender: object, revoked: set[TP], **kwargs: obj
 
 
 def topic(ts: spec.TopicSpec) -> faust.TopicT:
-    return app.topic(ts.name, key_type=bytes, value_type=bytes, partitions=ts.partitions,
+    return app.topic(ts.name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
                      value_serializer="raw", key_serializer="raw")
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +25,13 @@ async def topic_partitions(bootstrap: str, topic: str, security: dict | None = N
     """The topic's partitions, or [] when it does not exist. Asks for every topic's metadata and
     filters here: asking for one topic by name may auto-create it (with the wrong partition
     count) on brokers that allow auto-creation."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
-    await admin.start()
-    try:
-        for t in await admin.describe_topics():
-            if t["topic"] == topic and t["error_code"] == 0 and t["partitions"]:
-                return [TopicPartition(topic, p["partition"])
-                        for p in sorted(t["partitions"], key=lambda p: p["partition"])]
-        return []
-    finally:
-        await admin.close()
+    from streams.infra.kafka import admin_call
+
+    for t in await admin_call(bootstrap, lambda admin: admin.describe_topics(), **(security or {})):
+        if t["topic"] == topic and t["error_code"] == 0 and t["partitions"]:
+            return [TopicPartition(topic, p["partition"])
+                    for p in sorted(t["partitions"], key=lambda p: p["partition"])]
+    return []
 
 
 class ChangelogReplica:

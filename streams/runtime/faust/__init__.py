@@ -14,6 +14,7 @@ the app is created; `check()` refuses to start on a faust that no longer has wha
 | `Consumer.wait_empty` (a rebalance, a stop) first drops what the lanes queued and waits for the batches in hand | faust waits for its own unacked messages only; a batch finished after its partitions were revoked could commit for the new owner | — | tests/integration/test_crash_e2e.py (rebalance under load) | with the first row |
 | records the agents send go to the aiokafka producer behind faust's (`kafka_producer`), not through `Topic.send` / `Producer.send` | `Topic.send` builds a future message with callbacks per record, and `Producer.send` checks the headers against `typing.Mapping` (~3 µs a record); delivery is still awaited by faust's flush before each commit | — | the SIGKILL tests (every output counted) | faust's send path costs as little |
 | `Consumer.perform_seek` (after every rebalance) resets each lane partition's expected offset to the committed one, and reads again a partition with no commit from the first record a rebalance dropped | faust does not seek a partition with no committed offset: records fetched and dropped before its first commit were never read again | — | tests/unit/test_lanes.py | — |
+| `Producer._settings_extra` (faust's aiokafka producer) is `acks=all` with idempotence always, not only inside transactions | a broker that dies after taking a batch makes the producer send it again: without idempotence the partition gets it twice (changelogs, inboxes, output topics) | — | tests/integration/test_cluster_e2e.py (leaders SIGKILLed under load) | faust exposes `enable_idempotence` |
 
 Checked at start-up by attribute (`REQUIRED`) and by version (`TESTED`): a faust release that
 renamed what is wrapped fails loudly instead of losing records quietly.
@@ -52,8 +53,8 @@ def check() -> None:
 
     missing = [name for name in REQUIRED if not hasattr(Consumer, name)
                and name not in getattr(Consumer, "__annotations__", {})]
-    if not hasattr(Producer, "_ensure_producer"):
-        missing.append("Producer._ensure_producer")
+    missing += [f"Producer.{name}" for name in ("_ensure_producer", "_settings_extra")
+                if not hasattr(Producer, name)]
     if missing or not version.startswith(TESTED):
         raise RuntimeError(
             f"faust-streaming {version} is not one streams.runtime.faust was written for "
@@ -154,10 +155,17 @@ def forget(tps: Iterable[TP]) -> None:
     LANES.forget(tps)
 
 
+def _idempotent(self: Any) -> Mapping[str, Any]:
+    return {"acks": "all", "enable_idempotence": True}
+
+
 def install() -> None:
     """Put the replacements in place (idempotent); call before the faust app is created."""
     check()
+    from faust.transport.drivers.aiokafka import Producer
+
     Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign]
+    Producer._settings_extra = _idempotent  # type: ignore[method-assign]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     Consumer.wait_empty = _wait_empty  # type: ignore[method-assign]
     Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
