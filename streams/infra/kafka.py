@@ -114,6 +114,10 @@ def write_config(folder: Path, port: int, controller_port: int, node_id: int = 1
         # A node back from a crash catches up and takes its leaderships back (the default
         # 5 min check would leave one node leading everything for the rest of a test).
         props["leader.imbalance.check.interval.seconds"] = "10"
+        # A SIGKILLed node loses its leaderships when the controller fences it: after 9 s of
+        # missed heartbeats by default, all of which producers of its partitions wait.
+        props["broker.session.timeout.ms"] = "4000"
+        props["broker.heartbeat.interval.ms"] = "1000"
     path = folder / "server.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     return path
