@@ -116,4 +116,13 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
                 lr = learning.run(quick)
                 learning.print_report(lr)
                 print(f"  -> {_write('learning', lr)}")
+    if only in (None, "scaleout"):
+        from bench import scaleout
+
+        print("== scale-out (8): 1, 2, 3 workers of one app on 12 partitions (a stack of its own: "
+              "the topics are made with 12)")
+        with isolated_stack():
+            so = scaleout.run(quick)
+        scaleout.print_report(so)
+        print(f"  -> {_write('scaleout', so)}")
     return 0

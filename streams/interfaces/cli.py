@@ -465,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks beside their baselines (on a throwaway stack)")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--only", choices=["cache", "pipeline", "learning", "learner", "metrics", "soak"],
+    bench.add_argument("--only", choices=["cache", "pipeline", "learning", "learner", "metrics", "scaleout",
+                                                "soak"],
                        help="one benchmark; `soak` (30 minutes of mixed load) runs only when named")
     bench.add_argument("--minutes", type=float, default=30, help="length of the soak run")
     bench.set_defaults(func=_bench)

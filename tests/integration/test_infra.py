@@ -76,6 +76,13 @@ def test_up_twice_status_env_down():
         again = orjson.loads(_cli(env_no_vars, "infra", "status", "--json").stdout)
         assert (again["kafka"]["pid"], again["postgres"]["pid"]) == (kpid, ppid)
 
+        # The stack runs one broker: asking for three is refused with what to do.
+        bigger = _cli(env_no_vars, "infra", "up", "--brokers", "3")
+        assert bigger.returncode == 2 and "infra down" in bigger.stderr, bigger.stderr
+        assert status["kafka"]["nodes"] == [{"node_id": 1, "pid": kpid, "alive": True,
+                                             "address": f"127.0.0.1:{kport}"}]
+        assert status["kafka"]["under_replicated"] == {}
+
         lines = _cli(env_no_vars, "infra", "env").stdout.splitlines()
         assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kport}" in lines
         assert f"export DATABASE_URL=postgresql://postgres@127.0.0.1:{pport}/omnistream" in lines
@@ -201,3 +208,21 @@ def test_a_reused_pid_is_never_stopped():
         stranger.kill()
         stranger.wait()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_changed_partition_count_is_refused_at_start(services):
+    """The session's public topics have 4 partitions: a worker asked for 6 stops before it
+    creates or joins anything, with one line naming the setting and the topics."""
+    from streams.runtime.topics import describe, ensure_topics
+
+    asyncio.run(ensure_topics(services.bootstrap))
+    app_id = f"refused-{os.getpid()}-{int(time.time())}"
+    proc = subprocess.run([OMNISTREAM, "worker"], env=services.env(
+        OMNISTREAM_APP_ID=app_id, OMNISTREAM_PARTITIONS="6", OMNISTREAM_WEB_PORT=str(free_port())),
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "OMNISTREAM_PARTITIONS=6" in lines[0] and "with 4" in lines[0]
+    assert "new OMNISTREAM_APP_ID" in lines[0]
+    assert not [t for t in asyncio.run(describe(services.bootstrap)) if t.startswith(f"{app_id}-")]
