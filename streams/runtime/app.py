@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
         producer_max_batch_size=512 * 1024,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        # A member learns of a rebalance (another worker joining) at its next heartbeat.
+        broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
         # A rebalance waits until the batches in hand are applied and acked (they are short: see
         # streams/runtime/processing.py); a batch finished after its partitions were revoked could ack
         # events whose state the new owner never sees.
