@@ -11,6 +11,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import re
 import traceback
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -37,6 +38,28 @@ def log_context(correlation_id: object | None = None, component: str | None = No
             var.reset(token)
 
 
+_SECRETS: set[str] = set()
+# user:password@ in any URL (a DATABASE_URL in an error message, a broker URL)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s\"']+):[^@\s\"']+@")
+
+
+def redact_secrets(*values: str | None) -> None:
+    """Never print these values again: every log line and every `redacted` text shows `***`
+    in their place (as written and as JSON escapes them)."""
+    for value in values:
+        if value and len(value) >= 4:
+            _SECRETS.add(value)
+            _SECRETS.add(orjson.dumps(value).decode()[1:-1])
+
+
+def redacted(text: str) -> str:
+    """`text` with every registered secret and any URL's password replaced by `***`."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a LogRecord as one JSON line; `extra={"metadata": {...}}` adds structured data."""
 
@@ -52,7 +75,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return orjson.dumps(entry, default=str).decode()
+        return redacted(orjson.dumps(entry, default=str).decode())
 
 
 def handlers_for(log_file: str | None, max_bytes: int = 100 * 2**20, backups: int = 5) -> list:

@@ -16,10 +16,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.json_schema import JsonDict
+
+from agents.logging import redact_secrets
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/omnistream"
@@ -101,7 +104,13 @@ class Settings(BaseModel):
     # ---------------------------------------------------------------- the worker
     app_id: str = _setting("OMNISTREAM_APP_ID", "omnistream", "Faust app id = consumer group",
                            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-    web_host: str = _setting("OMNISTREAM_WEB_HOST", "127.0.0.1", "address the worker's HTTP server binds")
+    web_host: str = _setting(
+        "OMNISTREAM_WEB_HOST", "127.0.0.1",
+        "address the worker's HTTP server binds; anything but loopback needs `OMNISTREAM_WEB_TOKEN`")
+    web_token: SecretStr | None = _setting(
+        "OMNISTREAM_WEB_TOKEN", None,
+        "bearer token for every path of the web port but `/health` and `/metrics` (see "
+        "[Security](#security))", min_length=16)
     web_port: int = _setting("OMNISTREAM_WEB_PORT", DEFAULT_WEB_PORT,
                              "worker HTTP port (`/health`, `/metrics`, `/dashboard`)", ge=1, le=65535)
     log_level: LogLevel = _setting("OMNISTREAM_LOG_LEVEL", "INFO", "JSON logs on stderr, one object per line")
@@ -248,9 +257,19 @@ class Settings(BaseModel):
             if "DATABASE_URL" not in values and state.get("postgres", {}).get("url"):
                 values["DATABASE_URL"] = state["postgres"]["url"]
         try:
-            return cls.model_validate(values)
+            settings = cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(_one_sentence(exc)) from None
+        redact_secrets(*settings.secret_values())
+        return settings
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (never to be printed): SecretStr values and the
+        database password."""
+        out = [getattr(self, name).get_secret_value() for name, field in type(self).model_fields.items()
+               if "SecretStr" in str(field.annotation) and getattr(self, name) is not None]
+        password = urlsplit(self.database_url).password
+        return [*out, *([unquote(password)] if password else [])]
 
     @property
     def kafka_security(self) -> dict[str, Any]:

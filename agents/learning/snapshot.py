@@ -33,10 +33,21 @@ class SnapshotHeader:
     version: int
     updates: int
     created_at: float
+    # An install (a model trained by `replay`) names the version it replaces, inside the signed
+    # header: a re-sent old install names a version that is no longer current and is refused.
+    replaces: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"node_type": self.node_type, "version": self.version, "updates": self.updates,
-                "created_at": self.created_at}
+        out: dict[str, Any] = {"node_type": self.node_type, "version": self.version,
+                               "updates": self.updates, "created_at": self.created_at}
+        if self.replaces is not None:
+            out["replaces"] = self.replaces
+        return out
+
+
+def digest(blob: bytes) -> str:
+    """A snapshot's identity in logs and refusals: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _tag(key: bytes, header: bytes, payload: bytes) -> bytes:

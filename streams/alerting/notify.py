@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -26,8 +27,9 @@ async def post_webhook(url: str, payload: dict, retries: int = 3, timeout_s: flo
                         counter.labels("webhook", "sent" if resp.status < 400 else "refused").inc()
                     return resp.status < 400
         except (TimeoutError, aiohttp.ClientError) as exc:
+            # The host only: such URLs often carry a token in their path or query.
             log.warning("alert webhook failed", extra={"metadata": {
-                "url": url, "attempt": attempt + 1, "error": str(exc)}})
+                "host": urlsplit(url).hostname, "attempt": attempt + 1, "error": str(exc)}})
         if attempt < retries:
             await asyncio.sleep(delay)
             delay *= 2

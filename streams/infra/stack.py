@@ -50,9 +50,13 @@ def _locked() -> Iterator[None]:
 
 
 def _write_state(state: dict) -> None:
+    """Atomically, readable by its owner only (0600): it names where the services listen."""
     path = state_file()
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+    os.chmod(tmp, 0o600)  # an older file of that name kept its mode
     os.replace(tmp, path)
 
 

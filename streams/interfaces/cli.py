@@ -34,6 +34,7 @@ def _positive(text: str) -> int:
 
 
 def _infra(args: argparse.Namespace) -> int:
+    from agents.logging import redacted
     from streams.infra import stack
 
     if args.action == "up":
@@ -43,10 +44,10 @@ def _infra(args: argparse.Namespace) -> int:
     elif args.action == "status":
         report = stack.status()
         if args.json:
-            print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+            print(redacted(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()))
         else:
             for name, svc in report.items():
-                where = svc.get("bootstrap") or svc.get("url")
+                where = redacted(svc.get("bootstrap") or svc.get("url"))
                 state = "up" if svc["answering"] else "DOWN"
                 pid = svc["pid"]
                 if pid is not None and not svc["pid_is_ours"]:
@@ -474,22 +475,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Whatever it prints on failure goes through `redacted`: a secret (a
+    password in DATABASE_URL, the webhook URL, …) is never shown."""
+    from agents.logging import redacted
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except UsageError as exc:
-        print(f"omnistream: {exc}", file=sys.stderr)
+        print(redacted(f"omnistream: {exc}"), file=sys.stderr)
         return 1
     except InfraError as exc:
-        print(f"omnistream: {exc}", file=sys.stderr)
+        print(redacted(f"omnistream: {exc}"), file=sys.stderr)
         if exc.detail:
-            print(exc.detail, file=sys.stderr)
+            print(redacted(exc.detail), file=sys.stderr)
         return 2
     except ConfigError as exc:
-        print(f"omnistream: bad setting: {exc}", file=sys.stderr)
+        print(redacted(f"omnistream: bad setting: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        import traceback
+
+        print(redacted(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

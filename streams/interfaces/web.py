@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -89,31 +90,46 @@ def _predict(item: dict[str, Any]) -> dict[str, Any]:
     return models.predict(req.node_type, list(req.mixins)).as_dict()
 
 
+MAX_PREDICT = 1000  # combinations in one POST
+PREDICT_SLICE = 50   # scored between two yields to the event loop
+
+
 @app.page("/api/predict")
 class PredictView(View):
-    """GET ?node_type=T&mixins=A,B → one prediction; POST [{node_type, mixins}, …] → a list."""
+    """GET ?node_type=T&mixins=A,B → one prediction; POST [{node_type, mixins}, …] → a list.
+
+    A POST (at most MAX_PREDICT items, its body bounded by the web server) is scored in slices
+    that hand the event loop back in between: the model is the one the learner updates on that
+    loop, so scoring it from another thread could read it halfway through an update, while a
+    slice holds the loop for about a millisecond."""
 
     async def get(self, request: Request) -> Any:
         query = request.query
         mixins = [m for m in query.get("mixins", "").split(",") if m]
-        return self._answer(lambda: _predict({"node_type": query.get("node_type", ""), "mixins": mixins}))
+        return await self._answer(
+            self._score([{"node_type": query.get("node_type", ""), "mixins": mixins}], one=True))
 
     async def post(self, request: Request) -> Any:
         raw = await request.read()
-
-        def run() -> Any:
-            body = orjson.loads(raw)
-            if not isinstance(body, list) or len(body) > 1000:
-                raise ValueError("POST a JSON list of at most 1000 {node_type, mixins} objects")
-            return [_predict(item) for item in body]
-
-        return self._answer(run)
-
-    def _answer(self, compute: Any) -> Any:
         try:
-            return self.json(compute())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return self.json({"error": f"body is not JSON: {exc}"}, status=400)
+        if not isinstance(body, list) or len(body) > MAX_PREDICT:
+            return self.json({"error": f"POST a JSON list of at most {MAX_PREDICT} "
+                                       "{node_type, mixins} objects"}, status=400)
+        return await self._answer(self._score(body))
+
+    async def _score(self, items: list[Any], one: bool = False) -> Any:
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(items), PREDICT_SLICE):
+            out.extend(_predict(item) for item in items[start:start + PREDICT_SLICE])
+            await asyncio.sleep(0)
+        return out[0] if one else out
+
+    async def _answer(self, compute: Awaitable[Any]) -> Any:
+        try:
+            return self.json(await compute)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])

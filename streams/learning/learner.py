@@ -194,11 +194,18 @@ class Learner:
 
     def install(self, key: str, blob: bytes, trained_through: dict[int, int]) -> Model:
         """Swap in a model trained elsewhere (replay): verify it, let it learn what arrived after
-        the replay stopped reading, give it the next version number. The caller snapshots it."""
+        the replay stopped reading, give it the next version number. The caller snapshots it.
+        Only an install of the version in use is taken (its signed header names it)."""
         head, model = snapshot.loads(blob, self.key)
         if not isinstance(model, HierarchicalModel) or key != SHARED or head.node_type != key:
             raise snapshot.SnapshotRejected("install message holds another model than the shared one")
         current = self.model_for(key)
+        if head.replaces != current.version:
+            # A re-sent install (or one trained before another was installed) would roll the
+            # model back to what it was trained from: going back is an explicit new replay.
+            raise snapshot.SnapshotRejected(
+                f"install {snapshot.digest(blob)} replaces model version {head.replaces}, but version "
+                f"{current.version} is in use: a repeated or outdated install is refused")
         caught_up = 0
         for where, off, node_type, mixins, success in self.recent[key]:
             part = int(where.rsplit(":", 1)[1])
@@ -209,6 +216,7 @@ class Learner:
         model.applied = dict(current.applied)  # it now holds everything the current one did
         self.live[key] = model
         log.info("model swapped in", extra={"metadata": {
-            "node_type": key, "model_version": model.version, "updates": model.updates,
+            "node_type": key, "model_version": model.version, "replaced": current.version,
+            "install": snapshot.digest(blob), "updates": model.updates,
             "caught_up": caught_up}})
         return model

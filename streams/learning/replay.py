@@ -167,7 +167,8 @@ async def _install(settings: Settings, key: bytes, report: ReplayReport,
     assert model is not None
     model.version = report.old_version + 1
     model.find_all_conflicts()
-    head = snapshot.SnapshotHeader(SHARED, model.version, model.updates, time.time())
+    head = snapshot.SnapshotHeader(SHARED, model.version, model.updates, time.time(),
+                                   replaces=report.old_version)
     async with OmnistreamClient(settings=settings) as client:
         await client.publish_raw(inbox, snapshot.dumps(model, head, key), key=SHARED.encode(), headers={
             tables.KIND_HEADER: ControlKind.INSTALL.header,

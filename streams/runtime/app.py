@@ -12,6 +12,7 @@ from faust.types import TP
 from schemas import topics as spec
 from streams.config import Settings, omnistream_home
 from streams.runtime import faust as faust_runtime
+from streams.runtime.access import web_options
 
 faust_runtime.install()
 
@@ -45,8 +46,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
         topic_disable_leader=True,
         consumer_auto_offset_reset=settings.auto_offset_reset,
         web_enabled=True,
-        web_host=settings.web_host,
         web_port=settings.web_port,
+        **web_options(settings.web_host, settings.web_token),
         web_in_thread=False,
         producer_acks=-1,
         # aiokafka keeps one open batch per partition and waits for it to be sent when it is

@@ -294,3 +294,49 @@ rules:
     finally:
         stop_worker(stays)
         stop_worker(leaves)
+
+
+async def test_no_secret_is_printed_in_logs_or_cli_output(services, migrated_db, tmp_path):
+    """Known secret values everywhere a secret goes (webhook URL with a token in its path, a
+    database password, the model key, the web token); an alert makes the webhook fail again and
+    again; every log line of the worker and everything the CLI prints is scanned for them."""
+    tag = uuid.uuid4().hex[:6]
+    secrets = {"hook": f"hooktoken{tag}", "db": f"dbpass{tag}", "model": f"modelkey{tag}x" * 2,
+               "web": f"webtoken{tag}" * 2}
+    metric, rule = f"t{tag}_secret", f"secret_{tag}"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""
+grouping: {{group_by: [rule], group_wait_s: 0, group_interval_s: 1, repeat_interval_s: 3600}}
+rules:
+  - {{name: {rule}, metric: {metric}, stat: max, op: ">", critical: 10, for_s: 0, identify_by: [svc]}}
+""")
+    # The session's PostgreSQL trusts loopback, so a password in the URL is accepted and unused.
+    db = migrated_db.replace("postgresql://postgres@", f"postgresql://postgres:{secrets['db']}@")
+    secret_env = {"OMNISTREAM_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook/{secrets['hook']}",
+                  "OMNISTREAM_MODEL_KEY": secrets["model"], "OMNISTREAM_WEB_TOKEN": secrets["web"]}
+    worker = start_worker(services, db, f"omnistream-secret-{tag}", "s", _worker_env(rules, **secret_env))
+    try:
+        async with OmnistreamClient(services.bootstrap) as client:
+            await _samples(client, metric, 50.0, 6, "api")
+        for _ in range(60):
+            if any("alert webhook failed" in line for line in worker.log_lines()):
+                break
+            await asyncio.sleep(0.5)
+        env = services.env(DATABASE_URL=db, **secret_env)
+        outputs = [subprocess.run([OMNISTREAM, *args], env=env, capture_output=True, text=True, timeout=120)
+                   for args in (["infra", "status"], ["infra", "status", "--json"])]
+        # A database that does not answer: the error line names its URL (a home of its own, so
+        # the session's stack record is not touched).
+        unreachable = env | {"OMNISTREAM_HOME": str(tmp_path),
+                             "DATABASE_URL": f"postgresql://postgres:{secrets['db']}@192.0.2.1:5432/x"}
+        outputs.append(subprocess.run([OMNISTREAM, "infra", "up"], env=unreachable, capture_output=True,
+                                      text=True, timeout=120))
+    finally:
+        stop_worker(worker)
+    lines = worker.log_lines()
+    assert any("alert webhook failed" in line for line in lines), "the webhook never failed: nothing scanned"
+    assert outputs[2].returncode == 2 and "postgres:***@192.0.2.1" in outputs[2].stderr, outputs[2].stderr
+    printed = lines + [o.stdout + o.stderr for o in outputs]
+    for name, value in secrets.items():
+        leaks = [text[:200] for text in printed if value in text]
+        assert not leaks, f"the {name} secret was printed: {leaks[:3]}"

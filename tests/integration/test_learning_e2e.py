@@ -22,6 +22,7 @@ from schemas.events import DeadLetter, GeneratedNode, GenerationResult, PatternF
 from schemas.topics import CODEGEN_RESULTS, DLQ, PATTERN_FEEDBACK
 from streams.interfaces.client import OmnistreamClient
 from streams.runtime import tables
+from streams.runtime.tables import ControlKind
 from tests.conftest import (
     OMNISTREAM,
     ROOT,
@@ -34,6 +35,7 @@ from tests.conftest import (
     stop_worker,
     wait_split,
 )
+from tests.faults import read_topic
 
 pytestmark = pytest.mark.slow
 
@@ -275,6 +277,25 @@ async def test_04_replay_rebuilds_and_swaps_atomically_while_workers_run(trained
                                and all(x["model_version"] == versions[x["node_type"]] + 1 for x in a)
                                and a, 30, "the replayed versions")
         assert all(x["updates"] > 500 for x in answers)
+
+    # The install copied off the inbox and sent again would roll the model back to what it
+    # was trained from: every worker refuses it (its signed header names the replaced version).
+    inbox = tables.results_inbox(cluster.app_id)
+    installs = [r for r in await read_topic(cluster.services.bootstrap, inbox)
+                if dict(r.headers).get(tables.KIND_HEADER) == ControlKind.INSTALL.header]
+    assert len(installs) == 1
+    producer = AIOKafkaProducer(bootstrap_servers=cluster.services.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(inbox, installs[0].value, key=installs[0].key,
+                                     partition=installs[0].partition, headers=list(installs[0].headers))
+    finally:
+        await producer.stop()
+    await _until(lambda: any("model install refused" in line for w in cluster.workers
+                             for line in w.log_lines()), 30, "the repeated install refused")
+    for w in cluster.workers:
+        assert all(x["model_version"] == versions[x["node_type"]] + 1
+                   for x in http_json(f"{w.base}/api/predict", PROBES))
 
     predicted = subprocess.run([OMNISTREAM, "predict", "--node-type", "effect", "--mixins",
                                 "MixinCaching,MixinTransaction"], env=env, capture_output=True,

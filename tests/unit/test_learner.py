@@ -117,11 +117,20 @@ def test_install_catches_up_on_what_the_replay_did_not_read_and_takes_the_next_v
     replayed = HierarchicalModel()
     for r in results[:250]:
         replayed.learn_one(r.node_type, r.mixins, r.success)
-    blob = snapshot.dumps(replayed, snapshot.SnapshotHeader(SHARED, 7, replayed.updates, 0.0), KEY)
+    blob = snapshot.dumps(replayed, snapshot.SnapshotHeader(SHARED, 7, replayed.updates, 0.0,
+                                                            replaces=current.version), KEY)
     installed = learner.install(SHARED, blob, trained_through={0: 250})
     assert installed.updates == 300  # the 50 results past the replay's end, learnt on install
     assert installed.version == current.version + 1  # not the sender's 7
     assert installed.applied == current.applied and learner.live[SHARED] is installed
+
+    # The same install sent again (or any naming a version no longer in use) would roll back.
+    with pytest.raises(snapshot.SnapshotRejected, match="repeated or outdated"):
+        learner.install(SHARED, blob, trained_through={0: 250})
+    unnamed = snapshot.dumps(replayed, snapshot.SnapshotHeader(SHARED, 7, replayed.updates, 0.0), KEY)
+    with pytest.raises(snapshot.SnapshotRejected, match="repeated or outdated"):
+        learner.install(SHARED, unnamed, trained_through={})
+    assert learner.live[SHARED] is installed
 
     with pytest.raises(snapshot.SnapshotRejected):
         learner.install("compute", blob, trained_through={})  # not the shared model's key

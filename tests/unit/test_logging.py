@@ -75,3 +75,28 @@ def test_rotation_by_size(tmp_path):
     assert files == ["app.log", "app.log.1", "app.log.2"]
     for line in path.read_text().splitlines():
         assert orjson.loads(line)["logger"] == "test.rotation"
+
+
+def test_registered_secrets_and_url_passwords_never_reach_a_log_line():
+    import logging
+
+    from agents.logging import JsonFormatter, redact_secrets
+
+    redact_secrets("hunter2-secret-token")
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1,
+                               "posting to https://hooks.example/x/%s failed; db %s", (
+                                   "hunter2-secret-token", "postgresql://app:pw-123@db:5432/x"), None)
+    record.metadata = {"url": "https://hooks.example/x/hunter2-secret-token"}
+    line = JsonFormatter().format(record)
+    assert "hunter2-secret-token" not in line and "pw-123" not in line
+    assert "app:***@db:5432" in line and line.count("***") == 3
+
+
+def test_settings_register_every_secret_they_hold():
+    from agents.logging import redacted
+    from streams.config import Settings
+
+    Settings.from_env({"DATABASE_URL": "postgresql://app:p%40ss-word@db/x", "OMNISTREAM_WEB_TOKEN": "w" * 20,
+                       "OMNISTREAM_ALERT_WEBHOOK_URL": "https://hooks.example/T0K3N"}, local_stack=False)
+    text = redacted(f"p@ss-word {'w' * 20} https://hooks.example/T0K3N")
+    assert "p@ss-word" not in text and "w" * 20 not in text and "T0K3N" not in text
