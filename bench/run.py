@@ -47,8 +47,11 @@ def isolated_stack():
             stack.up(progress=lambda m: print(f"  {m}"))
             import asyncio
 
+            from streams.config import Settings
             from streams.infra.migrate import migrate
-            asyncio.run(migrate(os.environ["DATABASE_URL"], progress=lambda _: None))
+
+            # The stack's login role and password (the URL above names none).
+            asyncio.run(migrate(Settings.from_env().database_url, progress=lambda _: None))
             yield
         finally:
             stack.down(progress=lambda _: None)

@@ -256,6 +256,8 @@ class Settings(BaseModel):
                 values["KAFKA_BOOTSTRAP_SERVERS"] = state["kafka"]["bootstrap"]
             if "DATABASE_URL" not in values and state.get("postgres", {}).get("url"):
                 values["DATABASE_URL"] = state["postgres"]["url"]
+            if "DATABASE_URL" in values:
+                values["DATABASE_URL"] = _with_stack_login(values["DATABASE_URL"], state.get("postgres", {}))
         try:
             settings = cls.model_validate(values)
         except ValidationError as exc:
@@ -291,6 +293,22 @@ class Settings(BaseModel):
                 ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
             out["ssl_context"] = ctx
         return out
+
+
+def _with_stack_login(url: str, pg: dict[str, Any]) -> str:
+    """A URL without a password that names the PostgreSQL this stack started: the stack's login
+    role and password (kept in its folder, 0600), same database. Anything else as it is."""
+    parts = urlsplit(url)
+    if parts.password or not pg.get("started") or not pg.get("folder") or parts.port != pg.get("port") \
+            or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return url
+    from streams.infra.postgres import CREDENTIALS
+
+    try:
+        creds = orjson.loads((Path(pg["folder"]) / CREDENTIALS).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return url
+    return f"postgresql://{creds['role']}:{creds['password']}@127.0.0.1:{parts.port}{parts.path}"
 
 
 def _env_name(field: Any) -> str:

@@ -83,8 +83,13 @@ def services() -> Iterator[Services]:
     if proc.returncode != 0:
         pytest.fail(f"could not start Kafka/PostgreSQL for the tests:\n{proc.stdout}\n{proc.stderr}",
                     pytrace=False)
+    # The stack's PostgreSQL asks for a password: its login role's URL, as `infra env` exports it.
+    exported = subprocess.run([OMNISTREAM, "infra", "env"], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=60).stdout
+    database_url = next(line.split("=", 1)[1] for line in exported.splitlines()
+                        if line.startswith("export DATABASE_URL="))
     try:
-        yield Services(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_URL"], home, "launcher")
+        yield Services(env["KAFKA_BOOTSTRAP_SERVERS"], database_url, home, "launcher")
     finally:
         subprocess.run([OMNISTREAM, "infra", "down"], env={**os.environ, **env},
                        capture_output=True, timeout=120)

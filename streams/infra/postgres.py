@@ -1,18 +1,31 @@
-"""A local PostgreSQL cluster from Debian's packages, run as the unprivileged `postgres` user."""
+"""A local PostgreSQL cluster from Debian's packages, run as the unprivileged `postgres` user.
+
+It asks for passwords (initdb with scram-sha-256): the `postgres` superuser's and the login
+role's (`omnistream`: owns the database, may create databases, is no superuser, so it cannot
+run shell commands through `COPY … PROGRAM`) are generated at the first start and kept in
+`<folder>/credentials.json`, readable by its owner only. A data folder made before that (with
+`trust`) keeps working as it was.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import pwd
+import secrets
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
 
 from streams.infra.errors import InfraError
 from streams.infra.proc import run, tail
 
 DB_NAME = "omnistream"
+LOGIN_ROLE = "omnistream"
+CREDENTIALS = "credentials.json"
 
 
 def find_bin_dir() -> Path | None:
@@ -57,14 +70,87 @@ def _chown_tree(path: Path, user: str) -> None:
         os.chown(p, entry.pw_uid, entry.pw_gid)
 
 
-def _make_traversable(path: Path) -> None:
-    """The postgres user must reach the data folder through every parent (pytest's are 0700)."""
+def _check_reachable(path: Path) -> None:
+    """The postgres user must reach the data folder through every parent; nothing outside the
+    stack's home is made more open for it: a parent it cannot enter is an error to fix."""
+    entry = pwd.getpwnam("postgres")
     for parent in path.parents:
         if parent == Path("/"):
             break
-        mode = parent.stat().st_mode
-        if mode & 0o001 == 0 and os.geteuid() == 0:
-            os.chmod(parent, mode | 0o001)
+        st = parent.stat()
+        mine = st.st_uid == entry.pw_uid and st.st_mode & 0o100
+        ours = st.st_gid == entry.pw_gid and st.st_mode & 0o010
+        if not (mine or ours or st.st_mode & 0o001):
+            raise InfraError(
+                f"the postgres user cannot reach {path}: {parent} is not searchable by others; "
+                "set OMNISTREAM_HOME to a folder it can reach (e.g. under /tmp), or `chmod o+x` "
+                f"{parent} yourself")
+
+
+def credentials(folder: Path) -> dict[str, str] | None:
+    """The passwords this cluster was made with (None: an older `trust` cluster)."""
+    path = folder / CREDENTIALS
+    return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+def _new_credentials(folder: Path) -> dict[str, str]:
+    creds = {"superuser": secrets.token_urlsafe(24), "role": LOGIN_ROLE,
+             "password": secrets.token_urlsafe(24)}
+    fd = os.open(folder / CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(orjson.dumps(creds))
+    return creds
+
+
+def _with_login(user: str, password: str | None, port: int, database: str) -> str:
+    auth = f"{user}:{password}" if password else user
+    return f"postgresql://{auth}@127.0.0.1:{port}/{database}"
+
+
+def admin_url(folder: Path, port: int, database: str = "postgres") -> str:
+    creds = credentials(folder)
+    return _with_login("postgres", creds["superuser"] if creds else None, port, database)
+
+
+def login_url(folder: Path, port: int, database: str = DB_NAME) -> str:
+    """The URL the worker connects with: the login role and its password (an older `trust`
+    cluster: the superuser, as it was made)."""
+    creds = credentials(folder)
+    if creds is None:
+        return _with_login("postgres", None, port, database)
+    return _with_login(creds["role"], creds["password"], port, database)
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{netloc}"))
+
+
+async def provision(folder: Path, port: int, database: str) -> None:
+    """The login role (created, or its password set again) and `database` owned by it."""
+    import asyncpg
+
+    creds = credentials(folder)
+    if creds is None:
+        await ensure_database(admin_url(folder, port, database))
+        return
+    conn = await asyncpg.connect(admin_url(folder, port), timeout=10)
+    try:
+        role, password = creds["role"], creds["password"]
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        verb = "ALTER" if exists else "CREATE"
+        # Identifiers and the password are ours (token_urlsafe: letters, digits, - and _).
+        await conn.execute(f"{verb} ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEROLE CREATEDB "
+                           f"PASSWORD '{password}'")
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            await conn.execute(f'CREATE DATABASE "{database}" OWNER "{role}"')
+        else:
+            await conn.execute(f'ALTER DATABASE "{database}" OWNER TO "{role}"')
+    finally:
+        await conn.close()
 
 
 def durability() -> str:
@@ -82,14 +168,25 @@ def start(folder: Path, port: int, progress=print) -> int:
     sock = folder / "socket"
     folder.mkdir(parents=True, exist_ok=True)
     sock.mkdir(exist_ok=True)
-    if os.geteuid() == 0:
-        _make_traversable(folder)
-        _chown_tree(folder, "postgres")
     if not (data / "PG_VERSION").exists():
         shutil.rmtree(data, ignore_errors=True)
-        run(_as_owner([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                       "-E", "UTF8", "--no-instructions"]),
-            "initializing the PostgreSQL data folder (initdb)")
+        creds = _new_credentials(folder)
+        pwfile = folder / "initdb.pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(creds["superuser"] + "\n")
+        if os.geteuid() == 0:
+            _check_reachable(folder)
+            _chown_tree(folder, "postgres")
+        try:
+            run(_as_owner([str(bindir / "initdb"), "-D", str(data), "--auth=scram-sha-256",
+                           f"--pwfile={pwfile}", "-U", "postgres", "-E", "UTF8", "--no-instructions"]),
+                "initializing the PostgreSQL data folder (initdb)")
+        finally:
+            pwfile.unlink(missing_ok=True)
+    elif os.geteuid() == 0:
+        _check_reachable(folder)
+        _chown_tree(folder, "postgres")
     log = folder / "postgres.log"
     opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200"
     if durability() == "off":
@@ -109,10 +206,6 @@ def stop(folder: Path) -> None:
     if bindir and (data / "postmaster.pid").exists():
         run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
             "stopping PostgreSQL (pg_ctl stop)")
-
-
-def url_for(port: int, database: str = DB_NAME) -> str:
-    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
 
 async def probe(url: str, timeout: float = 3.0) -> str | None:
@@ -151,4 +244,4 @@ def wait_ready(url: str, timeout: float = 60.0) -> str:
         if version:
             return version
         time.sleep(0.2)
-    raise InfraError(f"PostgreSQL at {url} did not answer SELECT 1 within {timeout:.0f}s")
+    raise InfraError(f"PostgreSQL at {without_password(url)} did not answer SELECT 1 within {timeout:.0f}s")

@@ -203,45 +203,53 @@ def _up_cluster(entry: dict, folder: Path, progress: Progress) -> dict:
     return entry
 
 
+def _database_of(url: str) -> str:
+    return urlsplit(url).path.lstrip("/") or postgres.DB_NAME
+
+
 def _up_postgres(state: dict, progress: Progress) -> dict:
+    """As `_up_kafka`; a server this stack starts asks for passwords (see infra/postgres.py):
+    the state records its URL without one, `infra env` exports it with the login role's."""
     env = os.environ.get("DATABASE_URL")
+    shown = postgres.without_password(env) if env else None
     folder = omnistream_home() / "postgres"
     previous = _previous(state, "postgres", env, _pg_host_port, "url")
     if previous and ours(previous):
         progress(f"postgres: already running (pid {previous['pid']}, port {previous['port']})")
-        postgres.wait_ready(previous["url"])
-        if env:
-            asyncio.run(postgres.ensure_database(env))  # the same server, maybe another database
+        home = Path(previous["folder"])
+        postgres.wait_ready(postgres.admin_url(home, previous["port"]))
+        if env:  # the same server, maybe another database
+            asyncio.run(postgres.provision(home, previous["port"], _database_of(env)))
         return previous
     if previous and port_is_free(previous["port"]):
         progress(f"postgres: the server this stack started (pid {previous['pid']}) is gone: "
                  "starting it again")
-        port, url = previous["port"], env or previous["url"]
+        port, database = previous["port"], _database_of(env or previous["url"])
     elif env:
         version = asyncio.run(postgres.probe(env))
         if version:
-            return {"source": "env", "url": env, "started": False, "version": version}
+            return {"source": "env", "url": shown, "started": False, "version": version}
         parts = urlsplit(env)
         base_ok = asyncio.run(postgres.probe(env.rsplit("/", 1)[0] + "/postgres"))
         if base_ok:  # the server answers, only the database is missing
             asyncio.run(postgres.ensure_database(env))
-            return {"source": "env", "url": env, "started": False, "version": base_ok}
+            return {"source": "env", "url": shown, "started": False, "version": base_ok}
         if parts.hostname not in LOOPBACK or not port_is_free(parts.port or 5432):
-            raise InfraError(f"DATABASE_URL={env} does not answer SELECT 1")
-        progress(f"DATABASE_URL={env} is not running: starting a local PostgreSQL there")
-        port, url = parts.port or 5432, env
+            raise InfraError(f"DATABASE_URL={shown} does not answer SELECT 1")
+        progress(f"DATABASE_URL={shown} is not running: starting a local PostgreSQL there")
+        port, database = parts.port or 5432, _database_of(env)
     elif asyncio.run(postgres.probe(DEFAULT_DATABASE_URL)):
         progress("postgres: using the server already answering at 127.0.0.1:5432")
         return {"source": "local", "url": DEFAULT_DATABASE_URL, "started": False}
     else:
-        port = 5432 if port_is_free(5432) else free_port()
-        url = postgres.url_for(port)
+        port, database = (5432 if port_is_free(5432) else free_port()), postgres.DB_NAME
     started = time.monotonic()
     pid = postgres.start(folder, port, progress)
-    version = postgres.wait_ready(url.rsplit("/", 1)[0] + "/postgres")
-    asyncio.run(postgres.ensure_database(url))
+    version = postgres.wait_ready(postgres.admin_url(folder, port))
+    asyncio.run(postgres.provision(folder, port, database))
     progress(f"postgres: started {version} (pid {pid}, port {port}) "
              f"in {time.monotonic() - started:.1f}s")
+    url = postgres.without_password(postgres.login_url(folder, port, database))
     return {"source": "started", "url": url, "started": True, "pid": pid, "port": port,
             "version": version, "folder": str(folder)}
 

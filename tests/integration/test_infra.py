@@ -62,9 +62,26 @@ def test_up_twice_status_env_down():
         assert pid_alive(kpid) and pid_alive(ppid)
         assert status["kafka"]["version"] == "4.1.1"
         assert status["postgres"]["version"].startswith("1")
+        exported = dict(line.removeprefix("export ").split("=", 1)
+                        for line in _cli(env, "infra", "env").stdout.splitlines())
+        login = exported["DATABASE_URL"]
         # The stack users get is durable by default (the suite's own cluster opts out).
-        settings = asyncio.run(_pg_settings(env["DATABASE_URL"], "fsync", "synchronous_commit"))
+        settings = asyncio.run(_pg_settings(login, "fsync", "synchronous_commit"))
         assert settings == ["on", "on"]
+        # It asks for a password; the worker's role owns the database but is no superuser.
+        assert login.startswith("postgresql://omnistream:")
+        assert login.endswith(f"@127.0.0.1:{pport}/omnistream")
+        password = login.split(":")[2].split("@")[0]
+        for nobody in (f"postgresql://postgres@127.0.0.1:{pport}/omnistream",
+                       f"postgresql://omnistream@127.0.0.1:{pport}/omnistream"):
+            with pytest.raises(Exception, match="password"):
+                asyncio.run(_pg_settings(nobody, "server_version"))
+        assert asyncio.run(_pg_settings(login, "is_superuser")) == ["off"]
+        for private in (home / "state.json", home / "postgres" / "credentials.json"):
+            assert private.stat().st_mode & 0o077 == 0, private
+        assert password not in (home / "state.json").read_text()
+        shown = _cli(env, "infra", "status")
+        assert password not in shown.stdout and "omnistream:***@" in shown.stdout
 
         # Idempotent: the second `up` finds both services and starts nothing new.
         env_no_vars = {k: v for k, v in env.items()
@@ -85,7 +102,7 @@ def test_up_twice_status_env_down():
 
         lines = _cli(env_no_vars, "infra", "env").stdout.splitlines()
         assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kport}" in lines
-        assert f"export DATABASE_URL=postgresql://postgres@127.0.0.1:{pport}/omnistream" in lines
+        assert f"export DATABASE_URL={login}" in lines
 
         down = _cli(env_no_vars, "infra", "down")
         assert down.returncode == 0, down.stderr

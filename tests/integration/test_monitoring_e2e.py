@@ -31,14 +31,14 @@ async def test_postgresql_stopped_20s_during_20000_metric_events_loses_and_doubl
     folder.chmod(0o755)
     port = free_port()
     await asyncio.to_thread(postgres.start, folder, port, lambda _: None)
-    db = postgres.url_for(port)
+    db = postgres.login_url(folder, port)
     name = f"outage_{uuid.uuid4().hex[:8]}"
     n, series = 20_000, 5
     base = time.time() - 400
     expected: dict[tuple[str, float], int] = {}
     worker = None
     try:
-        await postgres.ensure_database(db)
+        await postgres.provision(folder, port, postgres.DB_NAME)
         await migrate(db, progress=lambda _: None)
         worker = start_worker(services, db, f"omnistream-metrics-{uuid.uuid4().hex[:6]}", "m", {
             "OMNISTREAM_AUTO_OFFSET_RESET": "latest", "OMNISTREAM_METRIC_WINDOW_S": "10",

@@ -88,9 +88,9 @@ async def test_postgresql_down_for_a_while_loses_and_doubles_nothing():
     folder.chmod(0o755)
     port = free_port()
     await asyncio.to_thread(postgres.start, folder, port, lambda _: None)
-    db = postgres.url_for(port)
+    db = postgres.login_url(folder, port)
     try:
-        await postgres.ensure_database(db)
+        await postgres.provision(folder, port, postgres.DB_NAME)
         await migrate(db, progress=lambda _: None)
 
         rows = _rows(6000)
