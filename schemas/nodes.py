@@ -31,7 +31,7 @@ MIXIN_MEMBERS: dict[str, frozenset[str]] = {name: frozenset(members.split()) for
     "MixinTimeout": "timeout_s with_timeout",
     "MixinTransaction": "transaction",
     "MixinIdempotency": "idempotency_window seen_before",
-    "MixinAuth": "auth_key_env canonical_body sign verify_signature",
+    "MixinAuth": "auth_key_env auth_max_ttl_s signed_message sign refusal",
     "MixinBatching": "batch_size batches",
     "MixinStreaming": "stream_buffer stream_items",
     "MixinPersistence": "save_state load_state",
