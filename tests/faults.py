@@ -161,6 +161,7 @@ async def publish_paced(bootstrap: str, topic: str, values: list[tuple[bytes | N
                                 enable_idempotence=True, request_timeout_ms=120_000)
     await producer.start()
     acked: list[float] = []
+    pending = []
     began = time.monotonic()
     try:
         chunk = max(1, len(values) // max(1, int(seconds * 10)))
@@ -168,10 +169,13 @@ async def publish_paced(bootstrap: str, topic: str, values: list[tuple[bytes | N
             for key, value in values[i:i + chunk]:
                 sent = await producer.send(topic, value, key=key)
                 sent.add_done_callback(lambda _: acked.append(time.monotonic()))
+                pending.append(sent)
             await asyncio.sleep(0.1)
         await producer.flush()
     finally:
         await producer.stop()
+    failed = [f.exception() for f in pending if f.exception() is not None]
+    assert not failed, f"the publisher lost {len(failed)} records: {failed[0]!r}"
     times = [began, *sorted(acked)]
     return round(max(b - a for a, b in zip(times, times[1:], strict=False)), 2)
 

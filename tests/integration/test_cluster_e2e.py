@@ -29,9 +29,10 @@ from schemas.events import PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_COMPLETED, METRICS_EVENTS, PRD_REQUESTS
 from streams.infra.kafka import admin_call
 from streams.runtime.topics import describe
-from tests.conftest import OMNISTREAM, Services, http_json, make_home, pg_fetchval
+from tests.conftest import OMNISTREAM, Services, Worker, http_json, make_home, pg_fetchval
 from tests.faults import (
     WINDOW_ENV,
+    diff,
     publish_paced,
     read_topic,
     samples,
@@ -110,10 +111,18 @@ def report(test: str, **figures: object) -> None:
     print(f"\n[cluster] {test}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-async def exact_windows(db: str, name: str, expected: dict, timeout: float = 300) -> dict:
+async def exact_windows(db: str, name: str, expected: dict, workers: list[Worker], bootstrap: str,
+                        timeout: float = 300) -> dict:
+    """Every sample in its window once. On a mismatch, says whether the samples reached the
+    topic (the publisher's fault) and what the workers logged about skipped offsets."""
     got = await settle(lambda: window_counts(db, name), expected, timeout=timeout)
     sent, counted = sum(expected.values()), sum(got.values())
-    assert got == expected, f"counted {counted} of {sent} samples; windows differ"
+    if got != expected:
+        on_topic = sum(1 for r in await read_topic(bootstrap, METRICS_EVENTS.name) if r.key == name.encode())
+        said = [line[:300] for w in workers for line in w.log_lines()
+                if '"WARNING"' in line or '"ERROR"' in line][-15:]
+        raise AssertionError(f"counted {counted} of {sent} samples ({on_topic} on the topic); windows "
+                             f"differ: {diff(got, expected)}\nworkers said: " + "\n".join(said))
     return {"sent": sent, "counted": counted, "duplicates": counted - sent}
 
 
@@ -160,7 +169,7 @@ async def test_leader_of_a_metrics_partition_sigkilled_twice_during_20000_sample
             await asyncio.sleep(rng.uniform(1, 3))
             await cluster.restart()
         stall = await publishing
-        figures = await exact_windows(migrated_db, name, expected)
+        figures = await exact_windows(migrated_db, name, expected, [worker], cluster.bootstrap)
         assert worker.proc.poll() is None  # it carried on by itself
         report("leader killed twice", killed=killed, **figures, producer_stall_s=stall)
     finally:
@@ -190,7 +199,7 @@ async def test_two_of_three_nodes_sigkilled_for_20s_under_load(cluster, services
         await cluster.restart()
         back_after = time.monotonic() - down_at
         stall = await publishing
-        figures = await exact_windows(migrated_db, name, expected)
+        figures = await exact_windows(migrated_db, name, expected, [worker], cluster.bootstrap)
         assert worker.proc.poll() is None
         report("two nodes down 20 s", killed=victims, **figures, producer_stall_s=stall,
                nodes_back_after_s=round(back_after, 1))
@@ -205,7 +214,7 @@ async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, servic
     events, expected = samples(name, 20_000)
     partition = partition_of(name.encode())
     await start_group_at_end(cluster.bootstrap, app_id, [METRICS_EVENTS.name])
-    worker = spawn(svc, migrated_db, app_id, "first", WINDOW_ENV)
+    worker = first = spawn(svc, migrated_db, app_id, "first", WINDOW_ENV)
     try:
         await web_up(worker)
         publishing = asyncio.ensure_future(publish_paced(
@@ -221,7 +230,7 @@ async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, servic
         worker = spawn(svc, migrated_db, app_id, "after", WINDOW_ENV)
         await web_up(worker)
         stall = await publishing
-        figures = await exact_windows(migrated_db, name, expected)
+        figures = await exact_windows(migrated_db, name, expected, [first, worker], cluster.bootstrap)
         report("node and worker killed together", killed=[leader], **figures, producer_stall_s=stall)
     finally:
         stop_all(worker)
@@ -309,7 +318,7 @@ async def test_three_workers_one_leaving_one_joining(cluster, services, migrated
         joined = spawn(svc, migrated_db, app_id, "d", env)
         await web_up(joined)
         stall = await publishing
-        figures = await exact_windows(migrated_db, name, expected)
+        figures = await exact_windows(migrated_db, name, expected, [*workers, joined], cluster.bootstrap)
         assert all(w.proc.poll() is None for w in (workers[0], workers[1], joined))
         report("three workers, one leaving, one joining", **figures, producer_stall_s=stall)
     finally:

@@ -33,7 +33,7 @@ from faust.types import TP
 from streams.runtime.faust.lanes import Lanes, Reader, Record
 
 __all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "install", "kafka_producer",
-           "lane_topics"]
+           "lane_topics", "last_fetch_age"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,19 @@ async def _perform_seek(self: Consumer) -> None:
         log.info("records a rebalance dropped before any commit: read again", extra={"metadata": {
             "topic": tp.topic, "partition": tp.partition, "offset": offset}})
         await self.seek(tp, offset)
+
+
+def last_fetch_age(app: Any, tp: TP) -> float | None:
+    """Seconds since the broker last answered a fetch for `tp` (its highwater is that old);
+    None when it never has. A cached highwater says nothing while the partition's leader is
+    unreachable: the consumer keeps the last one it was told."""
+    import time
+
+    try:
+        stamp = app.consumer._thread._ensure_consumer().last_poll_timestamp(tp)
+    except (AssertionError, AttributeError):  # not assigned (any more), or not started
+        return None
+    return None if stamp is None else max(0.0, time.time() - stamp / 1000)
 
 
 def kafka_producer(app: Any) -> Any:
