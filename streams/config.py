@@ -285,10 +285,15 @@ class Settings(BaseModel):
             out["sasl_plain_username"] = self.kafka_sasl_username
         if self.kafka_sasl_password:
             out["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_cafile:
+        uses_tls = (self.kafka_security_protocol or "").endswith("SSL")
+        if uses_tls or self.kafka_ssl_cafile or self.kafka_ssl_certfile:
             import ssl
 
-            ctx = ssl.create_default_context(cafile=str(self.kafka_ssl_cafile))
+            # The system's CAs unless a CA file is named; a client certificate with or without
+            # one (TLS without a context, or a certificate dropped for want of a CA file, were
+            # both possible before).
+            cafile = str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            ctx = ssl.create_default_context(cafile=cafile)
             if self.kafka_ssl_certfile:
                 ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
             out["ssl_context"] = ctx

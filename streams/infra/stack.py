@@ -323,7 +323,7 @@ def status() -> dict:
     state = _read_state()
     kf, pg = state.get("kafka", {}), state.get("postgres", {})
     pg_version = asyncio.run(postgres.probe(settings.database_url))
-    answering = asyncio.run(kafka.probe(settings.kafka_bootstrap))
+    answering = asyncio.run(kafka.probe(settings.kafka_bootstrap, **settings.kafka_security))
     return {
         "kafka": {
             "bootstrap": settings.kafka_bootstrap,
@@ -359,8 +359,10 @@ def _node_report(svc: dict, bootstrap: str | None) -> list[dict]:
                  "alive": ours(n)} for n in nodes]
     if bootstrap is None:
         return []
+    from streams.config import Settings
+
     return [{"node_id": b["node_id"], "pid": None, "address": f"{b['host']}:{b['port']}", "alive": True}
-            for b in asyncio.run(kafka.brokers(bootstrap))]
+            for b in asyncio.run(kafka.brokers(bootstrap, **Settings.from_env().kafka_security))]
 
 
 async def _under_replicated(settings: Any) -> dict[str, int]:

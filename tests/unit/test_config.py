@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,39 @@ def test_the_cli_refuses_a_bad_setting_with_exit_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == ("omnistream: bad setting: OMNISTREAM_WEB_PORT: Input should be greater "
                                   "than or equal to 1 (got '0')")
+
+
+def test_tls_gets_a_context_with_or_without_a_ca_file_and_keeps_a_client_certificate(tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    plain = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL"}, local_stack=False)
+    assert plain.kafka_security["ssl_context"] is not None  # the system's CAs, not none at all
+    with_cert = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                   "KAFKA_SSL_CERTFILE": str(tmp_path / "c.pem"),
+                                   "KAFKA_SSL_KEYFILE": str(tmp_path / "k.pem")}, local_stack=False)
+    assert with_cert.kafka_security["ssl_context"] is not None
+    assert "ssl_context" not in Settings.from_env({}, local_stack=False).kafka_security
+    other = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "other.pem").write_bytes(other.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    mismatched = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL",
+                                    "KAFKA_SSL_CERTFILE": str(tmp_path / "c.pem"),
+                                    "KAFKA_SSL_KEYFILE": str(tmp_path / "other.pem")}, local_stack=False)
+    with pytest.raises(ssl.SSLError):  # the certificate is really loaded: a wrong key is refused
+        _ = mismatched.kafka_security
