@@ -36,7 +36,7 @@ from streams.runtime import tables
 from streams.runtime.app import app, metrics_events, settings
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
 from streams.runtime.emit import emitter
-from streams.runtime.faust import Record, last_fetch_age
+from streams.runtime.faust import Record, fetch_is_stale
 from streams.runtime.metrics import EVENTS_PROCESSED
 from streams.runtime.processing import (
     LAST_EVENT,
@@ -297,8 +297,7 @@ async def _caught_up(partition: int) -> bool:
         tp = TP(topic, partition)
         if tp not in assigned:
             continue
-        age = last_fetch_age(app, tp)
-        if age is None or age > FRESH_FETCH_S:
+        if fetch_is_stale(app, tp, FRESH_FETCH_S):
             return False
         try:
             high, position = consumer.highwater(tp), await consumer.position(tp)
