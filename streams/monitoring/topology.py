@@ -284,7 +284,8 @@ async def metric_window_ticks() -> None:
 
 
 async def _caught_up(partition: int) -> bool:
-    """True when this worker has read everything its sources hold for `partition`: a partition
+    """True when this worker has read everything its sources hold for `partition` (every
+    metrics.events partition it holds, and this partition of the inbox): a partition
     that is only behind (restoring after a restart, rewound, catching up) is not idle, and
     closing its windows by wall time would drop the samples still on their way as late. (A
     rewound partition reads as behind too: its position is back at the rewound offset.) The
@@ -293,10 +294,11 @@ async def _caught_up(partition: int) -> bool:
     time either."""
     consumer = app.consumer
     assigned = consumer.assignment()
-    for topic in (METRICS_EVENTS.name, metrics_inbox.get_topic_name()):
-        tp = TP(topic, partition)
-        if tp not in assigned:
-            continue
+    # Every source partition this worker reads, not only `partition`: a sample published with
+    # no key can come from any of them, re-keyed into this partition of the inbox (after a
+    # takeover the series is silent while its samples wait in another partition's backlog).
+    inbox = TP(metrics_inbox.get_topic_name(), partition)
+    for tp in sorted(tp for tp in assigned if tp.topic == METRICS_EVENTS.name or tp == inbox):
         if fetch_is_stale(app, tp, FRESH_FETCH_S):
             return False
         try:
