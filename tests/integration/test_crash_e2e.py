@@ -119,9 +119,12 @@ async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated
     await start_group_at_end(services.bootstrap, app_id, [METRICS_EVENTS.name])
     # Re-keyed samples arrive out of event-time order (by how far their source partitions'
     # owners lag): a lateness covering the whole run (samples end 700 s ago, so wall time can
-    # still close them), and an idle time longer than the takeover, so windows close by idle
-    # time once everything is in.
-    env = {**WINDOW_ENV, "OMNISTREAM_METRIC_LATENESS_S": "400", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "30"}
+    # still close them), and an idle time well beyond the takeover, so windows close by idle
+    # time once everything is in. A series whose samples had no key is silent on the survivor
+    # from the kill until it has taken the dead worker's partitions and re-keyed their backlog
+    # (session timeout 10 s, recovery, catching up: over 30 s on a loaded 2-core machine), and
+    # those partitions are nobody's meanwhile, so no worker can tell they hold its samples.
+    env = {**WINDOW_ENV, "OMNISTREAM_METRIC_LATENESS_S": "400", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "75"}
     a = spawn(services, migrated_db, app_id, "a", env)
     b = spawn(services, migrated_db, app_id, "b", env)
     try:
