@@ -32,8 +32,8 @@ from faust.types import TP
 
 from streams.runtime.faust.lanes import Lanes, Reader, Record
 
-__all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "fetch_is_stale", "install",
-           "kafka_producer", "lane_topics"]
+__all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "install", "kafka_producer",
+           "lane_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -142,23 +142,6 @@ async def _perform_seek(self: Consumer) -> None:
         log.info("records a rebalance dropped before any commit: read again", extra={"metadata": {
             "topic": tp.topic, "partition": tp.partition, "offset": offset}})
         await self.seek(tp, offset)
-
-
-def fetch_is_stale(app: Any, tp: TP, fresh_s: float) -> bool:
-    """True when the consumer should be fetching `tp` (assigned, not paused) but no fetch for
-    it was answered in the last `fresh_s` seconds: its leader cannot be reached, and the
-    highwater the consumer keeps is the last one it was told. A partition paused (by faust's
-    recovery or flow control) or never fetched yet is not called stale."""
-    import time
-
-    try:
-        consumer = app.consumer._thread._ensure_consumer()
-        if tp in consumer.paused():
-            return False
-        stamp = consumer.last_poll_timestamp(tp)
-    except (AssertionError, AttributeError):  # not assigned (any more), or not started
-        return False
-    return stamp is not None and time.time() - stamp / 1000 > fresh_s
 
 
 def kafka_producer(app: Any) -> Any:
