@@ -33,6 +33,7 @@ from tests.conftest import OMNISTREAM, Services, Worker, http_json, make_home, p
 from tests.faults import (
     WINDOW_ENV,
     diff,
+    metric_run,
     publish_paced,
     read_topic,
     samples,
@@ -150,12 +151,8 @@ async def test_leader_of_a_metrics_partition_sigkilled_twice_during_20000_sample
                                                                                    migrated_db):
     rng = random.Random()
     svc = cluster.services(services)
-    app_id = f"cluster-leader-{uuid.uuid4().hex[:6]}"
-    name = f"leader_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 20_000)
+    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "leader", 20_000, WINDOW_ENV)
     partition = partition_of(name.encode())
-    await start_group_at_end(cluster.bootstrap, app_id, [METRICS_EVENTS.name])
-    worker = spawn(svc, migrated_db, app_id, "w", WINDOW_ENV)
     try:
         await web_up(worker)
         publishing = asyncio.ensure_future(publish_paced(
@@ -180,12 +177,8 @@ async def test_two_of_three_nodes_sigkilled_for_20s_under_load(cluster, services
     """No quorum and no in-sync majority for 20 s: the worker and the producers wait, then
     carry on, and every sample lands once."""
     svc = cluster.services(services)
-    app_id = f"cluster-two-{uuid.uuid4().hex[:6]}"
-    name = f"two_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 15_000)
+    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "two", 15_000, WINDOW_ENV)
     partition = partition_of(name.encode())
-    await start_group_at_end(cluster.bootstrap, app_id, [METRICS_EVENTS.name])
-    worker = spawn(svc, migrated_db, app_id, "w", WINDOW_ENV)
     try:
         await web_up(worker)
         publishing = asyncio.ensure_future(publish_paced(
@@ -209,12 +202,9 @@ async def test_two_of_three_nodes_sigkilled_for_20s_under_load(cluster, services
 
 async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, services, migrated_db):
     svc = cluster.services(services)
-    app_id = f"cluster-both-{uuid.uuid4().hex[:6]}"
-    name = f"both_{uuid.uuid4().hex[:8]}"
-    events, expected = samples(name, 20_000)
+    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "both", 20_000, WINDOW_ENV)
     partition = partition_of(name.encode())
-    await start_group_at_end(cluster.bootstrap, app_id, [METRICS_EVENTS.name])
-    worker = first = spawn(svc, migrated_db, app_id, "first", WINDOW_ENV)
+    first = worker
     try:
         await web_up(worker)
         publishing = asyncio.ensure_future(publish_paced(
