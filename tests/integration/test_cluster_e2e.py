@@ -49,6 +49,10 @@ from tests.faults import (
 pytestmark = pytest.mark.slow
 
 NODES = 3
+# Idle close beyond the longest stall these faults cause (two nodes down: ~35 s). Shorter, wall
+# time closes a series whose samples wait behind an unreachable leader and drops them as late:
+# the open bug of issue 23, stated in the README ("Running on a cluster").
+CLUSTER_ENV = {**WINDOW_ENV, "OMNISTREAM_METRIC_IDLE_CLOSE_S": "60"}
 
 
 @dataclass
@@ -151,7 +155,7 @@ async def test_leader_of_a_metrics_partition_sigkilled_twice_during_20000_sample
                                                                                    migrated_db):
     rng = random.Random()
     svc = cluster.services(services)
-    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "leader", 20_000, WINDOW_ENV)
+    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "leader", 20_000, CLUSTER_ENV)
     partition = partition_of(name.encode())
     try:
         await web_up(worker)
@@ -177,7 +181,7 @@ async def test_two_of_three_nodes_sigkilled_for_20s_under_load(cluster, services
     """No quorum and no in-sync majority for 20 s: the worker and the producers wait, then
     carry on, and every sample lands once."""
     svc = cluster.services(services)
-    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "two", 15_000, WINDOW_ENV)
+    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "two", 15_000, CLUSTER_ENV)
     partition = partition_of(name.encode())
     try:
         await web_up(worker)
@@ -202,7 +206,7 @@ async def test_two_of_three_nodes_sigkilled_for_20s_under_load(cluster, services
 
 async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, services, migrated_db):
     svc = cluster.services(services)
-    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "both", 20_000, WINDOW_ENV)
+    app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "both", 20_000, CLUSTER_ENV)
     partition = partition_of(name.encode())
     first = worker
     try:
@@ -217,7 +221,7 @@ async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, servic
         worker.proc.wait(30)
         await cluster.restart()
         await asyncio.sleep(11)  # OMNISTREAM_SESSION_TIMEOUT_S=10: the group lets the dead member go
-        worker = spawn(svc, migrated_db, app_id, "after", WINDOW_ENV)
+        worker = spawn(svc, migrated_db, app_id, "after", CLUSTER_ENV)
         await web_up(worker)
         stall = await publishing
         figures = await exact_windows(migrated_db, name, expected, [first, worker], cluster.bootstrap)
