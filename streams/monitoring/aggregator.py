@@ -83,6 +83,9 @@ class Aggregator:
         kept = int(np.count_nonzero(fresh))
         if kept < len(positions):  # a replay after a crash, or a stretch sent again
             self.replayed += len(positions) - kept
+            log.debug("samples already in their series skipped", extra={"metadata": {
+                "partition": partition, "series": series, "source": where, "skipped": len(positions) - kept,
+                "first": positions[0], "held": held}})
             if not kept:
                 return 0
             keep = fresh.tolist()
@@ -97,7 +100,7 @@ class Aggregator:
         SAMPLES.inc(len(values))
         if w.late > late_before:
             LATE.inc(w.late - late_before)
-            log.debug("late samples dropped", extra={"metadata": {
+            log.info("late samples dropped", extra={"metadata": {
                 "series": series, "metric": name, "labels": labels, "late": w.late - late_before,
                 "watermark": w.watermarks.get(series)}})
         return len(values)

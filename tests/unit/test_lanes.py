@@ -161,3 +161,47 @@ async def test_forget_drops_a_partition_that_moved(offsets):
     assert lanes.committable(A0) == offsets[-1] + 1
     lanes.forget([A0])
     assert lanes.committable(A0) is None and A0 not in lanes.expected
+
+
+class Coordinator:  # the fields of aiokafka's GroupCoordinator the commit fence reads
+    def __init__(self, generation: int, assignment: object) -> None:
+        self.generation = generation
+        subscription = type("Subscription", (), {"assignment": assignment})()
+        self._subscription = type("SubscriptionState", (), {"subscription": subscription})()
+
+
+async def test_a_commit_is_sent_only_under_the_generation_and_assignment_it_was_asked_in(monkeypatch):
+    """aiokafka retries a commit with whatever generation is current by then: one asked before a
+    rebalance must not land after it (the partition's new owner has already read "no commit")."""
+    from aiokafka.errors import IllegalGenerationError
+
+    import streams.runtime.faust as runtime
+
+    sent: list[tuple[int, dict]] = []
+
+    async def send(self, assignment, offsets):
+        sent.append((self.generation, offsets))
+
+    async def commit_with_a_rebalance_before_sending(self, assignment, offsets):
+        await runtime._do_commit_offsets(self, assignment, offsets)  # sent at once: fine
+        self.generation += 1  # the group rebalanced while aiokafka waited to retry
+        await runtime._do_commit_offsets(self, assignment, offsets)
+
+    monkeypatch.setitem(runtime._aiokafka, "_do_commit_offsets", send)
+    monkeypatch.setitem(runtime._aiokafka, "commit_offsets", commit_with_a_rebalance_before_sending)
+    old = object()
+    coordinator = Coordinator(4, old)
+    with pytest.raises(IllegalGenerationError):
+        await runtime._commit_offsets(coordinator, old, {A0: 10})
+    assert sent == [(4, {A0: 10})]
+
+    # Asked between a JoinGroup and its SyncGroup: the generation is already new, the assignment
+    # it was asked for is not the one the group settles on.
+    async def commit_as_sync_completes(self, assignment, offsets):
+        self._subscription.subscription.assignment = object()
+        await runtime._do_commit_offsets(self, assignment, offsets)
+
+    monkeypatch.setitem(runtime._aiokafka, "commit_offsets", commit_as_sync_completes)
+    with pytest.raises(IllegalGenerationError):
+        await runtime._commit_offsets(Coordinator(5, old), old, {A1: 3})
+    assert sent == [(4, {A0: 10})]

@@ -14,6 +14,7 @@ the app is created; `check()` refuses to start on a faust that no longer has wha
 | `Consumer.wait_empty` (a rebalance, a stop) first drops what the lanes queued and waits for the batches in hand | faust waits for its own unacked messages only; a batch finished after its partitions were revoked could commit for the new owner | — | tests/integration/test_crash_e2e.py (rebalance under load) | with the first row |
 | records the agents send go to the aiokafka producer behind faust's (`kafka_producer`), not through `Topic.send` / `Producer.send` | `Topic.send` builds a future message with callbacks per record, and `Producer.send` checks the headers against `typing.Mapping` (~3 µs a record); delivery is still awaited by faust's flush before each commit | — | the SIGKILL tests (every output counted) | faust's send path costs as little |
 | `Consumer.perform_seek` (after every rebalance) resets each lane partition's expected offset to the committed one, and reads again a partition with no commit from the first record a rebalance dropped | faust does not seek a partition with no committed offset: records fetched and dropped before its first commit were never read again | — | tests/unit/test_lanes.py | — |
+| aiokafka's `GroupCoordinator.commit_offsets` sends a commit only under the group generation and the assignment it was called in (`_do_commit_offsets` refuses it otherwise, as a failed commit) | a commit delayed past a rebalance (the coordinator moved, the producer flush before it was slow) went out under the new generation, after the partition's new owner had read "no commit": its consumer then started at the stale offset while its restored table missed the old owner's last writes, and 300-360 samples of 20,000 were lost (the cluster tests, 2 cores) | — | tests/integration/test_cluster_e2e.py (three workers, one leaving, one joining); tests/unit/test_lanes.py | aiokafka fences commits by generation |
 | `Producer._settings_extra` (faust's aiokafka producer) is `acks=all` with idempotence always, not only inside transactions | a broker that dies after taking a batch makes the producer send it again: without idempotence the partition gets it twice (changelogs, inboxes, output topics) | — | tests/integration/test_cluster_e2e.py (leaders SIGKILLed under load) | faust exposes `enable_idempotence` |
 
 Checked at start-up by attribute (`REQUIRED`) and by version (`TESTED`): a faust release that
@@ -22,11 +23,14 @@ renamed what is wrapped fails loudly instead of losing records quietly.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import IllegalGenerationError
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
@@ -44,6 +48,10 @@ LANES = Lanes()
 
 _faust = {name: getattr(Consumer, name) for name in
           ("_wait_next_records", "_new_offset", "wait_empty", "perform_seek")}
+_aiokafka = {name: getattr(GroupCoordinator, name) for name in ("commit_offsets", "_do_commit_offsets")}
+_COMMIT_GENERATION: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "omnistream_commit_generation", default=None)
+STALE_COMMITS = 0  # commits refused because the group rebalanced before they were sent
 
 
 def check() -> None:
@@ -55,6 +63,10 @@ def check() -> None:
                and name not in getattr(Consumer, "__annotations__", {})]
     missing += [f"Producer.{name}" for name in ("_ensure_producer", "_settings_extra")
                 if not hasattr(Producer, name)]
+    missing += [f"GroupCoordinator.{name}" for name in ("commit_offsets", "_do_commit_offsets")
+                if not hasattr(GroupCoordinator, name)]
+    if "generation" not in GroupCoordinator.__init__.__code__.co_names:
+        missing.append("GroupCoordinator.generation")
     if missing or not version.startswith(TESTED):
         raise RuntimeError(
             f"faust-streaming {version} is not one streams.runtime.faust was written for "
@@ -138,10 +150,41 @@ async def _perform_seek(self: Consumer) -> None:
     committed: Mapping[TP, int | None] = {TP(tp.topic, tp.partition): offset
                                            for tp, offset in self._read_offset.items()}
     assigned = {TP(tp.topic, tp.partition) for tp in self.assignment()}
-    for tp, offset in LANES.reset({tp: committed.get(tp) for tp in assigned}).items():
+    starts = {tp: committed.get(tp) for tp in assigned}
+    log.info("partitions assigned: reading from their committed offsets", extra={"metadata": {
+        "generation": self.app.consumer_generation_id,
+        "from": {f"{tp.topic}:{tp.partition}": offset for tp, offset in sorted(starts.items())
+                 if tp.topic in LANES.wanted}}})
+    for tp, offset in LANES.reset(starts).items():
         log.info("records a rebalance dropped before any commit: read again", extra={"metadata": {
             "topic": tp.topic, "partition": tp.partition, "offset": offset}})
         await self.seek(tp, offset)
+
+
+async def _commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
+    token = _COMMIT_GENERATION.set(self.generation)
+    try:
+        await _aiokafka["commit_offsets"](self, assignment, offsets)
+    finally:
+        _COMMIT_GENERATION.reset(token)
+
+
+async def _do_commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
+    """Send the commit only under the generation it was asked in: aiokafka retries a commit
+    (coordinator moved, request timed out) with whatever generation is current by then."""
+    global STALE_COMMITS
+    asked_in = _COMMIT_GENERATION.get()
+    subscription = self._subscription.subscription
+    current = subscription.assignment if subscription is not None else None
+    # Asked in one generation and sent in another, or asked while the group was between a
+    # JoinGroup and a SyncGroup (the generation is new, the assignment still the old one).
+    if asked_in is not None and (asked_in != self.generation or assignment is not current):
+        STALE_COMMITS += 1
+        log.info("commit from before a rebalance not sent", extra={"metadata": {
+            "asked_in_generation": asked_in, "generation": self.generation,
+            "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in offsets)[:20]}})
+        raise IllegalGenerationError()  # aiokafka turns it into CommitFailedError ("already rebalanced")
+    await _aiokafka["_do_commit_offsets"](self, assignment, offsets)
 
 
 def kafka_producer(app: Any) -> Any:
@@ -169,3 +212,5 @@ def install() -> None:
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     Consumer.wait_empty = _wait_empty  # type: ignore[method-assign]
     Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+    GroupCoordinator.commit_offsets = _commit_offsets
+    GroupCoordinator._do_commit_offsets = _do_commit_offsets

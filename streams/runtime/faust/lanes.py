@@ -251,6 +251,9 @@ class Lanes:
                 return
             first = fetched_records[0].offset
             want = self.expected.get(tp)
+            if want is None:
+                log.info("partition with no committed offset: reading from its first record fetched",
+                         extra={"metadata": {"topic": tp.topic, "partition": tp.partition, "offset": first}})
             if want is not None and first != want:
                 if first < want:  # read again after a seek: the head was handed on already
                     fetched_records = [r for r in fetched_records if r.offset >= want]
