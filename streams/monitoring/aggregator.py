@@ -105,14 +105,18 @@ class Aggregator:
                 "watermark": w.watermarks.get(series)}})
         return len(values)
 
-    def close_due(self, partitions: set[int]) -> list[tuple[int, Aggregate]]:
-        """Pop the windows that are due in these partitions and buffer their rows."""
+    def close_due(self, partitions: set[int], idle: set[int] | None = None) -> list[tuple[int, Aggregate]]:
+        """Pop the windows that are due in these partitions and buffer their rows. Wall time
+        closes a silent series' windows only in the `idle` partitions (None: all), those whose
+        sources the worker has read to their end: a series is not silent while its samples wait
+        behind a broker that cannot be reached."""
         closed = []
         for partition in partitions:
             w = self.by_partition.get(partition)
             if w is None:
                 continue
-            for key in w.due(self.clock(), self.idle_close_s):
+            idle_s = self.idle_close_s if idle is None or partition in idle else None
+            for key in w.due(self.clock(), idle_s):
                 agg = w.pop(key)
                 closed.append((partition, agg))
                 assert self.sink is not None, "started with the agent"
@@ -120,12 +124,13 @@ class Aggregator:
         return closed
 
     async def commit(self, touched: set[int], put: Callable[[int, bytes, bytes], None],
-                     held: Callable[[int], bool]) -> list[tuple[int, Aggregate]]:
+                     held: Callable[[int], bool],
+                     idle: set[int] | None = None) -> list[tuple[int, Aggregate]]:
         """End of a batch: close the due windows of the touched partitions, wait until their rows
         are committed, then write the changed series records of the partitions still held. A
         sink failure raises before any record is written (the batch is not acked; its replay
         closes the same windows again, as upserts). Returns the windows closed."""
-        closed = self.close_due(touched)
+        closed = self.close_due(touched, idle)
         assert self.sink is not None, "started with the agent"
         await self.sink.flush()
         self.save({p for p in touched if held(p)}, put)

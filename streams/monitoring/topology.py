@@ -36,7 +36,7 @@ from streams.runtime import tables
 from streams.runtime.app import app, metrics_events, settings
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
 from streams.runtime.emit import emitter
-from streams.runtime.faust import Record
+from streams.runtime.faust import Record, fetch_is_stale
 from streams.runtime.metrics import EVENTS_PROCESSED
 from streams.runtime.processing import (
     LAST_EVENT,
@@ -60,6 +60,9 @@ HOP_STEP_S = settings.metric_hopping_step_s
 LATENESS_S = settings.metric_lateness_s
 FLUSH_S = settings.metric_flush_s
 IDLE_CLOSE_S = settings.metric_idle_close_s
+# A fetch answered this recently (an idle partition's is answered every fetch wait, 0.5 s) is
+# what "caught up" is measured against.
+FRESH_FETCH_S = 3.0
 SPECS = [WindowSpec(TUMBLING_S)] + ([WindowSpec(HOPPING_S, HOP_STEP_S)] if HOPPING_S > 0 else [])
 
 
@@ -217,8 +220,9 @@ async def metrics_aggregator(stream: StreamT) -> None:
         if folded:  # bookkeeping once per batch, not per sample
             EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
             LAST_EVENT["metrics-aggregator"] = time.time()
+        idle = {p for p in touched if await _caught_up(p)}
         closed = await aggregator.commit(touched, put=lambda p, k, v: table_put(window_table, p, k, v),
-                                         held=lambda p: held(METRICS_EVENTS.name, p))
+                                         held=lambda p: held(METRICS_EVENTS.name, p), idle=idle)
         for _, agg in closed:
             await window_closed(agg)
 
@@ -280,16 +284,23 @@ async def metric_window_ticks() -> None:
 
 
 async def _caught_up(partition: int) -> bool:
-    """True when this worker has read everything its sources hold for `partition`: a partition
+    """True when this worker has read everything its sources hold for `partition` (every
+    metrics.events partition it holds, and this partition of the inbox): a partition
     that is only behind (restoring after a restart, rewound, catching up) is not idle, and
     closing its windows by wall time would drop the samples still on their way as late. (A
-    rewound partition reads as behind too: its position is back at the rewound offset.)"""
+    rewound partition reads as behind too: its position is back at the rewound offset.) The
+    highwater must be fresh: while the partition's leader is unreachable (a broker died) the
+    consumer keeps the last one it was told, and the samples published meanwhile are not idle
+    time either."""
     consumer = app.consumer
     assigned = consumer.assignment()
-    for topic in (METRICS_EVENTS.name, metrics_inbox.get_topic_name()):
-        tp = TP(topic, partition)
-        if tp not in assigned:
-            continue
+    # Every source partition this worker reads, not only `partition`: a sample published with
+    # no key can come from any of them, re-keyed into this partition of the inbox (after a
+    # takeover the series is silent while its samples wait in another partition's backlog).
+    inbox = TP(metrics_inbox.get_topic_name(), partition)
+    for tp in sorted(tp for tp in assigned if tp.topic == METRICS_EVENTS.name or tp == inbox):
+        if fetch_is_stale(app, tp, FRESH_FETCH_S):
+            return False
         try:
             high, position = consumer.highwater(tp), await consumer.position(tp)
         except Exception:  # not known yet (just assigned): not idle either

@@ -126,3 +126,16 @@ def test_a_stretch_a_crashed_rekeying_worker_sent_again_is_folded_once(n):
     assert sum(a.count for a in w.open.values()) == n + 5
     assert w.applied[series_key("m", {})] == {WHERE: n + 4}
 
+
+def test_wall_time_closes_a_silent_series_only_where_its_sources_are_read_to_the_end():
+    """A series silent past idle_close_s because its partition's broker cannot be reached is
+    not idle: its windows stay open (the samples on their way would be dropped as late)."""
+    clock = Clock(2000.0)
+    agg = _aggregator({}, ListSink([]), clock)
+    _fold(agg, 0, "m", "gauge", {}, _samples(0, 4, 1990.0))  # window [1990, 2000) still open
+    _fold(agg, 1, "m2", "gauge", {}, _samples(0, 4, 1990.0))
+    clock.now += 31  # silent for longer than idle_close_s
+    assert agg.close_due({0, 1}, idle=set()) == []  # neither partition known to be caught up
+    closed = agg.close_due({0, 1}, idle={1})
+    assert [p for p, _ in closed] == [1]
+    assert [p for p, _ in agg.close_due({0, 1})] == [0]  # no idle set given: wall time closes all

@@ -36,8 +36,8 @@ from faust.types import TP
 
 from streams.runtime.faust.lanes import Lanes, Reader, Record
 
-__all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "install", "kafka_producer",
-           "lane_topics"]
+__all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "fetch_is_stale", "install",
+           "kafka_producer", "lane_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,23 @@ async def _do_commit_offsets(self: GroupCoordinator, assignment: Any, offsets: A
             "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in offsets)[:20]}})
         raise IllegalGenerationError()  # aiokafka turns it into CommitFailedError ("already rebalanced")
     await _aiokafka["_do_commit_offsets"](self, assignment, offsets)
+
+
+def fetch_is_stale(app: Any, tp: TP, fresh_s: float) -> bool:
+    """True when the consumer should be fetching `tp` (assigned, not paused) but no fetch for
+    it was answered in the last `fresh_s` seconds: its leader cannot be reached, and the
+    highwater the consumer keeps is the last one it was told. A partition paused (by faust's
+    recovery or flow control) or never fetched yet is not called stale."""
+    import time
+
+    try:
+        consumer = app.consumer._thread._ensure_consumer()
+        if tp in consumer.paused():
+            return False
+        stamp = consumer.last_poll_timestamp(tp)
+    except (AssertionError, AttributeError):  # not assigned (any more), or not started
+        return False
+    return stamp is not None and time.time() - stamp / 1000 > fresh_s
 
 
 def kafka_producer(app: Any) -> Any:
