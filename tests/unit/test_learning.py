@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import struct
+import zlib
 
 import pytest
 
@@ -46,8 +48,16 @@ def test_snapshot_round_trip_is_compact_and_predicts_the_same(trained):
         assert back.predict_proba(combo) == model.predict_proba(combo)
 
 
-@pytest.mark.parametrize("tamper", ["payload", "header", "key", "truncate", "magic", "pickle"])
-def test_tampered_snapshot_is_refused_before_unpickling(trained, tamper):
+@pytest.mark.parametrize("tamper", ["payload", "header", "key", "truncate", "magic", "pickle", None])
+def test_tampered_snapshot_is_refused_before_unpickling(trained, tamper, monkeypatch):
+    unpickled: list[bytes] = []
+    real_loads = pickle.loads
+
+    def spy(data: bytes, *args, **kwargs):
+        unpickled.append(data)
+        return real_loads(data, *args, **kwargs)  # our own blob: the control case
+
+    monkeypatch.setattr(snapshot.pickle, "loads", spy)
     blob = bytearray(_blob(trained["compute"]))
     if tamper == "payload":
         blob[-10] ^= 0xFF
@@ -57,13 +67,19 @@ def test_tampered_snapshot_is_refused_before_unpickling(trained, tamper):
         blob = blob[:20]
     elif tamper == "magic":
         blob[0:5] = b"XXXXX"
-    elif tamper == "pickle":  # a forged snapshot whose payload would run code when unpickled
-        evil = pickle.dumps(__import__("os").system)
-        head = bytes(blob).split(b"}", 1)[0] + b"}"
-        blob = bytearray(head + b"\0" * 32 + evil)
+    elif tamper == "pickle":  # a forged snapshot whose payload, well formed, would run code
+        head, _, _ = snapshot._split(bytes(blob))
+        evil = zlib.compress(pickle.dumps(__import__("os").system))
+        blob = bytearray(snapshot.MAGIC + struct.pack(">I", len(head)) + head + b"\0" * 32 + evil)
+        assert snapshot._split(bytes(blob))[2] == evil  # it reaches the tag check whole
     key = b"other-key-000000" if tamper == "key" else KEY
+    if tamper is None:  # the control: an untouched blob is unpickled (the spy sees it)
+        snapshot.loads(bytes(blob), key)
+        assert len(unpickled) == 1
+        return
     with pytest.raises(snapshot.SnapshotRejected):
         snapshot.loads(bytes(blob), key)
+    assert unpickled == []
 
 
 def test_registry_refuses_tampered_record_and_keeps_the_model(trained):
