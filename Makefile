@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/python -m streams.config --check README.md
 
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,16 @@ async def _create_db(base_url: str, name: str) -> str:
 
 async def _drop_db(base_url: str, name: str) -> None:
     await _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """The test's randomness (kill instants, pauses), seeded: `OMNISTREAM_TEST_SEED` replays a
+    run; the seed is printed, so a failing test shows it under "Captured stdout setup"."""
+    seed = int(os.environ.get("OMNISTREAM_TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"[seed] {request.node.name}: OMNISTREAM_TEST_SEED={seed}")
+    request.node.user_properties.append(("seed", seed))
+    return random.Random(seed)
 
 
 @pytest.fixture

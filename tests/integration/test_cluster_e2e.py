@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import time
@@ -153,8 +152,7 @@ async def test_topics_are_replicated_three_times_with_two_in_sync(cluster, servi
 
 
 async def test_leader_of_a_metrics_partition_sigkilled_twice_during_20000_samples(cluster, services,
-                                                                                   migrated_db):
-    rng = random.Random()
+                                                                                   migrated_db, rng):
     svc = cluster.services(services)
     app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "leader", 20_000, CLUSTER_ENV)
     partition = partition_of(name.encode())
@@ -205,7 +203,7 @@ async def test_two_of_three_nodes_sigkilled_for_20s_under_load(cluster, services
         stop_all(worker)
 
 
-async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, services, migrated_db):
+async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, services, migrated_db, rng):
     svc = cluster.services(services)
     app_id, name, events, expected, worker = await metric_run(svc, migrated_db, "both", 20_000, CLUSTER_ENV)
     partition = partition_of(name.encode())
@@ -214,7 +212,7 @@ async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, servic
         await web_up(worker)
         publishing = asyncio.ensure_future(publish_paced(
             cluster.bootstrap, METRICS_EVENTS.name, [(name.encode(), encode(e)) for e in events], 24))
-        await asyncio.sleep(random.uniform(5, 9))
+        await asyncio.sleep(rng.uniform(5, 9))
         leader = await cluster.leader_of(METRICS_EVENTS.name, partition)
         pid = {n["node_id"]: n["pid"] for n in cluster.nodes()}[leader]
         os.kill(pid, signal.SIGKILL)
@@ -231,7 +229,7 @@ async def test_a_node_and_a_worker_sigkilled_at_the_same_instant(cluster, servic
         stop_all(worker)
 
 
-async def test_200_prds_across_a_leader_kill(cluster, services, migrated_db):
+async def test_200_prds_across_a_leader_kill(cluster, services, migrated_db, rng):
     svc = cluster.services(services)
     app_id = f"cluster-prds-{uuid.uuid4().hex[:6]}"
     await start_group_at_end(cluster.bootstrap, app_id, [PRD_REQUESTS.name])
@@ -250,7 +248,7 @@ async def test_200_prds_across_a_leader_kill(cluster, services, migrated_db):
         await web_up(worker)
         publishing = asyncio.ensure_future(publish_paced(
             cluster.bootstrap, PRD_REQUESTS.name, [(p.prd_id.encode(), encode(p)) for p in prds], 15))
-        await asyncio.sleep(random.uniform(4, 8))
+        await asyncio.sleep(rng.uniform(4, 8))
         # The node leading codegen.tasks partition 0 leads a share of every hop's partitions too.
         leader = await cluster.leader_of("codegen.tasks", 0)
         cluster.kill(leader)

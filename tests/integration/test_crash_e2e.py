@@ -9,7 +9,6 @@ output stops changing and compares exact counts: nothing lost, nothing applied t
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 import tempfile
 import time
@@ -49,8 +48,7 @@ pytestmark = pytest.mark.slow
 # ---------------------------------------------------------------------------- metric windows
 
 
-async def test_sigkill_three_times_during_20000_metric_samples(services, migrated_db):
-    rng = random.Random()
+async def test_sigkill_three_times_during_20000_metric_samples(services, migrated_db, rng):
     app_id, name, events, expected, worker = await metric_run(services, migrated_db, "metrics", 20_000,
                                                               WINDOW_ENV)
     try:
@@ -87,11 +85,10 @@ async def test_windows_left_open_by_a_killed_worker_close_on_the_next_one(servic
         stop_all(worker)
 
 
-async def test_sigkill_three_times_during_100000_samples_in_batched_records(services, migrated_db):
+async def test_sigkill_three_times_during_100000_samples_in_batched_records(services, migrated_db, rng):
     """200 records of 500 samples each; a quarter published with no key, so their samples are
     re-keyed one by one through the inbox (positions carried in a header): every sample lands
     in its window exactly once."""
-    rng = random.Random()
     env = {**WINDOW_ENV, "OMNISTREAM_METRIC_LATENESS_S": "400", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "30"}
     app_id, name, events, expected, worker = await metric_run(services, migrated_db, "batch", 100_000, env,
                                                               ago=1000)
@@ -109,10 +106,9 @@ async def test_sigkill_three_times_during_100000_samples_in_batched_records(serv
         stop_all(worker)
 
 
-async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated_db):
+async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated_db, rng):
     """Samples published with no key (re-keyed through the inbox), two workers, one killed for
     good mid-run: the survivor takes its partitions over from the changelog."""
-    rng = random.Random()
     app_id = f"crash-pair-{uuid.uuid4().hex[:6]}"
     name = f"pair_{uuid.uuid4().hex[:8]}"
     events, expected = samples(name, 12_000, series=4, ago=1000)
@@ -145,8 +141,7 @@ async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated
 # ---------------------------------------------------------------------------- learning
 
 
-async def test_sigkill_during_8000_generation_results(services, migrated_db):
-    rng = random.Random()
+async def test_sigkill_during_8000_generation_results(services, migrated_db, rng):
     app_id = f"crash-results-{uuid.uuid4().hex[:6]}"
     tag = uuid.uuid4().hex[:6].upper()
     mixins = [f"MixinK{tag}{c}" for c in "ABCDEF"]
@@ -200,8 +195,7 @@ async def test_sigkill_during_8000_generation_results(services, migrated_db):
 # ---------------------------------------------------------------------------- codegen
 
 
-async def test_sigkill_during_200_prds(services, migrated_db):
-    rng = random.Random()
+async def test_sigkill_during_200_prds(services, migrated_db, rng):
     app_id = f"crash-prds-{uuid.uuid4().hex[:6]}"
     start = await start_group_at_end(services.bootstrap, app_id, [PRD_REQUESTS.name])
     completed_start = await start_group_at_end(services.bootstrap, f"{app_id}-reader",
