@@ -1,5 +1,5 @@
 """Mixin model benchmark (4): progressive accuracy and log loss on a drifting synthetic stream
-beside its Bayes ceiling and beside the best configuration LEARNING.md measured (the baseline,
+beside its Bayes ceiling and beside the best plain configuration measured before this model (the baseline,
 run here on the same stream); today's per-node-type models beside the hierarchical model
 (agents/learning/hierarchy.py); drift recovery; predict/learn latency; conflict-pair precision
 and recall, at the stream's end and after the rules change back and forth; replay events/s
@@ -20,7 +20,7 @@ from agents.stats import percentile
 from bench.mixin_stream import NODE_TYPES, MixinStream
 
 VARIANTS: dict[str, Callable[[str], MixinModel]] = {
-    # LEARNING.md's best: pairs, SGD lr .1, a plain online learner (no drift handling).
+    # The best plain configuration measured before: pairs, SGD lr .1, no drift handling.
     "baseline: LR pairs, lr .1, plain": lambda t: MixinModel(t, lr=0.1, drift_cfg=DriftConfig(enabled=False)),
     "LR pairs, lr .2, plain": lambda t: MixinModel(t, lr=0.2, drift_cfg=DriftConfig(enabled=False)),
     "per-type (before): lr .2 + ADWIN challenger": lambda t: MixinModel(t),
@@ -135,8 +135,8 @@ def _score(learner: Learner, stream: MixinStream, observable: bool) -> dict:
 
 
 def conflicts(trained: dict[str, Learner], stream: MixinStream) -> dict:
-    """Conflict pairs at the stream's end, today's model (also with the probes LEARNING.md
-    measured) and the hierarchical one."""
+    """Conflict pairs at the stream's end, today's model (also with two weight probes: the plain
+    one measured before this model, and a threshold on pair weights) and the hierarchical one."""
     today = trained[TODAY]
     assert isinstance(today, _PerType)
 
@@ -161,7 +161,7 @@ def conflicts(trained: dict[str, Learner], stream: MixinStream) -> dict:
         out[name] = {**_score(learner, stream, observable=False),
                      "observable_truth": _score(learner, stream, observable=True),
                      "ms_per_call": round((time.perf_counter() - started) * 1000 / len(NODE_TYPES) / 2, 2)}
-    out["plain probe (LEARNING.md)"] = _score(_Probe(plain_probe), stream, observable=False)  # type: ignore[arg-type]
+    out["plain probe"] = _score(_Probe(plain_probe), stream, observable=False)  # type: ignore[arg-type]
     out["pair weight < -1"] = _score(_Probe(lambda m: {  # type: ignore[arg-type]
         frozenset((a, b)) for a, b in combinations(m.mixins, 2) if m.pair_weight(a, b) < -1.0}),
         stream, observable=False)

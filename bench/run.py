@@ -2,67 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import platform
-import time
-from pathlib import Path
-
-import orjson
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def _write(name: str, data: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    data = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "postgres_durability": os.environ.get("OMNISTREAM_PG_DURABILITY", "full")},
-            **data}
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    return path
-
-
-def isolated_stack():
-    """A throwaway Kafka + PostgreSQL on free ports: load runs never touch the user's topics
-    (every consumer group would otherwise have to work through the benchmark's PRDs)."""
-    import contextlib
-    import shutil
-    import tempfile
-
-    from streams.infra import stack
-    from streams.infra.proc import free_port
-
-    @contextlib.contextmanager
-    def cm():
-        home = Path(tempfile.mkdtemp(prefix="omnistream-bench-", dir="/tmp"))
-        home.chmod(0o755)
-        saved = {k: os.environ.get(k) for k in ("OMNISTREAM_HOME", "KAFKA_BOOTSTRAP_SERVERS",
-                                                 "DATABASE_URL", "OMNISTREAM_PG_DURABILITY")}
-        # Durable like a production database: every commit is flushed to disk.
-        os.environ.update(OMNISTREAM_HOME=str(home), OMNISTREAM_PG_DURABILITY="full",
-                          KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
-                          DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/omnistream")
-        try:
-            stack.up(progress=lambda m: print(f"  {m}"))
-            import asyncio
-
-            from streams.config import Settings
-            from streams.infra.migrate import migrate
-
-            # The stack's login role and password (the URL above names none).
-            asyncio.run(migrate(Settings.from_env().database_url, progress=lambda _: None))
-            yield
-        finally:
-            stack.down(progress=lambda _: None)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            shutil.rmtree(home, ignore_errors=True)
-
-    return cm()
+from bench.common import isolated_stack, write_result
 
 
 def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> int:
@@ -75,7 +15,7 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
         with isolated_stack():
             result = soak.run(minutes)
         print(f"  RSS at minutes 1/10/30: {result['rss_mib_at']}")
-        print(f"  -> {_write('soak', result)}")
+        print(f"  -> {write_result('soak', result)}")
         return 0
 
     if only in (None, "cache"):
@@ -90,7 +30,7 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
         print(f"  render, uncached     {tc['render_uncached_us']:8.2f} µs  "
               f"(cached is {tc['speedup_cached_vs_uncached']:.1f}x faster)")
         print(f"  one node generated   {tc['node_generate_ms']:8.3f} ms")
-        print(f"  -> {_write('template_cache', tc)}")
+        print(f"  -> {write_result('template_cache', tc)}")
     if only in (None, "pipeline", "learning", "learner", "metrics"):
         print("  starting a throwaway Kafka + PostgreSQL for the load runs")
         with isolated_stack():
@@ -98,13 +38,13 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
                 print("== PRD -> codegen.completed latency (2), floor = bare aiokafka relay, 3 hops")
                 pl = pipeline.run(quick)
                 print(f"  max sustained with the pool: {pl['max_sustained_prd_per_s']} PRD/s")
-                print(f"  -> {_write('pipeline', pl)}")
+                print(f"  -> {write_result('pipeline', pl)}")
             if only in (None, "metrics"):
                 print("== metrics ingest (1, 6): ours beside Quix Streams on the same single and batched "
                       "records, bare consumer, faust, one INSERT each; sink (3) beside raw COPY")
                 mt = metrics.run(quick)
                 metrics.print_report(mt)
-                print(f"  -> {_write('metrics', mt)}")
+                print(f"  -> {write_result('metrics', mt)}")
             if only in (None, "learner"):
                 import asyncio
 
@@ -113,12 +53,12 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
                 print("== learner end to end (6): codegen.results -> results-intake -> mixin-learner")
                 le = asyncio.run(learner_e2e.run(10_000 if quick else 30_000))
                 learner_e2e.print_report(le)
-                print(f"  -> {_write('learner', le)}")
+                print(f"  -> {write_result('learner', le)}")
             if only in (None, "learning"):
-                print("== mixin model (4): drifting synthetic stream, baseline = LEARNING.md's best")
+                print("== mixin model (4): drifting synthetic stream, baseline = best plain config")
                 lr = learning.run(quick)
                 learning.print_report(lr)
-                print(f"  -> {_write('learning', lr)}")
+                print(f"  -> {write_result('learning', lr)}")
     if only in (None, "scaleout"):
         from bench import scaleout
 
@@ -127,5 +67,5 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
         with isolated_stack():
             so = scaleout.run(quick)
         scaleout.print_report(so)
-        print(f"  -> {_write('scaleout', so)}")
+        print(f"  -> {write_result('scaleout', so)}")
     return 0

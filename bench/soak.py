@@ -140,7 +140,7 @@ def run(minutes: float = 30) -> dict:
 
 
 def main() -> None:
-    from bench.run import _write, isolated_stack
+    from bench.common import isolated_stack, write_result
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=30)
@@ -150,7 +150,7 @@ def main() -> None:
         result = run(args.minutes)
     print(f"  RSS at minutes 1/10/30: {result['rss_mib_at']}; growth after warm-up "
           f"{result['rss_growth_after_warmup_mib']} MiB")
-    print(f"  -> {_write('soak', result)}")
+    print(f"  -> {write_result('soak', result)}")
 
 
 if __name__ == "__main__":

@@ -227,5 +227,3 @@ def wait_ready(bootstrap: str, pid: int | None, folder: Path | None, timeout: fl
     raise InfraError(f"Kafka at {bootstrap} did not answer a metadata request within {timeout:.0f}s")
 
 
-def version_of(cache: Path) -> str:
-    return KAFKA_VERSION if (cache / f"kafka-{KAFKA_VERSION}" / "lib" / ".complete").exists() else "?"

@@ -29,14 +29,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

@@ -377,13 +377,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from streams.config import repo_root
-
-    root = repo_root()
-    if root is None:
-        raise UsageError("bench runs from a source checkout (bench/ is not installed)")
-    sys.path.insert(0, str(root))
-    from bench.run import main as bench_main
+    try:
+        from bench.run import main as bench_main
+    except ImportError as exc:
+        raise UsageError(f"the benchmarks are not installed with this omnistream ({exc})") from None
 
     return bench_main(quick=args.quick, only=args.only, minutes=args.minutes)
 

@@ -22,7 +22,7 @@ from schemas.codec import DecodeError, decode, encode, metric_records
 from schemas.events import Envelope, GeneratedNode, MetricEvent, PrdCompleted, PrdSubmitted
 from streams.config import Settings
 from streams.runtime.replica import topic_partitions
-from streams.runtime.topics import ensure_topics
+from streams.runtime.topics import ensure_topics, idempotent_producer
 
 M = TypeVar("M", bound=Envelope)
 
@@ -36,8 +36,7 @@ class OmnistreamClient:
     async def __aenter__(self) -> OmnistreamClient:
         await ensure_topics(self.bootstrap, partitions=self.settings.partitions,
                             replication=self.settings.replication_factor, **self.settings.kafka_security)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                          enable_idempotence=True, **self.settings.kafka_security)
+        self._producer = idempotent_producer(self.bootstrap, **self.settings.kafka_security)
         await self._producer.start()
         return self
 
@@ -72,13 +71,6 @@ class OmnistreamClient:
                 for key, value in metric_records(samples)]
         await asyncio.gather(*sent)  # every record acknowledged by the broker
         return len(sent)
-
-    async def publish_many(self, topic: spec.TopicSpec, events: Iterable[Envelope]) -> int:
-        n = 0
-        for event in events:
-            await self.publish(topic, event)
-            n += 1
-        return n
 
     async def subscribe(self, topic: spec.TopicSpec, model: type[M], *,
                         correlation_ids: set[str] | None = None, count: int | None = None,

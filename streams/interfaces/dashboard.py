@@ -93,9 +93,7 @@ def _value(chart: Chart, r: dict[str, Any], size: float) -> float | None:
 
 async def dashboard_data(window_s: float | None = None, range_s: float = 3600, worker: str | None = None,
                          node_type: str | None = None) -> dict[str, Any]:
-    from streams.monitoring.topology import TUMBLING_S
-
-    size = window_s or TUMBLING_S
+    size = window_s or settings.metric_window_s  # the tumbling windows the aggregator writes
     metrics = sorted({c.metric for c in CHARTS.values()})
     rows = await _fetch(
         "SELECT metric_name, labels, window_start, sample_count, value_sum, value_min, value_max, p95 "

@@ -31,11 +31,11 @@ from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.registry import SHARED, ModelRegistry
 from schemas.topics import CODEGEN_RESULTS
 from streams.config import Settings, model_key
-from streams.interfaces.client import OmnistreamClient
 from streams.learning.training import ChildTraining, InProcessTraining, short_lived_garbage, training
 from streams.runtime import tables
 from streams.runtime.replica import read_all, topic_partitions
 from streams.runtime.tables import ControlKind
+from streams.runtime.topics import idempotent_producer
 
 if TYPE_CHECKING:  # the trainer compiles its loops (numba): imported when a replay runs
     from agents.learning.trainer import NodeReport
@@ -169,10 +169,14 @@ async def _install(settings: Settings, key: bytes, report: ReplayReport,
     model.find_all_conflicts()
     head = snapshot.SnapshotHeader(SHARED, model.version, model.updates, time.time(),
                                    replaces=report.old_version)
-    async with OmnistreamClient(settings=settings) as client:
-        await client.publish_raw(inbox, snapshot.dumps(model, head, key), key=SHARED.encode(), headers={
-            tables.KIND_HEADER: ControlKind.INSTALL.header,
-            tables.TRAINED_HEADER: orjson.dumps({str(p): o for p, o in trained_through.items()})})
+    producer = idempotent_producer(settings.kafka_bootstrap, **settings.kafka_security)
+    await producer.start()
+    try:
+        await producer.send_and_wait(inbox, snapshot.dumps(model, head, key), key=SHARED.encode(), headers=[
+            (tables.KIND_HEADER, ControlKind.INSTALL.header),
+            (tables.TRAINED_HEADER, orjson.dumps({str(p): o for p, o in trained_through.items()}))])
+    finally:
+        await producer.stop()
 
 
 async def _await_swap(settings: Settings, key: bytes, report: ReplayReport, wait_s: float) -> None:

@@ -23,12 +23,6 @@ class OmnistreamError(Exception):
     retriable = False
 
 
-class RetriableError(OmnistreamError):
-    """Not the input's fault (a broker, database or network hiccup): try the same event again."""
-
-    retriable = True
-
-
 class InputRefused(OmnistreamError):
     """The event can never succeed as it is; it belongs in the dead-letter topic."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-MODEL_TABLE = "mixin-models"          # node type → signed model snapshot (raw bytes)
+MODEL_TABLE = "mixin-models"          # the shared model's key → signed model snapshot (raw bytes)
 FEEDBACK_TABLE = "pattern-feedback"   # pattern name → posterior state (JSON)
 ASSEMBLY_TABLE = "codegen-assembly"   # correlation id → assembly state (JSON)
 
@@ -21,10 +21,10 @@ class ControlKind(StrEnum):
     """What a record on an internal topic is, in its KIND_HEADER (processing.control_kind reads
     it). Everything else a worker reads is data from outside, whatever its headers say."""
 
-    RESULT = "result"    # learning inbox: a codegen.results record re-keyed by node type
+    RESULT = "result"    # learning inbox: a codegen.results record re-keyed to the shared model
     INSTALL = "install"  # learning inbox: a replayed, signed model to swap in (TRAINED_HEADER)
     NODE = "node"        # assembler inbox: a generated node re-keyed by correlation id
-    SAMPLE = "sample"    # metrics inbox: a sample re-keyed by its series
+    SAMPLE = "sample"    # metrics inbox: a sample re-keyed by its metric name
     WINDOW = "window"    # alert inbox: a closed metric window
     COMMAND = "command"  # alert inbox: ack / resolve / silence from alerts.commands
     TICK = "tick"        # any inbox: its timer's tick (assembler deadlines, idle windows, alerts)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaProducer
+
 from schemas.topics import ALL, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ class TopicCheck:
 
 
 STARTUP_CHECK: TopicCheck | None = None  # what the worker found at start (/health shows it)
+
+
+def idempotent_producer(bootstrap: str, **security: object) -> AIOKafkaProducer:
+    """A producer for clients outside the worker (the Python client, replay's install): acks
+    from every in-sync replica, idempotent (a batch sent again to a new leader is kept once)."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                            **security)
 
 
 def min_insync(replication: int) -> int:

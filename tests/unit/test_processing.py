@@ -13,12 +13,13 @@ import orjson
 from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
 
 from agents.codegen.fanout import fan_out
+from agents.codegen.pool import PoolBroken
 from agents.monitoring.alerting import alert_id
 from agents.monitoring.windows import Windows, WindowSpec, series_key
 from schemas.codec import decode, encode
 from schemas.events import DeadLetter, MetricEvent, PrdSubmitted
 from streams.runtime.dlq import EMBED_BYTES, dead_letter
-from streams.runtime.errors import InputRefused, RetriableError, is_retriable
+from streams.runtime.errors import InputRefused, is_retriable
 from streams.runtime.processing import Applied, record_defaults, record_id
 
 
@@ -96,7 +97,7 @@ def test_window_series_record_round_trips_offsets_watermark_and_closed_windows()
 
 
 def test_errors_say_whether_to_retry():
-    assert is_retriable(RetriableError("x")) and not is_retriable(InputRefused("r", "x"))
+    assert is_retriable(PoolBroken("a pool process died")) and not is_retriable(InputRefused("r", "x"))
     assert is_retriable(KafkaConnectionError()) and is_retriable(NotLeaderForPartitionError())
     assert is_retriable(ConnectionRefusedError()) and is_retriable(TimeoutError())
     assert is_retriable(asyncpg.DeadlockDetectedError("deadlock"))
