@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from schemas.errors import OmnistreamError
+
 M = TypeVar("M", bound=BaseModel)
 MAX_VALUE_BYTES = 1_000_000
 
 
-class DecodeError(ValueError):
+class DecodeError(OmnistreamError, ValueError):
     """The bytes are not a valid value for the topic; `kind` says which check failed."""
 
     def __init__(self, kind: str, message: str):

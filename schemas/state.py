@@ -13,8 +13,10 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
 
+from schemas.errors import OmnistreamError
 
-class StateVersionError(ValueError):
+
+class StateVersionError(OmnistreamError, ValueError):
     """A state record written by a newer release than this one."""
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.json_schema import JsonDict
 
 from agents.logging import redact_secrets
+from schemas.errors import OmnistreamError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/omnistream"
@@ -60,7 +61,7 @@ def read_state(home: Path | None = None) -> dict:
         return {}
 
 
-class ConfigError(ValueError):
+class ConfigError(OmnistreamError, ValueError):
     """A setting has a value it cannot take: one sentence naming the variable."""
 
 

@@ -23,6 +23,7 @@ from agents.codegen.cache import TemplateCache, TemplateStats
 from agents.codegen.pipeline import generate_node
 from agents.codegen.render import CodeGenerator
 from schemas.codec import decode, encode
+from schemas.errors import OmnistreamError
 from schemas.events import Compatibility, GeneratedNode, GenerationResult, NodeTask
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
-class PoolBroken(RuntimeError):
+class PoolBroken(OmnistreamError, RuntimeError):
     """A pool process died (e.g. killed by the OOM killer); the pool was rebuilt, try again."""
 
     retriable = True

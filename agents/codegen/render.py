@@ -18,6 +18,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agents.codegen.cache import HashingLoader, TemplateCache
 from agents.codegen.catalogue import MIXINS, class_order, imports_for, requirements_for
+from schemas.errors import OmnistreamError
 from schemas.events import GeneratedFile, NodeTask
 from schemas.nodes import EXECUTE_METHOD, snake
 
@@ -27,7 +28,7 @@ DEFAULT_OPERATIONS = {"effect": ["process"], "compute": ["transform"], "reducer"
                       "orchestrator": ["coordinate"]}
 
 
-class GenerationFailed(Exception):
+class GenerationFailed(OmnistreamError):
     """The PRD was valid but this node cannot be built (e.g. a mixin no template knows)."""
 
 

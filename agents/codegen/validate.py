@@ -8,12 +8,13 @@ import functools
 from dataclasses import dataclass, field
 
 from agents.codegen.patterns import TEST_IDIOMS, ModuleNodes, scan
+from schemas.errors import OmnistreamError
 from schemas.events import GeneratedFile, PatternFinding
 
 SEVERITY_WEIGHT = {"info": 0.02, "warning": 0.08, "error": 0.2}
 
 
-class ValidationFailed(Exception):
+class ValidationFailed(OmnistreamError):
     pass
 
 

@@ -19,11 +19,13 @@ from typing import Any
 
 import orjson
 
+from schemas.errors import OmnistreamError
+
 MAGIC = b"OMSM1"
 TAG_BYTES = 32
 
 
-class SnapshotRejected(Exception):
+class SnapshotRejected(OmnistreamError):
     """The bytes are not a snapshot we signed (tampered, truncated, other key, other format)."""
 
 

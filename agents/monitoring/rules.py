@@ -24,12 +24,14 @@ from typing import Any
 
 import yaml
 
+from schemas.errors import OmnistreamError
+
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 STATS = ("count", "sum", "min", "max", "avg", "increase", "p50", "p95", "p99")
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
 
 
-class RuleError(ValueError):
+class RuleError(OmnistreamError, ValueError):
     """The rules file is not valid: says which rule and what is wrong."""
 
 

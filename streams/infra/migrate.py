@@ -13,13 +13,14 @@ from pathlib import Path
 
 import asyncpg
 
+from schemas.errors import OmnistreamError
 from streams.config import Settings, repo_root
 
 ADVISORY_LOCK_KEY = 0x6F6D6E69  # "omni"
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(OmnistreamError, RuntimeError):
     pass
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from schemas.errors import OmnistreamError
 from schemas.events import Alert
 
 COLUMNS = ("ID", "STATE", "SEVERITY", "RULE", "LABELS", "SINCE", "VALUE/THRESHOLD", "ESC", "ACKED BY")
@@ -116,7 +117,7 @@ def change_line(alert: Alert, now: datetime, colour: bool = False) -> str:
 
 
 @dataclass(frozen=True)
-class Ambiguous(Exception):
+class Ambiguous(OmnistreamError):
     prefix: str
     matches: tuple[str, ...]
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from schemas.errors import OmnistreamError
 from streams.config import ConfigError
 from streams.infra.errors import InfraError
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from schemas.events import Alert
 
 
-class UsageError(Exception):
+class UsageError(OmnistreamError):
     """Bad input from the user: printed as one line, exit status 1."""
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from schemas.errors import OmnistreamError
 from schemas.events import GeneratedNode
 
 
-class UnsafeOutput(Exception):
+class UnsafeOutput(OmnistreamError):
     pass
 
 

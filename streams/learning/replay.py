@@ -29,6 +29,7 @@ from tqdm import tqdm
 from agents.learning import snapshot
 from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.registry import SHARED, ModelRegistry
+from schemas.errors import OmnistreamError
 from schemas.topics import CODEGEN_RESULTS
 from streams.config import Settings, model_key
 from streams.learning.training import ChildTraining, InProcessTraining, short_lived_garbage, training
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # the trainer compiles its loops (numba): imported when a rep
     from agents.learning.trainer import NodeReport
 
 
-class ReplayError(Exception):
+class ReplayError(OmnistreamError):
     """The replay cannot run as asked (unknown topic, nothing to read); nothing was changed."""
 
 

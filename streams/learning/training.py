@@ -30,6 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agents.learning.results import Results
 from schemas.codec import MAX_VALUE_BYTES
+from schemas.errors import OmnistreamError
 from schemas.events import GenerationResultFields
 
 if TYPE_CHECKING:  # the trainer compiles its loops (numba): imported where they run
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # the trainer compiles its loops (numba): imported where they
     from agents.learning.trainer import NodeReport
 
 
-class TrainingError(RuntimeError):
+class TrainingError(OmnistreamError, RuntimeError):
     """The training process failed or ended without handing its model back (not the input's
     fault: bad records are left out, never raised)."""
 

@@ -4,7 +4,8 @@ In the spirit of aiokafka's `errors.py`: every error the pipeline raises on purp
 `retriable` flag, and `is_retriable()` classifies the ones libraries raise. The processing path
 (streams.runtime.processing) retries a retriable failure with backoff and keeps the event; only input
 that can never succeed (it does not decode, or the domain refuses it, or PostgreSQL refuses the
-row) goes to the dead-letter topic.
+row) goes to the dead-letter topic. A failure that is the deployment's (`is_fatal`: Kafka refused
+the principal or the protocol) is neither: the worker stops with one line naming it.
 """
 
 from __future__ import annotations
@@ -14,28 +15,42 @@ import logging
 from collections.abc import Callable
 
 import asyncpg
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    UnsupportedSaslMechanismError,
+    UnsupportedVersionError,
+)
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential
 
+from schemas.errors import InputRefused, OmnistreamError
 
-class OmnistreamError(Exception):
-    """Base of the errors the pipeline raises on purpose."""
-
-    retriable = False
-
-
-class InputRefused(OmnistreamError):
-    """The event can never succeed as it is; it belongs in the dead-letter topic."""
-
-    retriable = False
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
+__all__ = ["FATAL_KAFKA", "PG_ROW_REFUSED", "InputRefused", "OmnistreamError", "is_fatal",
+           "is_retriable", "retrying"]
 
 
 # PostgreSQL refusing a value is the row's fault; every other database error (connection lost,
 # deadlock, serialization failure, a table missing until a migration runs) is the database's.
 PG_ROW_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+# Kafka refusing this deployment (who it is, what it may do, what the broker speaks): no retry
+# and no dead letter makes it pass; the worker stops with one line saying so.
+FATAL_KAFKA = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
+               ClusterAuthorizationFailedError, TransactionalIdAuthorizationFailed,
+               SaslAuthenticationFailed, AuthenticationFailedError, UnsupportedSaslMechanismError,
+               UnsupportedVersionError)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True when the failure is the deployment's (Kafka refused the principal or the protocol):
+    neither the input's fault (no dead letter) nor one that passes with time (no retry)."""
+    return isinstance(exc, FATAL_KAFKA)
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -46,13 +61,13 @@ def is_retriable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return True
-    try:
-        from aiokafka.errors import KafkaError
-    except ImportError:  # pragma: no cover - aiokafka is a dependency
-        KafkaError = ()  # noqa: N806
     if isinstance(exc, KafkaError):
-        return True  # a record that is too large is refused before sending, as input
-    if getattr(exc, "retriable", False) is True:  # errors of the domain layer that say so
+        # aiokafka's own flag says which broker errors pass (a leader moving, a coordinator
+        # loading); of the rest only a refusal of the deployment is final. Others (a request
+        # that timed out, an error aiokafka raises without a flag) are a broker away for now. A
+        # record that is too large is refused before sending, as input.
+        return exc.retriable or not is_fatal(exc)
+    if getattr(exc, "retriable", False) is True:  # errors of libraries that say so
         return True
     return isinstance(exc, OSError | ConnectionError | asyncio.TimeoutError | TimeoutError)
 

@@ -46,7 +46,7 @@ from schemas.codec import DecodeError, decode
 from streams.config import Settings
 from streams.runtime import faust as faust_runtime
 from streams.runtime.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
-from streams.runtime.errors import InputRefused, is_retriable, retrying
+from streams.runtime.errors import InputRefused, is_fatal, is_retriable, retrying
 from streams.runtime.faust import Reader, Record
 from streams.runtime.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER, ControlKind
@@ -202,6 +202,8 @@ async def handle_event(event: Record, model: type[M], agent: str, handler: Handl
                 await send_to_dlq(event, exc.reason, str(exc), agent)
                 return False
             except Exception as exc:  # a handler bug must not stop the agent
+                if is_fatal(exc):  # the deployment's fault: no dead letter makes it pass
+                    _stop_hard(agent, 1, f"Kafka refused this worker: {type(exc).__name__}: {exc}")
                 log.exception("handler failed")
                 _processed(agent, "error").inc()
                 await send_to_dlq(event, "handler_error", f"{type(exc).__name__}: {exc}", agent)
@@ -254,8 +256,10 @@ async def _apply(agent: str, on_batch: Batch, batch: list[Record], reader: Reade
         finished = work.done() and not work.cancelled() and work.exception() is None
         reader.done(batch, handed_back=not finished)
         raise
-    except Exception:
-        _stop_hard(agent, len(batch), "batch could not be applied")
+    except Exception as exc:
+        why = f"Kafka refused this worker: {type(exc).__name__}: {exc}" if is_fatal(exc) else \
+            "batch could not be applied"
+        _stop_hard(agent, len(batch), why)
     reader.done(batch)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
+import pytest
 from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
 
 from agents.codegen.fanout import fan_out
@@ -165,3 +166,80 @@ def test_control_kinds_are_honoured_on_internal_topics_only():
     assert control_kind(event("codegen.results", b"install")) is None  # outside: always data
     assert {k.value for k in ControlKind} == {"result", "install", "node", "sample", "window", "command",
                                               "tick"}
+
+
+def test_kafka_refusing_the_deployment_is_neither_retried_nor_dead_lettered():
+    from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
+
+    from streams.runtime.errors import is_fatal
+
+    refused = TopicAuthorizationFailedError()
+    assert not is_retriable(refused) and is_fatal(refused)
+    assert is_retriable(KafkaTimeoutError()) and not is_fatal(KafkaTimeoutError())  # a broker away
+
+
+def test_every_error_raised_on_purpose_says_whether_to_retry():
+    """One tree: each error class of the project is an OmnistreamError with its flag."""
+    import importlib
+    import inspect
+
+    from schemas.errors import OmnistreamError
+
+    modules = ["schemas.codec", "schemas.state", "agents.monitoring.rules", "agents.codegen.pool",
+               "agents.codegen.render", "agents.codegen.validate", "agents.learning.snapshot",
+               "streams.config", "streams.interfaces.cli", "streams.interfaces.output",
+               "streams.interfaces.alert_table", "streams.infra.errors", "streams.infra.migrate",
+               "streams.learning.replay", "streams.learning.training"]
+    found = {name: cls for m in modules
+             for name, cls in inspect.getmembers(importlib.import_module(m), inspect.isclass)
+             if issubclass(cls, Exception) and cls.__module__ == m}
+    assert len(found) >= 15
+    assert [name for name, cls in found.items() if not issubclass(cls, OmnistreamError)] == []
+    assert [name for name, cls in found.items() if cls.retriable] == ["PoolBroken"]
+
+
+async def test_a_handler_refused_by_kafka_stops_the_worker_and_dead_letters_nothing(monkeypatch):
+    from aiokafka.errors import TopicAuthorizationFailedError
+    from faust.types import TP
+
+    from streams.runtime import processing
+    from streams.runtime.faust.lanes import to_records
+
+    @dataclass
+    class Fetched:
+        offset: int = 7
+        timestamp: int | None = 1_790_000_000_000
+        key: bytes | None = b"k"
+        value: bytes | None = b"{}"
+        headers: list = field(default_factory=list)
+
+    letters: list[str] = []
+    stops: list[str] = []
+
+    async def decoded(event, model, agent):
+        return object()
+
+    async def dead_letter_spy(event, reason, message, agent, **kwargs):
+        letters.append(reason)
+
+    def stop_spy(agent, events, why):
+        stops.append(why)
+        raise SystemExit(70)
+
+    monkeypatch.setattr(processing, "decode_event", decoded)
+    monkeypatch.setattr(processing, "send_to_dlq", dead_letter_spy)
+    monkeypatch.setattr(processing, "_stop_hard", stop_spy)
+    record = to_records(TP("codegen.tasks", 0), [Fetched()])[0]
+
+    async def refused(value, event):
+        raise TopicAuthorizationFailedError()
+
+    with pytest.raises(SystemExit):
+        await processing.handle_event(record, object, "agent", refused)
+    assert letters == [] and stops and "Kafka refused this worker" in stops[0]
+
+    async def buggy(value, event):
+        raise ValueError("a bug")
+
+    assert not await processing.handle_event(record, object, "agent", buggy)
+    assert letters == ["handler_error"]  # a bug, not the deployment: dead-lettered, worker goes on
