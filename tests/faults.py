@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.events import MetricEvent
-from schemas.topics import ALL, METRICS_EVENTS
+from schemas.codec import decode
+from schemas.events import MetricEvent, PrdCompleted, PrdSubmitted
+from schemas.topics import ALL, CODEGEN_COMPLETED, METRICS_EVENTS
 from streams.infra.proc import free_port
 from streams.runtime.replica import topic_partitions
 from streams.runtime.topics import ensure_topics
-from tests.conftest import OMNISTREAM, Services, Worker, http_json, pg_fetch, stop_worker
+from tests.conftest import OMNISTREAM, Services, Worker, http_json, pg_fetch, pg_fetchval, stop_worker
 
 WINDOW_ENV = {"OMNISTREAM_METRIC_WINDOW_S": "10", "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0",
               "OMNISTREAM_METRIC_LATENESS_S": "2", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "8",
@@ -214,3 +215,47 @@ async def assert_windows(db: str, name: str, expected: dict, timeout: float = 24
     assert got == expected, f"sum {sum(got.values())} of {sum(expected.values())}; {diff(got, expected)}"
 
 
+
+
+# ---------------------------------------------------------------------------- PRDs under faults
+
+def prd_batch(n: int, title: str) -> tuple[list[PrdSubmitted], int, set[str]]:
+    """n PRDs of one to three nodes each: (PRDs, how many nodes, their correlation ids)."""
+    prds, nodes = [], 0
+    for i in range(n):
+        parts = 1 + i % 3
+        prds.append(PrdSubmitted(title=f"{title} {i}", service_name=f"{title.lower()}_svc", nodes=[
+            {"node_type": ["effect", "compute", "reducer"][j], "name": f"Part{j}",
+             "mixins": ["MixinRetry", "MixinLogging"][: 1 + j % 2]} for j in range(parts)]))
+        nodes += parts
+    return prds, nodes, {str(p.correlation_id) for p in prds}
+
+
+async def assert_one_row_per_node(db: str, cids: set[str], nodes: int, timeout: float = 240) -> None:
+    """generation_performance_metrics holds one row per generated node, none twice."""
+    async def rows() -> int:
+        return await pg_fetchval(db, "SELECT count(*) FROM generation_performance_metrics "
+                                     "WHERE correlation_id = ANY($1::uuid[])", list(cids))
+
+    assert await settle(rows, nodes, timeout=timeout) == nodes
+    distinct = await pg_fetchval(
+        db, "SELECT count(DISTINCT (correlation_id, metadata->>'node_name')) FROM "
+            "generation_performance_metrics WHERE correlation_id = ANY($1::uuid[])", list(cids))
+    assert distinct == nodes
+
+
+async def completions(bootstrap: str, start: dict[TopicPartition, int], cids: set[str],
+                      timeout: float = 120) -> dict[str, list[str]]:
+    """The ids of the codegen.completed records of these PRDs (each record once, in topic order),
+    read until every PRD has one or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    by_cid: dict[str, list[str]] = {}
+    while True:
+        by_cid = {}
+        for rec in await read_topic(bootstrap, CODEGEN_COMPLETED.name, start):
+            done = decode(PrdCompleted, rec.value)
+            if str(done.correlation_id) in cids:
+                by_cid.setdefault(str(done.correlation_id), []).append(str(done.id))
+        if len(by_cid) >= len(cids) or time.monotonic() > deadline:
+            return by_cid
+        await asyncio.sleep(2)

@@ -23,16 +23,18 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from schemas.codec import decode, encode
-from schemas.events import PrdCompleted, PrdSubmitted
+from schemas.codec import encode
 from schemas.topics import CODEGEN_COMPLETED, METRICS_EVENTS, PRD_REQUESTS
 from streams.infra.kafka import admin_call
 from streams.runtime.topics import describe
-from tests.conftest import OMNISTREAM, Services, Worker, http_json, make_home, pg_fetchval
+from tests.conftest import OMNISTREAM, Services, Worker, http_json, make_home
 from tests.faults import (
     WINDOW_ENV,
+    assert_one_row_per_node,
+    completions,
     diff,
     metric_run,
+    prd_batch,
     publish_paced,
     read_topic,
     samples,
@@ -235,14 +237,7 @@ async def test_200_prds_across_a_leader_kill(cluster, services, migrated_db, rng
     await start_group_at_end(cluster.bootstrap, app_id, [PRD_REQUESTS.name])
     completed_start = await start_group_at_end(cluster.bootstrap, f"{app_id}-reader",
                                                [CODEGEN_COMPLETED.name])
-    prds, nodes = [], 0
-    for i in range(200):
-        n = 1 + i % 3
-        prds.append(PrdSubmitted(title=f"Cluster {i}", service_name="cluster_svc", nodes=[
-            {"node_type": ["effect", "compute", "reducer"][j], "name": f"Part{j}",
-             "mixins": ["MixinRetry", "MixinLogging"][: 1 + j % 2]} for j in range(n)]))
-        nodes += n
-    cids = {str(p.correlation_id) for p in prds}
+    prds, nodes, cids = prd_batch(200, "Cluster")
     worker = spawn(svc, migrated_db, app_id, "w", {})
     try:
         await web_up(worker)
@@ -256,29 +251,8 @@ async def test_200_prds_across_a_leader_kill(cluster, services, migrated_db, rng
         await cluster.restart()
         stall = await publishing
 
-        async def rows() -> int:
-            return await pg_fetchval(migrated_db, "SELECT count(*) FROM generation_performance_metrics "
-                                                  "WHERE correlation_id = ANY($1::uuid[])", list(cids))
-
-        assert await settle(rows, nodes, timeout=300) == nodes  # one row per node, none twice
-        distinct = await pg_fetchval(
-            migrated_db, "SELECT count(DISTINCT (correlation_id, metadata->>'node_name')) FROM "
-                         "generation_performance_metrics WHERE correlation_id = ANY($1::uuid[])", list(cids))
-        assert distinct == nodes
-
-        async def completions() -> dict[str, list[str]]:
-            by_cid: dict[str, list[str]] = {}
-            for rec in await read_topic(cluster.bootstrap, CODEGEN_COMPLETED.name, completed_start):
-                done = decode(PrdCompleted, rec.value)
-                if str(done.correlation_id) in cids:
-                    by_cid.setdefault(str(done.correlation_id), []).append(str(done.id))
-            return by_cid
-
-        deadline = time.monotonic() + 120
-        by_cid: dict[str, list[str]] = {}
-        while time.monotonic() < deadline and len(by_cid) < len(cids):
-            by_cid = await completions()
-            await asyncio.sleep(2)
+        await assert_one_row_per_node(migrated_db, cids, nodes, timeout=300)
+        by_cid = await completions(cluster.bootstrap, completed_start, cids)
         assert set(by_cid) == cids  # every PRD completed
         # Exactly one record per PRD on the topic: a resent batch would show as a second copy.
         assert all(len(ids) == 1 for ids in by_cid.values()), \
