@@ -61,7 +61,8 @@ class Evaluation:
             try:
                 w = orjson.loads(event.value or b"{}")
                 if not _window_seen(state, w):
-                    window_s = float(w["end"]) - float(w.get("start", w["end"]))
+                    # The pace its windows close at (a hopping window's step), not their length.
+                    window_s = float(w.get("every") or float(w["end"]) - float(w.get("start", w["end"])))
                     self.changes += self.engine.observe(state, w["metric"], w["stats"], w["labels"], now,
                                                         window_s=window_s or None)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:

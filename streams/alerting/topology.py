@@ -78,6 +78,13 @@ alert_inbox = app.topic(tables.alert_inbox(settings.app_id), key_type=bytes, val
 alert_table = app.Table(tables.ALERT_TABLE, default=None, partitions=1, key_type=str)  # JSON
 
 
+def window_every(size: float) -> float:
+    """How often a series' windows of this size close: a tumbling window's size, a hopping
+    window's step (a 300 s window every 60 s). Staleness counts missed windows at that pace."""
+    hopping, step = settings.metric_hopping_window_s, settings.metric_hopping_step_s
+    return min(size, step) if hopping > 0 and size == hopping else size
+
+
 async def window_closed(agg: Aggregate) -> None:
     """Called by the metrics aggregator for each closed window whose metric has rules."""
     if agg.name not in engine().by_metric:
@@ -86,7 +93,8 @@ async def window_closed(agg: Aggregate) -> None:
     stats = {"count": row["sample_count"], "sum": row["value_sum"], "min": row["value_min"],
              "max": row["value_max"], "p50": row["p50"], "p95": row["p95"], "p99": row["p99"]}
     await alert_inbox.send(key=ENGINE_KEY.encode(), value=orjson.dumps({
-        "metric": agg.name, "stats": stats, "labels": agg.labels, "start": agg.start, "end": agg.end}),
+        "metric": agg.name, "stats": stats, "labels": agg.labels, "start": agg.start, "end": agg.end,
+        "every": window_every(agg.end - agg.start)}),
         headers={KIND_HEADER: ControlKind.WINDOW.header, CORRELATION_HEADER: b""})
 
 

@@ -24,10 +24,11 @@ def _engine() -> AlertEngine:
                                        repeat_interval_s=600), stale_s=900)
 
 
-def _window(offset: int, stamp: float, p95: float, end: float) -> Record:
-    value = orjson.dumps({"metric": "lat_ms", "labels": {"node": "a"}, "start": end - 60, "end": end,
+def _window(offset: int, stamp: float, p95: float, end: float, size: float = 60,
+            every: float | None = None) -> Record:
+    value = orjson.dumps({"metric": "lat_ms", "labels": {"node": "a"}, "start": end - size, "end": end,
                           "stats": {"count": 5, "sum": 5 * p95, "min": 1.0, "max": p95, "p50": p95,
-                                    "p95": p95, "p99": p95}})
+                                    "p95": p95, "p99": p95}, **({"every": every} if every else {})})
     return Record(TP(INBOX, 0), offset, stamp, b"engine", value, [(KIND_HEADER, ControlKind.WINDOW.header)])
 
 
@@ -59,3 +60,21 @@ async def test_a_window_sent_twice_under_new_offsets_is_observed_once():
     assert len(batch.changes) == seen and next(iter(state.alerts.values()))["value"] == 500.0
     await batch.apply(_window(6, 161.0, 10.0, end=120.0))  # the next window is new
     assert state.windows_seen and max(state.windows_seen.values()) == 120.0
+
+
+async def test_a_silent_series_of_hopping_windows_goes_stale_after_missing_two_steps_not_two_lengths():
+    """A 300 s window closes every 60 s: a series that stopped is stale after two missed steps
+    (with the 300 s length it kept firing ten minutes, the issue-25 report)."""
+    from streams.alerting.topology import window_every
+
+    assert window_every(settings.metric_hopping_window_s) == settings.metric_hopping_step_s
+    assert window_every(settings.metric_window_s) == settings.metric_window_s
+    engine, state = _engine(), new_state()
+    batch = Evaluation(state, engine)
+    await batch.apply(_window(0, 1000.0, 500.0, end=960.0, size=300, every=60))
+    assert [a["state"] for a in state.alerts.values()] == ["firing"]
+    await batch.apply(_tick(1, 1119.0))
+    assert [a["state"] for a in state.alerts.values()] == ["firing"]  # one step and a bit missed
+    await batch.apply(_tick(2, 1120.0))
+    resolved = [c.payload for c in batch.changes if c.kind == "alert" and c.payload["state"] == "resolved"]
+    assert [a["resolved_reason"] for a in resolved] == ["stale"]
