@@ -124,8 +124,22 @@ async def _create_db(base_url: str, name: str) -> str:
     return base_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-async def _drop_db(base_url: str, name: str) -> None:
-    await _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+async def _drop_db(base_url: str, name: str, attempts: int = 20) -> None:
+    """Drop a test's database. FORCE ends the sessions the test left; it refuses when an
+    autovacuum worker is on the database (a process of no role, which the suite's login, not a
+    superuser, may not signal), and a plain DROP stops autovacuum itself but fails while a
+    session is left: so one, then the other, until the database is gone."""
+    for _ in range(attempts):
+        try:
+            await _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            try:
+                await _admin(base_url, f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except asyncpg.ObjectInUseError:
+                await asyncio.sleep(0.5)
+    raise AssertionError(f"test database {name} could not be dropped after {attempts} attempts")
 
 
 @pytest.fixture
