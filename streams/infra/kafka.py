@@ -225,5 +225,3 @@ def wait_ready(bootstrap: str, pid: int | None, folder: Path | None, timeout: fl
             )
         time.sleep(0.3)
     raise InfraError(f"Kafka at {bootstrap} did not answer a metadata request within {timeout:.0f}s")
-
-
