@@ -225,3 +225,5 @@ def wait_ready(bootstrap: str, pid: int | None, folder: Path | None, timeout: fl
             )
         time.sleep(0.3)
     raise InfraError(f"Kafka at {bootstrap} did not answer a metadata request within {timeout:.0f}s")
+
+

@@ -52,6 +52,7 @@ _aiokafka = {name: getattr(GroupCoordinator, name)
              for name in ("commit_offsets", "_do_commit_offsets", "_on_join_complete")}
 _COMMIT_GENERATION: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "omnistream_commit_generation", default=None)
+STALE_COMMITS = 0  # commits refused because the group rebalanced before they were sent
 
 
 def check() -> None:
@@ -172,6 +173,7 @@ async def _commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any)
 async def _do_commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
     """Send the commit only under the generation it was asked in: aiokafka retries a commit
     (coordinator moved, request timed out) with whatever generation is current by then."""
+    global STALE_COMMITS
     asked_in = _COMMIT_GENERATION.get()
     subscription = self._subscription.subscription
     current = subscription.assignment if subscription is not None else None
@@ -181,6 +183,7 @@ async def _do_commit_offsets(self: GroupCoordinator, assignment: Any, offsets: A
     # the old one: the group may be stable and take it, after the new owner read "no commit").
     if asked_in is not None and (asked_in != self.generation or joined != self.generation
                                  or assignment is not current):
+        STALE_COMMITS += 1
         log.info("commit from before a rebalance not sent", extra={"metadata": {
             "asked_in_generation": asked_in, "generation": self.generation,
             "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in offsets)[:20]}})
