@@ -48,8 +48,7 @@ LANES = Lanes()
 
 _faust = {name: getattr(Consumer, name) for name in
           ("_wait_next_records", "_new_offset", "wait_empty", "perform_seek")}
-_aiokafka = {name: getattr(GroupCoordinator, name)
-             for name in ("commit_offsets", "_do_commit_offsets", "_on_join_complete")}
+_aiokafka = {name: getattr(GroupCoordinator, name) for name in ("commit_offsets", "_do_commit_offsets")}
 _COMMIT_GENERATION: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "omnistream_commit_generation", default=None)
 STALE_COMMITS = 0  # commits refused because the group rebalanced before they were sent
@@ -64,7 +63,7 @@ def check() -> None:
                and name not in getattr(Consumer, "__annotations__", {})]
     missing += [f"Producer.{name}" for name in ("_ensure_producer", "_settings_extra")
                 if not hasattr(Producer, name)]
-    missing += [f"GroupCoordinator.{name}" for name in ("commit_offsets", "_do_commit_offsets", "_on_join_complete")
+    missing += [f"GroupCoordinator.{name}" for name in ("commit_offsets", "_do_commit_offsets")
                 if not hasattr(GroupCoordinator, name)]
     if "generation" not in GroupCoordinator.__init__.__code__.co_names:
         missing.append("GroupCoordinator.generation")
@@ -177,12 +176,9 @@ async def _do_commit_offsets(self: GroupCoordinator, assignment: Any, offsets: A
     asked_in = _COMMIT_GENERATION.get()
     subscription = self._subscription.subscription
     current = subscription.assignment if subscription is not None else None
-    joined = getattr(self, "_omnistream_joined_generation", None)
-    # Asked in one generation and sent in another, or sent while the member is between its
-    # JoinGroup and its SyncGroup (the generation is already the new one, the assignment still
-    # the old one: the group may be stable and take it, after the new owner read "no commit").
-    if asked_in is not None and (asked_in != self.generation or joined != self.generation
-                                 or assignment is not current):
+    # Asked in one generation and sent in another, or asked while the group was between a
+    # JoinGroup and a SyncGroup (the generation is new, the assignment still the old one).
+    if asked_in is not None and (asked_in != self.generation or assignment is not current):
         STALE_COMMITS += 1
         log.info("commit from before a rebalance not sent", extra={"metadata": {
             "asked_in_generation": asked_in, "generation": self.generation,
@@ -206,13 +202,6 @@ def fetch_is_stale(app: Any, tp: TP, fresh_s: float) -> bool:
     except (AssertionError, AttributeError):  # not assigned (any more), or not started
         return False
     return stamp is not None and time.time() - stamp / 1000 > fresh_s
-
-
-async def _on_join_complete(self: GroupCoordinator, generation: int, *args: Any) -> None:
-    # The generation whose assignment is about to be installed (synchronously, at the start of
-    # aiokafka's handler): until then the member holds the previous generation's assignment.
-    self._omnistream_joined_generation = generation
-    await _aiokafka["_on_join_complete"](self, generation, *args)
 
 
 def kafka_producer(app: Any) -> Any:
@@ -242,4 +231,3 @@ def install() -> None:
     Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     GroupCoordinator.commit_offsets = _commit_offsets
     GroupCoordinator._do_commit_offsets = _do_commit_offsets
-    GroupCoordinator._on_join_complete = _on_join_complete
