@@ -205,3 +205,58 @@ async def test_a_commit_is_sent_only_under_the_generation_and_assignment_it_was_
     with pytest.raises(IllegalGenerationError):
         await runtime._commit_offsets(Coordinator(5, old), old, {A1: 3})
     assert sent == [(4, {A0: 10})]
+
+
+class AssignedConsumer:  # the fields of faust's aiokafka Consumer that `_perform_seek` reads
+    def __init__(self, committed: dict[TP, int | None], reset: str) -> None:
+        self.committed = committed
+        self._read_offset: dict[TP, int | None] = {}
+        self.sought: list[tuple[TP, int]] = []
+        self.to_reset_point: list[tuple[str, tuple[TP, ...]]] = []
+        conf = type("Conf", (), {"consumer_auto_offset_reset": reset})()
+        self.app = type("App", (), {"conf": conf, "consumer_generation_id": 7})()
+        outer = self
+
+        class Kafka:  # aiokafka's consumer, in faust's consumer thread
+            async def seek_to_beginning(self, *tps: TP) -> None:
+                outer.to_reset_point.append(("beginning", tps))
+
+            async def seek_to_end(self, *tps: TP) -> None:
+                outer.to_reset_point.append(("end", tps))
+
+        class Thread:
+            def _ensure_consumer(self) -> Kafka:
+                return Kafka()
+
+            async def call_thread(self, fn, *args):
+                return await fn(*args)
+
+        self._thread = Thread()
+
+    def assignment(self) -> set[TP]:
+        return set(self.committed)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+async def test_a_partition_read_as_uncommitted_is_pinned_to_where_that_answer_starts_it(monkeypatch, reset):
+    """faust seeks only partitions with a commit above 0; the fetcher asked the coordinator again
+    later and took a stale commit that landed in between (the new owner of metric-series:1 read
+    "no commit" and started at 447). Every lane partition is pinned by the answer read here."""
+    import streams.runtime.faust as runtime
+
+    async def faust_perform_seek(self) -> None:
+        self._read_offset.update(self.committed)
+
+    lanes = Lanes()
+    lanes.wanted = {"a": 1, "b": 1}
+    monkeypatch.setattr(runtime, "LANES", lanes)
+    monkeypatch.setitem(runtime._faust, "perform_seek", faust_perform_seek)
+    B0, C0 = TP("b", 0), TP("c", 0)  # c is not read by an agent (a changelog): faust's own
+    consumer = AssignedConsumer({A0: None, A1: 0, B0: 12, C0: None}, reset)
+    await runtime._perform_seek(consumer)
+    assert consumer.sought == [(A1, 0)]
+    assert consumer.to_reset_point == [("beginning" if reset == "earliest" else "end", (A0,))]
+    assert lanes.expected == {A0: None, A1: 0, B0: 12}

@@ -13,7 +13,7 @@ the app is created; `check()` refuses to start on a faust that no longer has wha
 | `Consumer._new_offset` of a lane partition: the lowest offset every reader of its topic has finished (`Lanes.committable`) | faust's ack bookkeeping is per record (a list of offsets sorted at every commit) | — | tests/unit/test_lanes.py; the SIGKILL tests | with the first row |
 | `Consumer.wait_empty` (a rebalance, a stop) first drops what the lanes queued and waits for the batches in hand | faust waits for its own unacked messages only; a batch finished after its partitions were revoked could commit for the new owner | — | tests/integration/test_crash_e2e.py (rebalance under load) | with the first row |
 | records the agents send go to the aiokafka producer behind faust's (`kafka_producer`), not through `Topic.send` / `Producer.send` | `Topic.send` builds a future message with callbacks per record, and `Producer.send` checks the headers against `typing.Mapping` (~3 µs a record); delivery is still awaited by faust's flush before each commit | — | the SIGKILL tests (every output counted) | faust's send path costs as little |
-| `Consumer.perform_seek` (after every rebalance) resets each lane partition's expected offset to the committed one, and reads again a partition with no commit from the first record a rebalance dropped | faust does not seek a partition with no committed offset: records fetched and dropped before its first commit were never read again | — | tests/unit/test_lanes.py | — |
+| `Consumer.perform_seek` (after every rebalance) resets each lane partition's expected offset to the committed one, reads again a partition with no commit from the first record a rebalance dropped, and seeks every other lane partition with no commit (or commit 0) to the reset point itself | faust does not seek a partition with no committed offset: records fetched and dropped before its first commit were never read again; and the fetcher then asks the coordinator for the commit a second time, so a stale commit landing in between moved the start past records the restored table lacked (CI: 447 of metric-series:1 lost) | — | tests/unit/test_lanes.py | — |
 | aiokafka's `GroupCoordinator.commit_offsets` sends a commit only under the group generation and the assignment it was called in (`_do_commit_offsets` refuses it otherwise, as a failed commit) | a commit delayed past a rebalance (the coordinator moved, the producer flush before it was slow) went out under the new generation, after the partition's new owner had read "no commit": its consumer then started at the stale offset while its restored table missed the old owner's last writes, and 300-360 samples of 20,000 were lost (the cluster tests, 2 cores) | — | tests/integration/test_cluster_e2e.py (three workers, one leaving, one joining); tests/unit/test_lanes.py | aiokafka fences commits by generation |
 | `Producer._settings_extra` (faust's aiokafka producer) is `acks=all` with idempotence always, not only inside transactions | a broker that dies after taking a batch makes the producer send it again: without idempotence the partition gets it twice (changelogs, inboxes, output topics) | — | tests/integration/test_cluster_e2e.py (leaders SIGKILLed under load) | faust exposes `enable_idempotence` |
 
@@ -57,12 +57,14 @@ STALE_COMMITS = 0  # commits refused because the group rebalanced before they we
 def check() -> None:
     """Raise RuntimeError when faust no longer has what this package wraps or reads."""
     version = faust.__version__
-    from faust.transport.drivers.aiokafka import Producer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
 
     missing = [name for name in REQUIRED if not hasattr(Consumer, name)
                and name not in getattr(Consumer, "__annotations__", {})]
     missing += [f"Producer.{name}" for name in ("_ensure_producer", "_settings_extra")
                 if not hasattr(Producer, name)]
+    missing += [f"ConsumerThread.{name}" for name in ("_ensure_consumer", "call_thread")
+                if not hasattr(AIOKafkaConsumerThread, name)]
     missing += [f"GroupCoordinator.{name}" for name in ("commit_offsets", "_do_commit_offsets")
                 if not hasattr(GroupCoordinator, name)]
     if "generation" not in GroupCoordinator.__init__.__code__.co_names:
@@ -155,10 +157,34 @@ async def _perform_seek(self: Consumer) -> None:
         "generation": self.app.consumer_generation_id,
         "from": {f"{tp.topic}:{tp.partition}": offset for tp, offset in sorted(starts.items())
                  if tp.topic in LANES.wanted}}})
-    for tp, offset in LANES.reset(starts).items():
+    rewind = LANES.reset(starts)
+    await _pin_uncommitted(self, [tp for tp, offset in starts.items() if tp.topic in LANES.wanted
+                                  and (offset is None or offset <= 0) and tp not in rewind])
+    for tp, offset in rewind.items():
         log.info("records a rebalance dropped before any commit: read again", extra={"metadata": {
             "topic": tp.topic, "partition": tp.partition, "offset": offset}})
         await self.seek(tp, offset)
+
+
+async def _pin_uncommitted(self: Consumer, tps: list[TP]) -> None:
+    """Seek the partitions read as having no commit (or commit 0) to where that answer says
+    they start. faust seeks only partitions with a commit above 0 and leaves the rest to the
+    fetcher, which asks the coordinator for the commit again, later: a stale commit from the
+    partition's last owner that lands in between moved the start past records whose writes the
+    restored table lacks (CI: the new owner of metric-series:1 read "no commit" and started at
+    447)."""
+    if not tps:
+        return
+    thread = self._thread  # type: ignore[attr-defined]
+    consumer = thread._ensure_consumer()
+    at_zero = [tp for tp in tps if self._read_offset.get(tp) == 0]
+    for tp in at_zero:
+        await self.seek(tp, 0)
+    rest = [tp for tp in tps if tp not in at_zero]
+    if rest:
+        to = (consumer.seek_to_beginning if self.app.conf.consumer_auto_offset_reset == "earliest"
+              else consumer.seek_to_end)
+        await thread.call_thread(to, *rest)
 
 
 async def _commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
