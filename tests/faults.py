@@ -210,9 +210,20 @@ async def metric_run(services: Services, db: str, prefix: str, n: int, env: dict
     return app_id, name, events, expected, spawn(services, db, app_id, "first", env)
 
 
-async def assert_windows(db: str, name: str, expected: dict, timeout: float = 240) -> None:
+def workers_said(*workers: Worker | None, last: int = 40) -> str:
+    """The workers' own log lines (omnistream's, warnings, errors), the last `last`, each tagged
+    with its worker: what a failed count is read against."""
+    said = [f"[{w.log_file.stem.rsplit('-', 1)[-1]}] {line[:400]}" for w in workers if w is not None
+            for line in w.log_lines() if "Heartbeat failed" not in line
+            and ('"WARNING"' in line or '"ERROR"' in line or '"logger":"streams.' in line)][-last:]
+    return "\nworkers said:\n" + "\n".join(said)
+
+
+async def assert_windows(db: str, name: str, expected: dict, timeout: float = 240,
+                         workers: tuple[Worker | None, ...] = ()) -> None:
     got = await settle(lambda: window_counts(db, name), expected, timeout=timeout)
-    assert got == expected, f"sum {sum(got.values())} of {sum(expected.values())}; {diff(got, expected)}"
+    assert got == expected, (f"sum {sum(got.values())} of {sum(expected.values())}; {diff(got, expected)}"
+                             + (workers_said(*workers) if workers else ""))
 
 
 

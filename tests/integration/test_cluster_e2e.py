@@ -45,6 +45,7 @@ from tests.faults import (
     stop_worker,
     web_up,
     window_counts,
+    workers_said,
 )
 
 pytestmark = pytest.mark.slow
@@ -125,11 +126,8 @@ async def exact_windows(db: str, name: str, expected: dict, workers: list[Worker
     if got != expected:
         on_topic = sum(1 for r in await read_topic(bootstrap, METRICS_EVENTS.name)
                        if r.value is not None and name.encode() in r.value)
-        said = [f"[{w.log_file.stem.rsplit('-', 1)[-1]}] {line[:400]}" for w in workers
-                for line in w.log_lines() if "Heartbeat failed" not in line
-                and ('"WARNING"' in line or '"ERROR"' in line or '"logger":"streams.' in line)][-40:]
         raise AssertionError(f"counted {counted} of {sent} samples ({on_topic} on the topic); windows "
-                             f"differ: {diff(got, expected)}\nworkers said: " + "\n".join(said))
+                             f"differ: {diff(got, expected)}" + workers_said(*workers))
     return {"sent": sent, "counted": counted, "duplicates": counted - sent}
 
 

@@ -134,7 +134,7 @@ async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated
         await asyncio.sleep(rng.uniform(5, 9))
         kill9(a)
         await publishing
-        await assert_windows(migrated_db, name, expected)
+        await assert_windows(migrated_db, name, expected, workers=(a, b))
         assert b.proc.poll() is None
     finally:
         stop_all(a, b)

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+from aiokafka import TopicPartition
 from faust.types import TP
 
 from streams.runtime.faust.lanes import HOLE_SEEKS, Lanes
@@ -218,11 +219,17 @@ class AssignedConsumer:  # the fields of faust's aiokafka Consumer that `_perfor
         outer = self
 
         class Kafka:  # aiokafka's consumer, in faust's consumer thread
-            async def seek_to_beginning(self, *tps: TP) -> None:
-                outer.to_reset_point.append(("beginning", tps))
+            async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+                outer.to_reset_point.append(("beginning", self.checked(tps)))
 
-            async def seek_to_end(self, *tps: TP) -> None:
-                outer.to_reset_point.append(("end", tps))
+            async def seek_to_end(self, *tps: TopicPartition) -> None:
+                outer.to_reset_point.append(("end", self.checked(tps)))
+
+            @staticmethod
+            def checked(tps: tuple) -> tuple:
+                if not all(type(tp) is TopicPartition for tp in tps):  # as aiokafka refuses them
+                    raise TypeError("partitions must be TopicPartition instances")
+                return tps
 
         class Thread:
             def _ensure_consumer(self) -> Kafka:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import IllegalGenerationError
 from faust.transport.consumer import Consumer
@@ -184,7 +185,7 @@ async def _pin_uncommitted(self: Consumer, tps: list[TP]) -> None:
     if rest:
         to = (consumer.seek_to_beginning if self.app.conf.consumer_auto_offset_reset == "earliest"
               else consumer.seek_to_end)
-        await thread.call_thread(to, *rest)
+        await thread.call_thread(to, *(TopicPartition(tp.topic, tp.partition) for tp in rest))
 
 
 async def _commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
