@@ -259,6 +259,7 @@ class Settings(BaseModel):
                 values["DATABASE_URL"] = state["postgres"]["url"]
             if "DATABASE_URL" in values:
                 values["DATABASE_URL"] = _with_stack_login(values["DATABASE_URL"], state.get("postgres", {}))
+            values.update(_stack_principal(values, state.get("kafka", {})))
         try:
             settings = cls.model_validate(values)
         except ValidationError as exc:
@@ -315,6 +316,18 @@ def _with_stack_login(url: str, pg: dict[str, Any]) -> str:
     except (OSError, orjson.JSONDecodeError):
         return url
     return f"postgresql://{creds['role']}:{creds['password']}@127.0.0.1:{parts.port}{parts.path}"
+
+
+def _stack_principal(values: dict[str, Any], kf: dict[str, Any]) -> dict[str, str]:
+    """The `worker` principal's client settings when the broker named is the secure stack this
+    home started and no SASL login is set (`infra env --as NAME` exports another one)."""
+    if not kf.get("secure") or "KAFKA_SASL_USERNAME" in values \
+            or values.get("KAFKA_BOOTSTRAP_SERVERS") != kf.get("bootstrap"):
+        return {}
+    from streams.infra import secure
+
+    made = secure.load(Path(kf["folder"]) / secure.FOLDER)
+    return made.client_env("worker") if made is not None else {}
 
 
 def _env_name(field: Any) -> str:

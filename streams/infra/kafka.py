@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -20,10 +21,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from streams.infra.errors import InfraError
 from streams.infra.proc import pid_alive, run, tail
+
+if TYPE_CHECKING:
+    from streams.infra.secure import Secrets
 
 KAFKA_VERSION = "4.1.1"
 T = TypeVar("T")
@@ -77,10 +81,12 @@ def _cluster_id() -> str:
 
 
 def write_config(folder: Path, port: int, controller_port: int, node_id: int = 1,
-                 voters: str | None = None, replicas: int = 1) -> Path:
+                 voters: str | None = None, replicas: int = 1, secured: Secrets | None = None) -> Path:
     """server.properties for one node. `voters` names every node's controller (`id@host:port,…`);
     `replicas`: the replication factor of the broker's own topics (group offsets, transactions)
-    and of topics created without one, with min.insync.replicas one less (at least 1)."""
+    and of topics created without one, with min.insync.replicas one less (at least 1);
+    `secured`: TLS, SCRAM logins and ACLs (streams/infra/secure.py). The file holds the
+    brokers' own password then: readable by its owner only."""
     data = folder / "data"
     min_isr = str(max(1, replicas - 1))
     props = {
@@ -118,9 +124,19 @@ def write_config(folder: Path, port: int, controller_port: int, node_id: int = 1
         # missed heartbeats by default, all of which producers of its partitions wait.
         props["broker.session.timeout.ms"] = "4000"
         props["broker.heartbeat.interval.ms"] = "1000"
+    if secured is not None:
+        props.update(secured.server_properties(port, controller_port))
     path = folder / "server.properties"
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(f"{k}={_escaped(v)}\n" for k, v in props.items()))
+    os.chmod(path, 0o600)
     return path
+
+
+def _escaped(value: str) -> str:
+    """A value as java.util.Properties reads it back (backslashes are escapes there)."""
+    return value.replace("\\", "\\\\")
 
 
 def voters_of(nodes: list[dict]) -> str:
@@ -130,12 +146,13 @@ def voters_of(nodes: list[dict]) -> str:
 
 def start(folder: Path, cache: Path, port: int, controller_port: int, progress=print, *,
           node_id: int = 1, voters: str | None = None, replicas: int = 1,
-          cluster_id_file: Path | None = None) -> int:
+          cluster_id_file: Path | None = None, secured: Secrets | None = None) -> int:
     """Format (once) and launch one node detached; return its pid. Readiness is checked apart
-    (a node of a cluster answers only once a majority of the quorum runs)."""
+    (a node of a cluster answers only once a majority of the quorum runs). `secured`: the
+    principals' SCRAM credentials are stored when the folder is formatted."""
     lib = ensure_jars(cache, progress)
     folder.mkdir(parents=True, exist_ok=True)
-    config = write_config(folder, port, controller_port, node_id, voters, replicas)
+    config = write_config(folder, port, controller_port, node_id, voters, replicas, secured)
     data = folder / "data"
     id_file = cluster_id_file or folder / "cluster_id"
     meta = data / "meta.properties"
@@ -149,8 +166,9 @@ def start(folder: Path, cache: Path, port: int, controller_port: int, progress=p
     classpath = f"{lib}/*"
     run(
         ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-         "-c", str(config), "--ignore-formatted"],
+         "-c", str(config), "--ignore-formatted", *(secured.scram_args() if secured else [])],
         "formatting the Kafka data folder",
+        secrets=tuple(secured.passwords.values()) if secured else (),
     )
     log = open(folder / "kafka.log", "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
@@ -212,10 +230,11 @@ async def brokers(bootstrap: str, **security) -> list[dict]:
     return sorted(cluster["brokers"], key=lambda b: b["node_id"])
 
 
-def wait_ready(bootstrap: str, pid: int | None, folder: Path | None, timeout: float = 90.0) -> None:
+def wait_ready(bootstrap: str, pid: int | None, folder: Path | None, timeout: float = 90.0,
+               **security) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if asyncio.run(probe(bootstrap, timeout=2.0)):
+        if asyncio.run(probe(bootstrap, timeout=2.0, **security)):
             return
         if pid is not None and not pid_alive(pid):
             log = folder / "kafka.log" if folder else None

@@ -83,15 +83,21 @@ def stop_pid(pid: int, timeout: float = 30.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    """Run a set-up command; on failure raise one clear sentence naming the command."""
+def run(cmd: list[str], what: str, secrets: tuple[str, ...] = (), **kw) -> subprocess.CompletedProcess:
+    """Run a set-up command; on failure raise one clear sentence naming the command (each of
+    `secrets` it holds shown as ***)."""
+    shown = " ".join(cmd)
+    for secret in secrets:
+        shown = shown.replace(secret, "***")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     except FileNotFoundError:
-        raise InfraError(f"{what} failed: {cmd[0]} is not installed", " ".join(cmd)) from None
+        raise InfraError(f"{what} failed: {cmd[0]} is not installed", shown) from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise InfraError(f"{what} failed (exit {proc.returncode})", " ".join(cmd), tail)
+        for secret in secrets:
+            tail = tail.replace(secret, "***")
+        raise InfraError(f"{what} failed (exit {proc.returncode})", shown, tail)
     return proc
 
 

@@ -32,7 +32,7 @@ from streams.config import (
     state_file,
 )
 from streams.config import read_state as _read_state
-from streams.infra import kafka, postgres
+from streams.infra import kafka, postgres, secure
 from streams.infra.errors import InfraError
 from streams.infra.proc import free_port, pid_alive, port_is_free, runs, stop_pid
 
@@ -115,7 +115,46 @@ def _previous(state: dict, name: str, env: str | None, address: Callable[[str], 
     return {}
 
 
-def _up_kafka(state: dict, progress: Progress, brokers: int | None = None) -> dict:
+def _secured(entry: dict) -> secure.Secrets | None:
+    """The secrets of a secure stack's Kafka entry (None for a plain one)."""
+    if not entry.get("secure"):
+        return None
+    made = secure.load(Path(entry["folder"]) / secure.FOLDER)
+    if made is None:
+        raise InfraError(f"the secure Kafka of this stack lost its secrets folder "
+                         f"({Path(entry['folder']) / secure.FOLDER}): run `omnistream infra down`, "
+                         "then up again")
+    return made
+
+
+def _security(entry: dict) -> dict:
+    """The stack's own client settings for its Kafka (the brokers' principal when secure)."""
+    made = _secured(entry)
+    return made.client_kwargs() if made is not None else {}
+
+
+def _grant(entry: dict, progress: Progress) -> None:
+    """The ACLs of every role on a secure stack; the worker's for the app id in the environment
+    as well as those granted before (recorded in the entry)."""
+    made = _secured(entry)
+    if made is None:
+        return
+    from streams.config import Settings
+
+    apps = sorted({*entry.get("worker_apps", []), Settings.from_env(local_stack=False).app_id})
+    n = asyncio.run(secure.apply_acls(entry["bootstrap"], made, tuple(apps)))
+    entry["worker_apps"] = apps
+    progress(f"kafka: {n} ACLs in place (roles {', '.join(secure.ROLES)}; worker app ids {', '.join(apps)})")
+
+
+def _up_kafka(state: dict, progress: Progress, brokers: int | None = None, secured: bool = False) -> dict:
+    entry = _kafka_entry(state, progress, brokers, secured)
+    if entry.get("started"):
+        _grant(entry, progress)
+    return entry
+
+
+def _kafka_entry(state: dict, progress: Progress, brokers: int | None, secured: bool) -> dict:
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     folder = omnistream_home() / "kafka"
     previous = _previous(state, "kafka", env, _kafka_host_port, "bootstrap")
@@ -124,13 +163,16 @@ def _up_kafka(state: dict, progress: Progress, brokers: int | None = None) -> di
         raise InfraError(
             f"this stack runs a Kafka of {recorded} node(s), not {brokers}: run `omnistream infra "
             f"down` first (its data goes with it), then `omnistream infra up --brokers {brokers}`")
+    if previous and secured and not previous.get("secure"):
+        raise InfraError("this stack runs a Kafka without TLS and logins: run `omnistream infra down` "
+                         "first (its data goes with it), then `omnistream infra up --secure`")
     if previous.get("nodes"):
         return _up_cluster(previous, folder, progress)
     if previous and ours(previous):
-        if asyncio.run(kafka.probe(previous["bootstrap"])):
+        if asyncio.run(kafka.probe(previous["bootstrap"], **_security(previous))):
             progress(f"kafka: already running (pid {previous['pid']}, {previous['bootstrap']})")
         else:
-            kafka.wait_ready(previous["bootstrap"], previous["pid"], folder)
+            kafka.wait_ready(previous["bootstrap"], previous["pid"], folder, **_security(previous))
         return previous
     if previous and port_is_free(previous["port"]):
         # Started by this stack and gone since (stopped or crashed): back on the same port, so
@@ -138,8 +180,13 @@ def _up_kafka(state: dict, progress: Progress, brokers: int | None = None) -> di
         progress(f"kafka: the broker this stack started (pid {previous['pid']}) is gone: "
                  "starting it again")
         port = previous["port"]
+    elif env and secured:
+        raise InfraError(f"--secure starts a local Kafka of its own, and KAFKA_BOOTSTRAP_SERVERS={env} "
+                         "names another: unset it (or secure that cluster yourself)")
     elif env:
-        if asyncio.run(kafka.probe(env)):
+        from streams.config import Settings
+
+        if asyncio.run(kafka.probe(env, **Settings.from_env(local_stack=False).kafka_security)):
             return {"source": "env", "bootstrap": env, "started": False}
         host, port = _kafka_host_port(env)
         if host not in LOOPBACK or not port_is_free(port) or (brokers or 1) > 1:
@@ -150,23 +197,30 @@ def _up_kafka(state: dict, progress: Progress, brokers: int | None = None) -> di
                   "folder": str(folder / f"node-{i}"), "started": True}
                  for i in range(1, (brokers or 1) + 1)]
         (folder / "cluster_id").unlink(missing_ok=True)  # a new cluster: new id, fresh data
-        return _up_cluster({"source": "started", "started": True, "nodes": nodes,
+        return _up_cluster({"source": "started", "started": True, "nodes": nodes, "secure": secured,
                             "folder": str(folder), "version": kafka.KAFKA_VERSION}, folder, progress)
-    elif asyncio.run(kafka.probe(DEFAULT_BOOTSTRAP)):
+    elif not secured and asyncio.run(kafka.probe(DEFAULT_BOOTSTRAP)):
         progress(f"kafka: using the broker already answering at {DEFAULT_BOOTSTRAP}")
         return {"source": "local", "bootstrap": DEFAULT_BOOTSTRAP, "started": False}
     else:
         port = 9092 if port_is_free(9092) else free_port()
     controller = free_port()
     started = time.monotonic()
-    pid = kafka.start(folder, cache_dir(), port, controller, progress)
+    secrets = _new_secrets(folder, secured or bool(previous.get("secure")))
+    pid = kafka.start(folder, cache_dir(), port, controller, progress, secured=secrets)
     bootstrap = f"127.0.0.1:{port}"
-    kafka.wait_ready(bootstrap, pid, folder)
-    progress(f"kafka: started {kafka.KAFKA_VERSION} (pid {pid}, {bootstrap}) "
-             f"in {time.monotonic() - started:.1f}s")
+    kafka.wait_ready(bootstrap, pid, folder, **(secrets.client_kwargs() if secrets else {}))
+    progress(f"kafka: started {kafka.KAFKA_VERSION} (pid {pid}, {bootstrap}"
+             f"{', TLS + SCRAM + ACLs' if secrets else ''}) in {time.monotonic() - started:.1f}s")
     return {"source": "started", "bootstrap": bootstrap, "started": True, "pid": pid,
             "port": port, "controller_port": controller, "version": kafka.KAFKA_VERSION,
-            "folder": str(folder)}
+            "folder": str(folder), "secure": secrets is not None,
+            "worker_apps": previous.get("worker_apps", [])}
+
+
+def _new_secrets(folder: Path, secured: bool) -> secure.Secrets | None:
+    """The secure stack's secrets (made on its first start, kept after), or None."""
+    return secure.ensure(folder / secure.FOLDER) if secured else None
 
 
 def _up_cluster(entry: dict, folder: Path, progress: Progress) -> dict:
@@ -174,6 +228,7 @@ def _up_cluster(entry: dict, folder: Path, progress: Progress) -> dict:
     then wait until each answers: a node serves only once a majority of the quorum runs, so
     they are all launched first."""
     nodes = entry["nodes"]
+    secrets = _new_secrets(folder, bool(entry.get("secure")))
     voters = kafka.voters_of(nodes)
     replicas = min(3, len(nodes))
     started = time.monotonic()
@@ -190,10 +245,11 @@ def _up_cluster(entry: dict, folder: Path, progress: Progress) -> dict:
         node["pid"] = kafka.start(Path(node["folder"]), cache_dir(), node["port"],
                                   node["controller_port"], progress, node_id=node["node_id"],
                                   voters=voters, replicas=replicas,
-                                  cluster_id_file=folder / "cluster_id")
+                                  cluster_id_file=folder / "cluster_id", secured=secrets)
         launched.append(node["node_id"])
     for node in nodes:
-        kafka.wait_ready(f"127.0.0.1:{node['port']}", node["pid"], Path(node["folder"]))
+        kafka.wait_ready(f"127.0.0.1:{node['port']}", node["pid"], Path(node["folder"]),
+                         **(secrets.client_kwargs() if secrets else {}))
     entry["bootstrap"] = ",".join(f"127.0.0.1:{n['port']}" for n in nodes)
     if launched:
         progress(f"kafka: started node(s) {', '.join(map(str, launched))} of {len(nodes)} "
@@ -254,13 +310,14 @@ def _up_postgres(state: dict, progress: Progress) -> dict:
             "version": version, "folder": str(folder)}
 
 
-def up(progress: Progress = print, brokers: int | None = None) -> dict:
+def up(progress: Progress = print, brokers: int | None = None, secured: bool = False) -> dict:
     """Find or start both services; the state file is written after each, so a failure of
     the second keeps the record of the first. `brokers`: the size of the local Kafka cluster
-    to start (default: what this stack runs, else one broker)."""
+    to start (default: what this stack runs, else one broker); `secured`: start it with TLS,
+    SCRAM logins and ACLs per role (streams/infra/secure.py; kept once started so)."""
     with _locked():
         state = _read_state()
-        state["kafka"] = _up_kafka(state, progress, brokers)
+        state["kafka"] = _up_kafka(state, progress, brokers, secured)
         _write_state(state)
         state["postgres"] = _up_postgres(state, progress)
         _write_state(state)
@@ -379,11 +436,19 @@ async def _under_replicated(settings: Any) -> dict[str, int]:
             if (name in public or name.startswith(prefix)) and info.replicas < rf}
 
 
-def env_lines() -> list[str]:
+def env_lines(role: str | None = None) -> list[str]:
+    """`export` lines for a shell: the broker and database, and on a secure stack the client
+    settings of `role` (default `worker`)."""
+    import shlex
+
     from streams.config import Settings
 
     settings = Settings.from_env()
-    return [
-        f"export KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap}",
-        f"export DATABASE_URL={settings.database_url}",
-    ]
+    kf = _read_state().get("kafka", {})
+    made = _secured(kf) if kf.get("bootstrap") == settings.kafka_bootstrap else None
+    if made is None and role is not None:
+        raise InfraError("`--as` names a principal of a secure stack, and this stack's Kafka has none "
+                         "(`omnistream infra up --secure` starts one)")
+    values = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap, "DATABASE_URL": settings.database_url,
+              **(made.client_env(role or "worker") if made is not None else {})}
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
+from aiokafka.errors import KafkaConnectionError
 
 from schemas.errors import OmnistreamError
 from streams.config import ConfigError
 from streams.infra.errors import InfraError
+from streams.runtime.errors import FATAL_KAFKA, refusal
 
 if TYPE_CHECKING:
     from schemas.events import Alert
@@ -38,8 +40,12 @@ def _infra(args: argparse.Namespace) -> int:
     from agents.logging import redacted
     from streams.infra import stack
 
+    if args.action != "up" and args.secure:
+        raise UsageError("--secure goes with `infra up` (a stack once started secure stays so)")
+    if args.action != "env" and args.as_role:
+        raise UsageError("--as goes with `infra env`")
     if args.action == "up":
-        stack.up(brokers=args.brokers)
+        stack.up(brokers=args.brokers, secured=args.secure)
     elif args.action == "down":
         stack.down()
     elif args.action == "status":
@@ -63,7 +69,7 @@ def _infra(args: argparse.Namespace) -> int:
                         f"{t} ({n})" for t, n in sorted(svc["under_replicated"].items())))
         return 0 if all(s["answering"] for s in report.values()) else 3
     elif args.action == "env":
-        print("\n".join(stack.env_lines()))
+        print("\n".join(stack.env_lines(args.as_role)))
     return 0
 
 
@@ -396,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     infra.add_argument("--brokers", type=_positive, default=None, metavar="N",
                        help="up: a local Kafka cluster of N nodes (each broker and controller); "
                             "default: what the stack runs, else 1")
+    infra.add_argument("--secure", action="store_true",
+                       help="up: Kafka with TLS, SCRAM-SHA-512 logins and ACLs per role "
+                            "(worker, publisher, operator, reader); kept on later `up`s")
+    infra.add_argument("--as", dest="as_role", default=None, metavar="ROLE",
+                       help="env: the client settings of this principal of a secure stack (default worker)")
     infra.set_defaults(func=_infra)
 
     sub.add_parser("migrate", help="apply migrations/*.sql").set_defaults(func=_migrate)
@@ -490,6 +501,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ConfigError as exc:
         print(redacted(f"omnistream: bad setting: {exc}"), file=sys.stderr)
+        return 2
+    except FATAL_KAFKA as exc:
+        from streams.config import Settings
+
+        principal = Settings.from_env().kafka_sasl_username
+        print(redacted(f"omnistream: {refusal(exc, principal)}"), file=sys.stderr)
+        return 2
+    except KafkaConnectionError:
+        from streams.config import Settings
+
+        settings = Settings.from_env()
+        who = f" as {settings.kafka_sasl_username!r}" if settings.kafka_sasl_username else ""
+        print(redacted(f"omnistream: cannot reach Kafka at {settings.kafka_bootstrap}{who}: is it running "
+                       "(`omnistream infra status`), and are its login settings right?"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -34,7 +34,7 @@ class OmnistreamClient:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> OmnistreamClient:
-        await ensure_topics(self.bootstrap, partitions=self.settings.partitions,
+        await ensure_topics(self.bootstrap, partitions=self.settings.partitions, not_mine_ok=True,
                             replication=self.settings.replication_factor, **self.settings.kafka_security)
         self._producer = idempotent_producer(self.bootstrap, **self.settings.kafka_security)
         await self._producer.start()

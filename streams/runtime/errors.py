@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_nev
 from schemas.errors import InputRefused, OmnistreamError
 
 __all__ = ["FATAL_KAFKA", "PG_ROW_REFUSED", "InputRefused", "OmnistreamError", "is_fatal",
-           "is_retriable", "retrying"]
+           "is_retriable", "refusal", "retrying"]
 
 
 # PostgreSQL refusing a value is the row's fault; every other database error (connection lost,
@@ -51,6 +51,27 @@ def is_fatal(exc: BaseException) -> bool:
     """True when the failure is the deployment's (Kafka refused the principal or the protocol):
     neither the input's fault (no dead letter) nor one that passes with time (no retry)."""
     return isinstance(exc, FATAL_KAFKA)
+
+
+_REFUSED_WHAT = {TopicAuthorizationFailedError: "topic", GroupAuthorizationFailedError: "consumer group",
+                 TransactionalIdAuthorizationFailed: "transactional id"}
+
+
+def refusal(exc: BaseException, principal: str | None) -> str:
+    """One line for a fatal Kafka failure: who was refused what. A principal that may write no
+    topic at all is refused a producer id, which Kafka reports as a refusal of the cluster."""
+    who = f"principal {principal!r}" if principal else "an anonymous client"
+    name = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
+    what = _REFUSED_WHAT.get(type(exc))
+    if what is not None and name:
+        return (f"Kafka refused {who} the {what} {name!r} ({type(exc).__name__}): grant it an ACL "
+                "or use another principal")
+    if isinstance(exc, ClusterAuthorizationFailedError):
+        return (f"Kafka refused {who} on the cluster ({type(exc).__name__}): it may not do this here "
+                "(a producer needs Write on some topic; creating topics needs Create)")
+    if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError):
+        return f"Kafka did not let {who} log in ({type(exc).__name__}): check KAFKA_SASL_USERNAME/PASSWORD"
+    return f"Kafka refused {who}: {type(exc).__name__}: {exc}"
 
 
 def is_retriable(exc: BaseException) -> bool:

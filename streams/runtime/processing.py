@@ -46,7 +46,7 @@ from schemas.codec import DecodeError, decode
 from streams.config import Settings
 from streams.runtime import faust as faust_runtime
 from streams.runtime.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
-from streams.runtime.errors import InputRefused, is_fatal, is_retriable, retrying
+from streams.runtime.errors import InputRefused, is_fatal, is_retriable, refusal, retrying
 from streams.runtime.faust import Reader, Record
 from streams.runtime.metrics import EVENTS_PROCESSED, HANDLE_SECONDS
 from streams.runtime.tables import KIND_HEADER, SOURCE_HEADER, ControlKind
@@ -203,7 +203,7 @@ async def handle_event(event: Record, model: type[M], agent: str, handler: Handl
                 return False
             except Exception as exc:  # a handler bug must not stop the agent
                 if is_fatal(exc):  # the deployment's fault: no dead letter makes it pass
-                    _stop_hard(agent, 1, f"Kafka refused this worker: {type(exc).__name__}: {exc}")
+                    _stop_hard(agent, 1, refusal(exc, _principal()))
                 log.exception("handler failed")
                 _processed(agent, "error").inc()
                 await send_to_dlq(event, "handler_error", f"{type(exc).__name__}: {exc}", agent)
@@ -257,10 +257,19 @@ async def _apply(agent: str, on_batch: Batch, batch: list[Record], reader: Reade
         reader.done(batch, handed_back=not finished)
         raise
     except Exception as exc:
-        why = f"Kafka refused this worker: {type(exc).__name__}: {exc}" if is_fatal(exc) else \
-            "batch could not be applied"
+        why = refusal(exc, _principal()) if is_fatal(exc) else "batch could not be applied"
         _stop_hard(agent, len(batch), why)
     reader.done(batch)
+
+
+def _principal() -> str | None:
+    """The Kafka principal this worker logs in as (for the line it stops with)."""
+    from streams.config import Settings
+
+    try:
+        return Settings.from_env().kafka_sasl_username
+    except Exception:  # the settings were read at start; this is only for a message
+        return None
 
 
 def _stop_hard(agent: str, events: int, why: str) -> None:

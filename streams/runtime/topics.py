@@ -87,11 +87,18 @@ async def check(bootstrap: str, specs: tuple[TopicSpec, ...], replication: int,
 
 
 async def ensure_topics(bootstrap: str, specs: tuple[TopicSpec, ...] = ALL, partitions: int | None = None,
-                        replication: int | None = None, **security) -> list[str]:
+                        replication: int | None = None, not_mine_ok: bool = False, **security) -> list[str]:
     """Create the missing topics; return the names created. Existing topics are left alone.
-    `replication` None: min(3, brokers in the cluster)."""
+    `replication` None: min(3, brokers in the cluster). `not_mine_ok`: a topic this principal
+    may not create (or not even see: a secure cluster lists only those it may use) is left to
+    whoever may (a publisher's client), not an error."""
     from aiokafka.admin import NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError, for_code
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        TopicAlreadyExistsError,
+        TopicAuthorizationFailedError,
+        for_code,
+    )
 
     from streams.infra.kafka import admin_call
 
@@ -105,16 +112,20 @@ async def ensure_topics(bootstrap: str, specs: tuple[TopicSpec, ...] = ALL, part
                                    **({"cleanup.policy": "compact"} if s.compacted else {})})
            for s in missing]
     response = await admin_call(bootstrap, lambda admin: admin.create_topics(new), **security)
-    refused = {}
+    refused, not_mine = {}, set()
     for name, code, *rest in response.topic_errors:
         error = for_code(code)
-        if code and error is not TopicAlreadyExistsError:  # another worker created it first
+        if not_mine_ok and error in (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):
+            not_mine.add(name)
+        elif code and error is not TopicAlreadyExistsError:  # another worker created it first
             refused[name] = f"{error.__name__}: {rest[0] if rest and rest[0] else error.description}"
     if refused:
         raise RuntimeError(f"the cluster refused to create topics (replication {rf}, "
                            f"partitions {partitions or 'as specified'}): {refused}")
-    created = [s.name for s in missing]
-    await _until_served(bootstrap, {t.name: t.num_partitions for t in new}, security)
+    created = [s.name for s in missing if s.name not in not_mine]
+    if not created:
+        return []
+    await _until_served(bootstrap, {t.name: t.num_partitions for t in new if t.name in created}, security)
     log.info("created topics", extra={"metadata": {"topics": created, "replication": rf}})
     return created
 

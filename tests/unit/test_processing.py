@@ -232,14 +232,38 @@ async def test_a_handler_refused_by_kafka_stops_the_worker_and_dead_letters_noth
     record = to_records(TP("codegen.tasks", 0), [Fetched()])[0]
 
     async def refused(value, event):
-        raise TopicAuthorizationFailedError()
+        raise TopicAuthorizationFailedError("codegen.generated")
 
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "reader")
     with pytest.raises(SystemExit):
         await processing.handle_event(record, object, "agent", refused)
-    assert letters == [] and stops and "Kafka refused this worker" in stops[0]
+    assert letters == [] and stops == [
+        "Kafka refused principal 'reader' the topic 'codegen.generated' (TopicAuthorizationFailedError): "
+        "grant it an ACL or use another principal"]
 
     async def buggy(value, event):
         raise ValueError("a bug")
 
     assert not await processing.handle_event(record, object, "agent", buggy)
     assert letters == ["handler_error"]  # a bug, not the deployment: dead-lettered, worker goes on
+
+
+def test_a_refusal_by_kafka_is_one_line_naming_the_principal_and_what_was_refused():
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        SaslAuthenticationFailed,
+        TopicAuthorizationFailedError,
+    )
+
+    from streams.runtime.errors import is_fatal, is_retriable, refusal
+
+    topic = TopicAuthorizationFailedError("alerts.commands")
+    assert refusal(topic, "publisher").startswith(
+        "Kafka refused principal 'publisher' the topic 'alerts.commands' (TopicAuthorizationFailedError)")
+    assert "consumer group 'omnistream'" in refusal(GroupAuthorizationFailedError("omnistream"), "reader")
+    assert refusal(ClusterAuthorizationFailedError(), "reader").startswith(
+        "Kafka refused principal 'reader' on the cluster")
+    assert "did not let an anonymous client log in" in refusal(SaslAuthenticationFailed(), None)
+    for exc in (topic, ClusterAuthorizationFailedError(), SaslAuthenticationFailed()):
+        assert is_fatal(exc) and not is_retriable(exc) and "\n" not in refusal(exc, "x")
