@@ -1,8 +1,8 @@
-"""Mixin model benchmark (4): progressive accuracy and log loss on a drifting synthetic stream
-beside its Bayes ceiling and beside the best plain configuration measured before this model (the baseline,
-run here on the same stream); today's per-node-type models beside the hierarchical model
-(agents/learning/hierarchy.py); drift recovery; predict/learn latency; conflict-pair precision
-and recall, at the stream's end and after the rules change back and forth; replay events/s
+"""Mixin model benchmark (4): the shared hierarchical model (agents/learning/hierarchy.py)
+on a drifting synthetic stream beside its Bayes ceiling and beside the naive way with the
+library (river's logistic regression per node type, bench/baselines.py), run on the same
+stream: progressive accuracy and log loss, drift recovery, predict/learn latency, conflict-pair
+precision and recall, at the stream's end and after the rules change back and forth; replay events/s
 through Kafka beside a bare aiokafka consumer of the same events."""
 
 from __future__ import annotations
@@ -12,50 +12,25 @@ import gc
 import math
 import time
 from collections.abc import Callable
-from itertools import combinations
 
 from agents.learning.hierarchy import HierarchicalModel
-from agents.learning.model import DriftConfig, MixinModel
 from agents.stats import percentile
+from bench.baselines import PairsLogistic
 from bench.mixin_stream import NODE_TYPES, MixinStream
 
-VARIANTS: dict[str, Callable[[str], MixinModel]] = {
-    # The best plain configuration measured before: pairs, SGD lr .1, no drift handling.
-    "baseline: LR pairs, lr .1, plain": lambda t: MixinModel(t, lr=0.1, drift_cfg=DriftConfig(enabled=False)),
-    "LR pairs, lr .2, plain": lambda t: MixinModel(t, lr=0.2, drift_cfg=DriftConfig(enabled=False)),
-    "per-type (before): lr .2 + ADWIN challenger": lambda t: MixinModel(t),
+# The naive way with the library (bench/baselines.py): per node type, plain SGD, no drift handling.
+BASELINE = "baseline: river LR on pairs per type, lr .1"
+HIERARCHICAL = "omnistream: shared hierarchical model"
+Learner = PairsLogistic | HierarchicalModel
+LEARNERS: dict[str, Callable[[], Learner]] = {
+    BASELINE: lambda: PairsLogistic(0.1),
+    "river LR on pairs per type, lr .2": lambda: PairsLogistic(0.2),
+    HIERARCHICAL: HierarchicalModel,
 }
 
 
 def _windows(hits: list[bool], size: int = 1000) -> list[float]:
     return [sum(hits[i:i + size]) / len(hits[i:i + size]) for i in range(0, len(hits), size)]
-
-
-HIERARCHICAL = "omnistream: shared hierarchical model"
-
-
-class _PerType:
-    """Today's per-node-type models behind the hierarchical model's interface."""
-
-    def __init__(self, make: Callable[[str], MixinModel]) -> None:
-        self.models = {t: make(t) for t in NODE_TYPES}
-
-    def learn_one(self, node_type: str, mixins: list[str], label: bool) -> float:
-        return self.models[node_type].learn_one(mixins, label)
-
-    def predict_proba(self, node_type: str, mixins: list[str]) -> float:
-        return self.models[node_type].predict_proba(mixins)
-
-    def find_conflicts(self, node_type: str) -> list:
-        return self.models[node_type].find_conflicts()
-
-
-Learner = _PerType | HierarchicalModel
-LEARNERS: dict[str, Callable[[], Learner]] = {
-    **{name: (lambda make=make: _PerType(make)) for name, make in VARIANTS.items()},
-    HIERARCHICAL: HierarchicalModel,
-}
-TODAY = "per-type (before): lr .2 + ADWIN challenger"
 
 
 def accuracy_run(stream: MixinStream) -> tuple[dict, dict[str, Learner]]:
@@ -89,27 +64,21 @@ def accuracy_run(stream: MixinStream) -> tuple[dict, dict[str, Learner]]:
 
 
 def latency(stream: MixinStream, n: int) -> dict:
-    """learn and predict µs per call, today's per-type model and the hierarchical one."""
+    """learn and predict µs per call, the baseline and the hierarchical model."""
     data = list(stream)[:n]
     out = {}
-    for name in (TODAY, HIERARCHICAL):
+    for name in (BASELINE, HIERARCHICAL):
         learner = LEARNERS[name]()
         learn, predict = [], []
         for node_type, mixins, label, _ in data:
             t0 = time.perf_counter_ns()
             learner.learn_one(node_type, mixins, label)
             learn.append((time.perf_counter_ns() - t0) / 1000)
-        if isinstance(learner, HierarchicalModel):
-            for t in NODE_TYPES:
-                learner.find_conflicts(t)
-            ask: Callable[[str, list[str]], object] = learner.predict
-        else:
-            for m in learner.models.values():
-                m.find_conflicts()
-            ask = lambda t, mixins, models=learner.models: models[t].predict(mixins)  # noqa: E731
+        for t in NODE_TYPES:
+            learner.find_conflicts(t)
         for node_type, mixins, _, _ in data:
             t0 = time.perf_counter_ns()
-            ask(node_type, mixins)
+            learner.predict(node_type, mixins)
             predict.append((time.perf_counter_ns() - t0) / 1000)
         out[name] = {"learn_us_p50": round(percentile(learn, 50), 1),
                      "learn_us_p99": round(percentile(learn, 99), 1),
@@ -135,36 +104,13 @@ def _score(learner: Learner, stream: MixinStream, observable: bool) -> dict:
 
 
 def conflicts(trained: dict[str, Learner], stream: MixinStream) -> dict:
-    """Conflict pairs at the stream's end, today's model (also with two weight probes: the plain
-    one measured before this model, and a threshold on pair weights) and the hierarchical one."""
-    today = trained[TODAY]
-    assert isinstance(today, _PerType)
-
-    def plain_probe(m: MixinModel) -> set[frozenset[str]]:
-        out = set()
-        for a, b in combinations(m.mixins, 2):
-            if (m.observations(a, b) >= 3 and m.predict_proba([a, b]) < 0.5
-                    and m.predict_proba([a]) > 0.5 and m.predict_proba([b]) > 0.5):
-                out.add(frozenset((a, b)))
-        return out
-
-    class _Probe:
-        def __init__(self, find: Callable[[MixinModel], set[frozenset[str]]]) -> None:
-            self.find = find
-
-        def find_conflicts(self, t: str) -> list:
-            return [type("C", (), {"pair": tuple(p)})() for p in self.find(today.models[t])]
-
+    """Conflict pairs at the stream's end: the baseline's pair probe and the hierarchical model."""
     out = {}
-    for name, learner in ((f"{TODAY} (contextual probe)", today), (HIERARCHICAL, trained[HIERARCHICAL])):
+    for name in (BASELINE, HIERARCHICAL):
         started = time.perf_counter()
-        out[name] = {**_score(learner, stream, observable=False),
-                     "observable_truth": _score(learner, stream, observable=True),
+        out[name] = {**_score(trained[name], stream, observable=False),
+                     "observable_truth": _score(trained[name], stream, observable=True),
                      "ms_per_call": round((time.perf_counter() - started) * 1000 / len(NODE_TYPES) / 2, 2)}
-    out["plain probe"] = _score(_Probe(plain_probe), stream, observable=False)  # type: ignore[arg-type]
-    out["pair weight < -1"] = _score(_Probe(lambda m: {  # type: ignore[arg-type]
-        frozenset((a, b)) for a, b in combinations(m.mixins, 2) if m.pair_weight(a, b) < -1.0}),
-        stream, observable=False)
     return out
 
 
@@ -174,7 +120,7 @@ def back_and_forth(n: int = 120_000, flips: int = 4) -> dict:
     step = n // (flips + 1)
     stream = MixinStream(n=n, drift_at=None, flips=tuple(step * (i + 1) for i in range(flips)))
     out = {}
-    for name in (TODAY, HIERARCHICAL):
+    for name in (BASELINE, HIERARCHICAL):
         learner = LEARNERS[name]()
         for node_type, mixins, label, _ in stream:
             learner.learn_one(node_type, mixins, label)

@@ -22,8 +22,8 @@ def pair_key(a: str, b: str) -> str:
     return f"{a}{PAIR_SEP}{b}" if a < b else f"{b}{PAIR_SEP}{a}"
 
 
-# Numbered features, shared by the per-type model (model.py) and the hierarchical one: mixin
-# number i is feature i; the pair of numbers i < j is feature `k + i * k + j` (k: capacity).
+# Numbered features of the hierarchical model (and its compiled kernels): mixin number i is
+# feature i; the pair of numbers i < j is feature `k + i * k + j` (k: capacity).
 
 def feature_numbers(ids: list[int], k: int) -> list[int]:
     """Features of a combination given as sorted, distinct mixin numbers."""

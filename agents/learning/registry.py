@@ -1,4 +1,4 @@
-"""What every worker predicts from: the newest verified snapshot per node type, and the
+"""What every worker predicts from: the newest verified snapshot of the shared model, and the
 current pattern-feedback states. Fed record by record from the replicated changelogs."""
 
 from __future__ import annotations
@@ -11,25 +11,26 @@ import orjson
 from agents.learning import feedback, snapshot
 from agents.learning.features import canonical
 from agents.learning.hierarchy import HierarchicalModel
-from agents.learning.model import MixinModel, Prediction
+from agents.learning.model import Prediction
 
 log = logging.getLogger(__name__)
 
 
 SHARED = "*"  # the key of the one model every node type shares (agents/learning/hierarchy.py)
-Model = MixinModel | HierarchicalModel
+REBUILD = ("a per-node-type model snapshot from a release before the shared model: not loaded; "
+           "`omnistream replay` rebuilds the shared model from codegen.results")
 
 
 class ModelRegistry:
-    """Snapshots by key: `SHARED` holds the hierarchical model every node type is predicted
-    from; a node type's own key holds a per-type model (snapshots written before the shared
-    model, used for a node type the shared one has not seen)."""
+    """The snapshot under `SHARED`: the hierarchical model every node type is predicted from.
+    Any other key is a per-node-type snapshot of an earlier release (ignored, said once)."""
 
     def __init__(self, key: bytes):
         self.key = key
-        self.models: dict[str, Model] = {}
+        self.models: dict[str, HierarchicalModel] = {}
         self.refused = 0
         self.last_refusal: str | None = None
+        self.ignored: set[str] = set()  # keys of earlier releases' snapshots, said once each
 
     def apply(self, key: bytes | None, blob: bytes | None) -> bool:
         """One changelog record. A record that fails verification is refused (and reported);
@@ -38,10 +39,14 @@ class ModelRegistry:
         if blob is None:  # tombstone: the model was deleted
             self.models.pop(name, None)
             return True
+        if name != SHARED:
+            if name not in self.ignored:
+                self.ignored.add(name)
+                log.warning(REBUILD, extra={"metadata": {"node_type": name}})
+            return True
         try:
             header, model = snapshot.loads(blob, self.key)
-            expected = HierarchicalModel if name == SHARED else MixinModel
-            if not isinstance(model, expected) or header.node_type != name:
+            if not isinstance(model, HierarchicalModel) or header.node_type != name:
                 raise snapshot.SnapshotRejected("snapshot holds something other than this key's model")
         except snapshot.SnapshotRejected as exc:
             self.refused += 1
@@ -56,37 +61,27 @@ class ModelRegistry:
 
     @property
     def shared(self) -> HierarchicalModel | None:
-        model = self.models.get(SHARED)
-        return model if isinstance(model, HierarchicalModel) else None
+        return self.models.get(SHARED)
 
     def predict(self, node_type: str, mixins: list[str]) -> Prediction:
+        """The shared model's prediction; before any snapshot, a neutral one (score 0.5, no
+        confidence, every mixin unseen)."""
         shared = self.shared
-        if shared is not None and (node_type in shared.type_index or node_type not in self.models):
+        if shared is not None:
             return shared.predict(node_type, mixins)
-        model = self.models.get(node_type)
-        if isinstance(model, MixinModel):
-            return model.predict(mixins)
         combo = list(canonical(mixins))
         return Prediction(node_type=node_type, mixins=combo, score=0.5, confidence=0.0, evidence=0,
                           conflicts=[], unseen=combo, risky=False, model_version=0, updates=0)
 
     def versions(self) -> dict[str, tuple[int, float]]:
         """Per node type: (model version in use, progressive accuracy), for the gauges."""
-        out = {t: (m.version, m.progressive.accuracy) for t, m in self.models.items()
-               if isinstance(m, MixinModel)}
         shared = self.shared
-        if shared is not None:
-            out.update({t: (shared.version, p.accuracy) for t, p in shared.by_type.items()})
-        return out
+        return {} if shared is None else {t: (shared.version, p.accuracy) for t, p in shared.by_type.items()}
 
     def status(self) -> dict[str, Any]:
-        """Per node type: the model it is predicted from (the shared one once it has seen the
-        type: its version, and that type's results and accuracy)."""
-        models = {t: m.status() for t, m in sorted(self.models.items()) if isinstance(m, MixinModel)}
+        """Per node type: the shared model's version, and that type's results and accuracy."""
         shared = self.shared
-        if shared is not None:
-            for t in shared.node_types:
-                models[t] = shared.type_status(t)
+        models = {} if shared is None else {t: shared.type_status(t) for t in shared.node_types}
         return {"models": dict(sorted(models.items())),
                 "shared": shared.status() if shared is not None else None,
                 "snapshots_refused": self.refused, "last_refusal": self.last_refusal}

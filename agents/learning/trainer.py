@@ -1,4 +1,4 @@
-"""Replay's training: fresh mixin models learnt from results in order, with the models in use
+"""Replay's training: a fresh shared model learnt from results in order, with the model in use
 scored on the same results (prediction only) beside them. Pure: no Kafka, so it is tested
 without a broker; streams/learning/replay.py feeds it the decoded records.
 
@@ -17,8 +17,8 @@ import numpy as np
 
 from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.minibatch import FrozenScorer, MiniBatch, number_rows
-from agents.learning.model import MixinModel, Progressive
-from agents.learning.registry import SHARED, Model
+from agents.learning.model import Progressive
+from agents.learning.registry import SHARED
 from agents.learning.results import Results
 
 
@@ -35,31 +35,21 @@ class NodeReport:
 
 class Trainer:
     """A fresh shared model learnt from results in order (compiled, many at a time:
-    minibatch.py); the models in use (the shared one, or a node type's own for a type it has
-    not seen) scored on the same results beside it. `finish()` hands the new model over."""
+    minibatch.py); the shared model in use scored on the same results beside it.
+    `finish()` hands the new model over."""
 
-    def __init__(self, old_models: dict[str, Model]) -> None:
-        self.old = old_models
+    def __init__(self, old_models: dict[str, HierarchicalModel]) -> None:
         self.model = HierarchicalModel()
         self.batch = MiniBatch(self.model)
-        shared = old_models.get(SHARED)
-        self.old_shared = shared if isinstance(shared, HierarchicalModel) else None
+        self.old_shared = old_models.get(SHARED)
         self.old_scorer = FrozenScorer(self.old_shared) if self.old_shared is not None else None
         self.old_version = self.old_shared.version if self.old_shared is not None else 0
         self.nodes: dict[str, NodeReport] = {}
         self.duplicates = 0  # results sent twice (same id), learnt once
 
     def _node(self, node_type: str) -> NodeReport:
-        node = self.nodes[node_type] = NodeReport(node_type)
-        serving = self._serving(node_type)
-        node.old_version = serving.version if serving is not None else 0
-        return node
-
-    def _serving(self, node_type: str) -> Model | None:
-        shared = self.old_shared
-        if shared is not None and (node_type in shared.type_index or node_type not in self.old):
-            return shared
-        return self.old.get(node_type)
+        self.nodes[node_type] = NodeReport(node_type, old_version=self.old_version)
+        return self.nodes[node_type]
 
     def learn(self, results: Results) -> None:
         """Learn results in the order given."""
@@ -83,12 +73,8 @@ class Trainer:
             node = self.nodes.get(node_type) or self._node(node_type)
             node.events += int(np.count_nonzero(mine))
             node.new.update_many(new[mine], rows.y[mine])
-            serving = self._serving(node_type)
-            if isinstance(serving, HierarchicalModel) and old is not None:
+            if old is not None:
                 node.old.update_many(old[mine], rows.y[mine])
-            elif isinstance(serving, MixinModel):  # a per-type snapshot of an earlier release
-                for i in np.flatnonzero(mine).tolist():
-                    node.old.update(serving.predict_proba(mixins[i]), successes[i])
 
     def finish(self) -> HierarchicalModel:
         """The new model, with everything learnt written back into it."""

@@ -25,8 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from agents.learning import snapshot
 from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.minibatch import MiniBatch
-from agents.learning.model import MixinModel
-from agents.learning.registry import SHARED, Model, ModelRegistry
+from agents.learning.registry import SHARED, ModelRegistry
 from schemas.events import GenerationResult
 from streams.runtime.processing import Applied
 from streams.runtime.sink import RowSink
@@ -62,7 +61,7 @@ class Learner:
         self.table: MutableMapping[bytes, bytes] = table if table is not None else {}
         self.key = key or b""
         self.replica = replica
-        self.live: dict[str, Model] = {}
+        self.live: dict[str, HierarchicalModel] = {}
         self.base: dict[str, tuple[int, int]] = {}     # (version, updates) of the last snapshot
         self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT_EVENTS))
         self.conflicts_written: dict[str, bytes] = {}  # node type → its conflicts last written
@@ -76,16 +75,12 @@ class Learner:
         self.live.clear()
         self.base.clear()
 
-    @staticmethod
-    def _fresh(key: str) -> Model:
-        return HierarchicalModel() if key == SHARED else MixinModel(key)
-
-    def model_for(self, key: str = SHARED) -> Model:
+    def model_for(self, key: str = SHARED) -> HierarchicalModel:
         blob = self.table.get(key.encode())
         live = self.live.get(key)
         if blob is None:
             if live is None:
-                live = self.live[key] = self._fresh(key)
+                live = self.live[key] = HierarchicalModel()
                 self.base[key] = (live.version, 0)
             return live
         if live is not None and self.refused.get(key) == blob[:256]:
@@ -95,7 +90,7 @@ class Learner:
             if live is not None and self.base.get(key) == (head.version, head.updates):
                 return live
             _, model = snapshot.loads(blob, self.key)
-            if not isinstance(model, HierarchicalModel if key == SHARED else MixinModel):
+            if not isinstance(model, HierarchicalModel):
                 raise snapshot.SnapshotRejected("the record holds another kind of model")
         except snapshot.SnapshotRejected as exc:
             # Someone wrote into the changelog. Go on from the newest verified model this worker
@@ -106,7 +101,7 @@ class Learner:
             elif self.replica is not None and key in self.replica.models:
                 model = copy.deepcopy(self.replica.models[key])
             else:
-                model = self._fresh(key)
+                model = HierarchicalModel()
             log.error("stored model snapshot refused", extra={"metadata": {
                 "node_type": key, "reason": str(exc), "continuing_from_updates": model.updates}})
             self.live[key] = model
@@ -128,7 +123,6 @@ class Learner:
         `learn` would one by one — the same gates, the same model afterwards — in one compiled
         loop (agents/learning/minibatch.py). Returns how many were learnt."""
         model = self.model_for(SHARED)
-        assert isinstance(model, HierarchicalModel)
         fresh: list[GenerationResult] = []
         for result, where, offset in results:
             if Applied.seen(model.applied, where, offset):
@@ -177,8 +171,7 @@ class Learner:
         model = self.live.get(key)
         if model is None:
             return None
-        found = (model.find_all_conflicts() if isinstance(model, HierarchicalModel)
-                 else {key: model.find_conflicts()})
+        found = model.find_all_conflicts()
         head = snapshot.SnapshotHeader(key, model.version, model.updates, self.clock())
         blob = snapshot.dumps(model, head, self.key)
         (put or (lambda k, v: self.table.__setitem__(k, v)))(key.encode(), blob)
@@ -192,7 +185,7 @@ class Learner:
                 self.conflict_sink.add_nowait((node_type, rows.decode()))
         return blob
 
-    def install(self, key: str, blob: bytes, trained_through: dict[int, int]) -> Model:
+    def install(self, key: str, blob: bytes, trained_through: dict[int, int]) -> HierarchicalModel:
         """Swap in a model trained elsewhere (replay): verify it, let it learn what arrived after
         the replay stopped reading, give it the next version number. The caller snapshots it.
         Only an install of the version in use is taken (its signed header names it)."""

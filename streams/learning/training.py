@@ -35,7 +35,6 @@ from schemas.events import GenerationResultFields
 
 if TYPE_CHECKING:  # the trainer compiles its loops (numba): imported where they run
     from agents.learning.hierarchy import HierarchicalModel
-    from agents.learning.registry import Model
     from agents.learning.trainer import NodeReport
 
 
@@ -105,10 +104,10 @@ class InProcessTraining:
     def __init__(self) -> None:
         self.invalid = 0
 
-    async def start(self, old_models: dict[str, Model]) -> None:
+    async def start(self, old_models: dict[str, HierarchicalModel]) -> None:
         self.begin(old_models)
 
-    def begin(self, old_models: dict[str, Model]) -> None:
+    def begin(self, old_models: dict[str, HierarchicalModel]) -> None:
         from agents.learning.trainer import Trainer
 
         self.trainer = Trainer(old_models)  # compiles its loops now
@@ -148,7 +147,7 @@ class ChildTraining:
         theirs.close()
         self._conn = Connection(ours.detach())
 
-    async def start(self, old_models: dict[str, Model]) -> None:
+    async def start(self, old_models: dict[str, HierarchicalModel]) -> None:
         await self._send(pickle.dumps(old_models, protocol=pickle.HIGHEST_PROTOCOL))
         await self._receive()  # ready: its loops are compiled
 

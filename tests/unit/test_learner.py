@@ -8,7 +8,6 @@ import pytest
 
 from agents.learning import snapshot
 from agents.learning.hierarchy import HierarchicalModel
-from agents.learning.model import MixinModel
 from agents.learning.registry import SHARED, ModelRegistry
 from bench.mixin_stream import MixinStream
 from schemas.events import GenerationResult
@@ -134,9 +133,9 @@ def test_install_catches_up_on_what_the_replay_did_not_read_and_takes_the_next_v
 
     with pytest.raises(snapshot.SnapshotRejected):
         learner.install("compute", blob, trained_through={})  # not the shared model's key
-    per_type = snapshot.dumps(MixinModel("effect"), snapshot.SnapshotHeader(SHARED, 9, 0, 0.0), KEY)
+    other = snapshot.dumps({"weights": [0.0]}, snapshot.SnapshotHeader(SHARED, 9, 0, 0.0), KEY)
     with pytest.raises(snapshot.SnapshotRejected):
-        learner.install(SHARED, per_type, trained_through={})  # another kind of model
+        learner.install(SHARED, other, trained_through={})  # signed, but not the shared model
     forged = snapshot.dumps(replayed, snapshot.SnapshotHeader(SHARED, 9, 1, 0.0), b"x" * 32)
     with pytest.raises(snapshot.SnapshotRejected):
         learner.install(SHARED, forged, trained_through={})

@@ -94,3 +94,42 @@ def test_a_killed_training_process_is_a_clear_error_not_a_hang():
 
     with pytest.raises(TrainingError, match=r"ended without its result \(exit code -9\)"):
         asyncio.run(run())
+
+
+def test_trainer_learns_in_order_scores_the_model_in_use_and_learns_a_resent_result_once():
+    from agents.learning.model import Progressive
+    from agents.learning.registry import SHARED
+    from agents.learning.results import Results
+    from agents.learning.trainer import Trainer
+
+    stream = [(nt, list(m), label) for nt, m, label, _ in MixinStream(n=3000)]
+    old = HierarchicalModel()
+    for nt, mixins, label in stream[:1000]:
+        if nt != "compute":  # a node type the model in use has not seen: scored all the same
+            old.learn_one(nt, mixins, label)
+    trainer = Trainer({SHARED: old})
+    results = [(nt, m, label, i) for i, (nt, m, label) in enumerate(stream)]
+    trainer.learn(Results.of(results[:1500]))
+    trainer.learn(Results.of(results[1400:]))  # 100 results sent again (same ids): learnt once
+    assert trainer.duplicates == 100
+
+    expected = HierarchicalModel()
+    for nt, mixins, label in stream:
+        expected.learn_one(nt, mixins, label)
+    model = trainer.finish()
+    assert model.updates == expected.updates == 3000
+    assert model.weights == pytest.approx(expected.weights, abs=1e-12)  # same order, same model
+    assert set(trainer.nodes) == {"effect", "compute", "reducer", "orchestrator"}
+    for nt, node in trainer.nodes.items():
+        assert node.events == expected.by_type[nt].n == node.new.n
+        assert node.new.correct == expected.by_type[nt].correct
+        # the model in use, scored on every result as it serves them (prediction only)
+        served = Progressive()
+        for t, mixins, label in stream:
+            if t == nt:
+                served.update(old.predict_proba(nt, mixins), label)
+        assert (nt, node.old.n, node.old.correct) == (nt, served.n, served.correct)
+        assert node.old.n == node.events
+        assert node.old.log_loss == pytest.approx(served.log_loss, rel=1e-9)
+        assert node.old_version == old.version
+    assert trainer.old_version == old.version
