@@ -18,7 +18,8 @@ after a drift (ADWIN on the 0/1 error fires while the recent error is above the 
 then settling to the base rate, whose small steps keep the weights from jittering with noisy
 labels. A drift also halves every weight: measured on the bench's stream, that brings accuracy
 back to 0.95 in 5,000 results instead of 7,000 (a challenger copy, as the per-type models of an
-earlier release used, or a fresh learner were slower: old weights fight the new rules, a fresh one re-learns all).
+earlier release used, or a fresh learner were slower: old weights fight the new rules, a fresh
+one re-learns all).
 
 Predictions (and the progressive score) read an exponential average of the weights
 (`avg_rate` 0.01 per result, kept lazily per feature), which cancels the jitter that noisy
