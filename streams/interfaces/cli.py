@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
 from schemas.errors import OmnistreamError
 from streams.config import ConfigError
@@ -507,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
 
         principal = Settings.from_env().kafka_sasl_username
         print(redacted(f"omnistream: {refusal(exc, principal)}"), file=sys.stderr)
+        return 2
+    except UnknownTopicOrPartitionError:
+        print("omnistream: a topic this command uses does not exist, and this principal may not create "
+              "it (a secure stack creates no topic on use): start a worker first, it creates them",
+              file=sys.stderr)
         return 2
     except KafkaConnectionError:
         from streams.config import Settings

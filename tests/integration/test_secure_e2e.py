@@ -110,6 +110,9 @@ async def test_no_metadata_without_a_login_a_trusted_ca_and_the_right_password(s
     assert not await kafka.probe(stack.bootstrap, **{**reader, "sasl_plain_password": guessed})
     # TLS checked against the system's CAs only: the stack's own CA is what makes it trusted
     assert not await kafka.probe(stack.bootstrap, **{**reader, "ssl_context": ssl.create_default_context()})
+    # No worker has run yet: nothing creates topics on use, and the publisher may create none.
+    early = await asyncio.to_thread(stack.run, "publish", "prd", "examples/minimal.json", role="publisher")
+    assert early.returncode == 2 and "start a worker first" in early.stderr, early.stderr
 
 
 async def _send(role_kwargs: dict, topic: str) -> None:
