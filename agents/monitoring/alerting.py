@@ -98,9 +98,16 @@ class AlertEngine:
     # ------------------------------------------------------------------ inputs
 
     def observe(self, state: AlertEngineState, metric: str, stats: dict[str, float | None],
-                labels: dict[str, str], now: float, window_s: float | None = None) -> list[Change]:
-        """One closed window of `metric` for a series with `labels`."""
+                labels: dict[str, str], now: float, window_s: float | None = None,
+                window_end: float | None = None) -> list[Change]:
+        """One closed window of `metric` for a series with `labels`, ending at `window_end`
+        (event time). The series counts as seen at its window's end, not when the window
+        arrived (lateness and idle time close it later): a silent series is then stale
+        `stale_windows` windows after its last window, at most one more after its last sample.
+        A window that arrives more than one window after its end (a backfill) counts as seen
+        one window before it arrived, so old data does not make a fresh alert stale at once."""
         changes: list[Change] = []
+        seen = now if window_end is None or not window_s else min(now, max(window_end, now - window_s))
         for rule in self.by_metric.get(metric, []):
             value = stat_value(stats, rule.stat)
             if value is None:
@@ -118,14 +125,14 @@ class AlertEngine:
                         "annotations": dict(rule.annotations), "active_since": now, "started_at": None,
                         "last_breach": now, "last_seen": now, "ended_at": None, "escalation_level": 0,
                         "acked_by": None, "silenced": False, "notified": False}
-                alert.update(value=value, last_breach=now, last_seen=now)
+                alert.update(value=value, last_breach=now, last_seen=seen)
                 if window_s:
                     alert["window_s"] = window_s
                 if alert["state"] == "pending" and now - alert["active_since"] >= rule.for_s:
                     alert["state"], alert["started_at"] = "firing", now
                     changes.append(self._changed(state, alert, now))
             elif alert is not None and alert["state"] != "resolved":
-                alert.update(value=value, last_seen=now)
+                alert.update(value=value, last_seen=seen)
                 if window_s:
                     alert["window_s"] = window_s
                 if alert["state"] == "pending":

@@ -64,7 +64,7 @@ class Evaluation:
                     # The pace its windows close at (a hopping window's step), not their length.
                     window_s = float(w.get("every") or float(w["end"]) - float(w.get("start", w["end"])))
                     self.changes += self.engine.observe(state, w["metric"], w["stats"], w["labels"], now,
-                                                        window_s=window_s or None)
+                                                        window_s=window_s or None, window_end=float(w["end"]))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 await send_to_dlq(event, "schema", f"not a closed window: {exc}", "alert-evaluator")
         elif kind is ControlKind.TICK:

@@ -297,6 +297,66 @@ rules:
         stop_worker(leaves)
 
 
+async def test_a_silent_outside_series_resolves_stale_within_three_of_its_windows(services, migrated_db,
+                                                                                   tmp_path):
+    """A series published from outside (raw JSON by a bare producer, a `worker` label of its own,
+    no worker of ours behind it) breaches a rule, then stops. Its alert resolves as `stale` within
+    three of its 5 s windows after its last sample (the issue-25 report: 13 minutes), on the
+    engine's own clock, whatever else flows."""
+    from aiokafka import AIOKafkaProducer
+
+    tag = uuid.uuid4().hex[:6]
+    metric, rule, window = f"outside_{tag}", f"outside_low_{tag}", 5.0
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""
+grouping: {{group_by: [rule], group_wait_s: 0, group_interval_s: 1, repeat_interval_s: 3600}}
+rules:
+  - {{name: {rule}, metric: {metric}, stat: avg, op: "<", critical: 0.6, for_s: 0, identify_by: [worker]}}
+""")
+    env = _worker_env(rules, OMNISTREAM_METRIC_WINDOW_S=str(window), OMNISTREAM_METRIC_IDLE_CLOSE_S="2")
+    worker = start_worker(services, migrated_db, f"omnistream-outside-{tag}", "w", env)
+    fp = fingerprint(rule, "critical", {"worker": f"outside-{tag}"})
+    producer = AIOKafkaProducer(bootstrap_servers=services.bootstrap)
+    await producer.start()
+    firing = asyncio.Event()
+    last_sample = 0.0
+
+    async def publish() -> None:
+        nonlocal last_sample
+        while not firing.is_set():
+            sample = {"name": metric, "value": 0.3, "metric_type": "gauge",
+                      "labels": {"worker": f"outside-{tag}"},
+                      "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+            await producer.send_and_wait(METRICS_EVENTS.name, orjson.dumps(sample), key=metric.encode())
+            last_sample = time.time()
+            await asyncio.sleep(0.25)
+
+    try:
+        publishing = asyncio.ensure_future(publish())
+        async with OmnistreamClient(services.bootstrap) as client:
+            async for a in client.subscribe(ALERTS, Alert, timeout=90):
+                if a.fingerprint == fp and a.state == "firing":
+                    firing.set()
+                    break
+            assert firing.is_set(), "the outside series never fired"
+            await publishing
+            resolved: Alert | None = None
+            async for a in client.subscribe(ALERTS, Alert, timeout=60):
+                if a.fingerprint == fp and a.state == "resolved":
+                    resolved = a
+                    break
+            took = time.time() - last_sample
+        assert resolved is not None and resolved.resolved_reason == "stale", resolved
+        print(f"[stale] outside series resolved stale {took:.1f} s after its last sample "
+              f"({took / window:.2f} windows of {window:g} s)")
+        # three windows, plus the alert timer's tick (1 s) and a second for the records' trip
+        assert took <= 3 * window + 2, f"{took:.1f} s"
+    finally:
+        firing.set()
+        await producer.stop()
+        stop_worker(worker)
+
+
 async def test_no_secret_is_printed_in_logs_or_cli_output(services, migrated_db, tmp_path):
     """Known secret values everywhere a secret goes (webhook URL with a token in its path, a
     database password, the model key, the web token); an alert makes the webhook fail again and

@@ -199,6 +199,30 @@ def test_a_series_that_stops_reporting_resolves_as_stale_after_two_of_its_window
         ("critical", "resolved", "stale"), ("warning", "resolved", "stale")]
 
 
+def test_staleness_counts_from_the_last_window_end_not_from_its_late_arrival():
+    """A window is closed after its end (lateness, idle time): counted from its arrival, a silent
+    series went stale up to 3.5 windows after its last sample. From its end: at most 3. A
+    backfilled window (arriving long after its end) counts as seen one window before it arrived."""
+    engine = _engine(escalate_after_s=[])
+    state = new_state()
+    labels = {"node": "late", "worker": "w1"}
+    for end in (60.0, 120.0, 180.0, 240.0):  # each arrives 35 s after its end (lateness + idle)
+        engine.observe(state, "lat_ms", _window(500.0), labels, end + 35, window_s=60.0, window_end=end)
+        engine.tick(state, end + 36)
+    assert {a["state"] for a in state.alerts.values()} == {"firing"}
+    assert _alerts(engine.tick(state, 240.0 + 119)) == []
+    assert {a["resolved_reason"] for a in _alerts(engine.tick(state, 240.0 + 120))} == {"stale"}
+
+    backfill = new_state()
+    for now, end in ((10_000.0, 60.0), (10_060.0, 120.0)):  # old samples published today
+        engine.observe(backfill, "lat_ms", _window(500.0), {"node": "old"}, now, window_s=60.0,
+                       window_end=end)
+    assert {a["state"] for a in backfill.alerts.values()} == {"firing"}
+    assert _alerts(engine.tick(backfill, 10_060.0)) == []  # not stale on arrival
+    assert _alerts(engine.tick(backfill, 10_119.0)) == []
+    assert {a["resolved_reason"] for a in _alerts(engine.tick(backfill, 10_120.0))} == {"stale"}
+
+
 def test_recovered_manual_and_stale_are_told_apart_and_a_stale_pending_alert_is_dropped():
     engine = _engine(escalate_after_s=[], for_s=0)
     state = new_state()

@@ -73,8 +73,9 @@ async def test_a_silent_series_of_hopping_windows_goes_stale_after_missing_two_s
     batch = Evaluation(state, engine)
     await batch.apply(_window(0, 1000.0, 500.0, end=960.0, size=300, every=60))
     assert [a["state"] for a in state.alerts.values()] == ["firing"]
-    await batch.apply(_tick(1, 1119.0))
+    # Counted from the window's end (960), not from when it arrived (1000): two steps = 1080.
+    await batch.apply(_tick(1, 1079.0))
     assert [a["state"] for a in state.alerts.values()] == ["firing"]  # one step and a bit missed
-    await batch.apply(_tick(2, 1120.0))
+    await batch.apply(_tick(2, 1080.0))
     resolved = [c.payload for c in batch.changes if c.kind == "alert" and c.payload["state"] == "resolved"]
     assert [a["resolved_reason"] for a in resolved] == ["stale"]
