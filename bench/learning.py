@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from agents.learning.hierarchy import HierarchicalModel
 from agents.stats import percentile
+from bench import worlds
 from bench.baselines import PairsLogistic
 from bench.mixin_stream import NODE_TYPES, MixinStream
 
@@ -216,6 +217,11 @@ def run(quick: bool = False, with_replay: bool = True) -> dict:
     out = {"accuracy": acc, "latency_us": latency(stream, 5000), "conflicts": conflicts(trained, stream),
            "back_and_forth": back_and_forth(40_000 if quick else 120_000)}
     out["trainer_us"] = trainer_cost(stream)
+    # Worlds the conflict settings were not chosen on (bench/worlds.py), now and as before.
+    seeds = tuple(range(13, 21)) if quick else tuple(range(13, 25))
+    n = 30_000 if quick else 40_000
+    out["worlds"] = worlds.run(seeds, n)
+    out["worlds_before"] = worlds.run(seeds, n, cfg=worlds.BEFORE)
     if with_replay:
         out["replay"] = asyncio.run(replay_rate(10_000 if quick else 50_000))
     return out
@@ -243,6 +249,11 @@ def print_report(r: dict) -> None:
     for name, c in bf["models"].items():
         print(f"  after {len(bf['flips'])} changes back and forth ({bf['events']} events), {name:44} "
               f"precision/recall {c['precision']}/{c['recall']}")
+    for key, title in (("worlds_before", "conflict settings before (fitted on the one stream above)"),
+                       ("worlds", "conflict settings now (chosen on worlds 1-12)")):
+        if key in r:
+            print(f"  many worlds, {title}:")
+            worlds.print_report(r[key])
     tc = r["trainer_us"]
     print(f"  replay's training in-process: one at a time (before) {tc['learn_one_us']} µs/result, "
           f"many at a time {tc['learn_many_us']} µs/result; same model: largest weight difference "

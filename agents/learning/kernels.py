@@ -79,7 +79,7 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
                types: np.ndarray, ys: np.ndarray, indptr: np.ndarray, ids: np.ndarray,
                start: int, stop: int, n: int, since: int, weight: float, drift_first: bool,
                k: int, block: int, lr: float, deviation_lr: float, boost: float, boost_tau: float,
-               avg_rate: float, growth: float, shrink: float, decay: np.ndarray,
+               avg_rate: float, growth: float, shrink: float, evidence_keep: float, decay: np.ndarray,
                p_out: np.ndarray, err_out: np.ndarray) -> tuple[int, int, float]:
     """`HierarchicalModel.learn_one` for rows start..stop-1 in order; the drift watch is the
     caller's (it sees `err_out`). `drift_first`: a drift was detected at the first row, whose
@@ -124,6 +124,9 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
             for i in range(ic.shape[0]):
                 ic[i] *= shrink
                 aic[i] = ic[i]
+            for i in range(succ.shape[0]):
+                succ[i] *= evidence_keep
+                fail[i] *= evidence_keep
         g = _gradient(y, z) * (1.0 + boost * math.exp(-(n - since) / boost_tau))
         step = lr * g
         ic[0] -= step

@@ -145,7 +145,7 @@ class MiniBatch:
             rows.types, rows.y, rows.indptr, rows.ids, start, stop,
             model.updates, model.since, model.weight, drift_first,
             model.max_mixins, model.block, cfg.lr, cfg.deviation_lr, cfg.boost, cfg.boost_tau,
-            cfg.avg_rate, self.growth, cfg.drift_shrink, self.decay, p, errors)
+            cfg.avg_rate, self.growth, cfg.drift_shrink, cfg.drift_evidence_keep, self.decay, p, errors)
 
     def _save(self) -> tuple:
         """What a run may change: the blocks of the node types known (the rows were numbered
