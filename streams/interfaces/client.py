@@ -32,31 +32,45 @@ class OmnistreamClient:
         self.settings = settings or Settings.from_env()
         self.bootstrap = bootstrap or self.settings.kafka_bootstrap
         self._producer: AIOKafkaProducer | None = None
+        self._entered = False
 
     async def __aenter__(self) -> OmnistreamClient:
         await ensure_topics(self.bootstrap, partitions=self.settings.partitions, not_mine_ok=True,
                             replication=self.settings.replication_factor, **self.settings.kafka_security)
-        self._producer = idempotent_producer(self.bootstrap, **self.settings.kafka_security)
-        await self._producer.start()
+        self._entered = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._producer is not None:
             await self._producer.stop()
 
+    async def _producing(self) -> AIOKafkaProducer:
+        """The producer, started on first use: a principal that may only read (a secure stack's
+        `reader`) is refused a producer id, so a client that only subscribes never asks."""
+        assert self._entered, "use `async with OmnistreamClient()`"
+        if self._producer is None:
+            producer = idempotent_producer(self.bootstrap, **self.settings.kafka_security)
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
     async def publish(self, topic: spec.TopicSpec, event: Envelope, key: str | None = None) -> None:
-        assert self._producer is not None, "use `async with OmnistreamClient()`"
+        producer = await self._producing()
         if key is None:
             key = str(getattr(event, topic.key, "") or "") or None
-        await self._producer.send_and_wait(
+        await producer.send_and_wait(
             topic.name, encode(event), key=key.encode() if key else None,
             headers=[("correlation_id", str(event.correlation_id).encode())])
 
     async def publish_raw(self, topic: str, value: bytes, key: bytes | None = None,
                           headers: dict[str, bytes] | None = None) -> None:
         """Send bytes as they are (what a non-Python publisher would send); no validation."""
-        assert self._producer is not None, "use `async with OmnistreamClient()`"
-        await self._producer.send_and_wait(topic, value, key=key,
+        producer = await self._producing()
+        await producer.send_and_wait(topic, value, key=key,
                                            headers=list((headers or {}).items()) or None)
 
     async def publish_prd(self, prd: PrdSubmitted) -> uuid.UUID:
@@ -66,8 +80,8 @@ class OmnistreamClient:
     async def publish_metrics(self, samples: Iterable[MetricEvent]) -> int:
         """Send metric samples as batched records (one per metric name, at most 10,000 samples
         and 1 MiB each); returns how many records were sent."""
-        assert self._producer is not None, "use `async with OmnistreamClient()`"
-        sent = [await self._producer.send(spec.METRICS_EVENTS.name, value, key=key)
+        producer = await self._producing()
+        sent = [await producer.send(spec.METRICS_EVENTS.name, value, key=key)
                 for key, value in metric_records(samples)]
         await asyncio.gather(*sent)  # every record acknowledged by the broker
         return len(sent)

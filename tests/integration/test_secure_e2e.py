@@ -158,6 +158,11 @@ async def test_a_prd_crosses_every_role_and_each_role_is_held_to_its_acls(stack,
         correlation = published.stdout.split()[0]
         done = await _read_until(stack.kwargs("reader"), CODEGEN_COMPLETED.name, correlation.encode())
         assert orjson.loads(done)["correlation_id"] == correlation
+        # and the reader's own CLI, which may write nothing (so never asks for a producer id)
+        read = await asyncio.to_thread(stack.run, "subscribe", "generated", "--correlation-id", correlation,
+                                       "--count", "1", "--timeout", "60", role="reader")
+        assert read.returncode == 0, read.stderr
+        assert orjson.loads(read.stdout.splitlines()[0])["node"] == "Ledger"
 
         with pytest.raises(TopicAuthorizationFailedError):
             await _send(stack.kwargs("publisher"), ALERTS_COMMANDS.name)
