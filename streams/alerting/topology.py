@@ -37,7 +37,7 @@ from streams.runtime.dlq import CORRELATION_HEADER
 from streams.runtime.faust import Record
 from streams.runtime.processing import (
     held,
-    run_batches,
+    run_checkpoints,
     run_intake,
     source_headers,
     table_put,
@@ -180,22 +180,33 @@ def _state() -> AlertEngineState:
 @app.agent(alert_inbox, name="alert-evaluator")
 async def alert_evaluator(stream: StreamT) -> None:
     global _sink
-    _sink = await PgBatchSink(settings.database_url, "alerts", ALERT_COLUMNS, on_conflict=_ALERT_UPSERT,
-                              dedupe_key=lambda row: row[0], max_ms=500, source_topic="alerts").start()
-
-    async def on_batch(events: Sequence[Any]) -> None:
-        batch = Evaluation(_state(), engine())
-        for event in events:
-            await batch.apply(event)
-        await _publish(batch.changes)
-        await _sink.flush()  # alert rows are in PostgreSQL before the state that made them
-        if held(alert_inbox.get_topic_name(), 0):
-            table_put(alert_table, 0, ENGINE_KEY, batch.state.dump())
-
+    sink = _sink = await PgBatchSink(settings.database_url, "alerts", ALERT_COLUMNS,
+                                     on_conflict=_ALERT_UPSERT, dedupe_key=lambda row: row[0],
+                                     max_ms=500, source_topic="alerts").start()
     try:
-        await run_batches(stream, "alert-evaluator", on_batch)
+        await run_checkpoints(stream, "alert-evaluator", lambda: _EvaluatorCheckpoint(sink))
     finally:
-        await _sink.stop()
+        await sink.stop()
+
+
+class _EvaluatorCheckpoint:
+    """A batch of the alert inbox (streams.runtime.processing.Checkpoint): the alert changes are
+    published and their rows in PostgreSQL before the engine state that made them is saved."""
+
+    def __init__(self, sink: PgBatchSink) -> None:
+        self.evaluation, self.sink = Evaluation(_state(), engine()), sink
+
+    async def apply(self, events: Sequence[Any]) -> None:
+        for event in events:
+            await self.evaluation.apply(event)
+
+    async def flush(self) -> None:
+        await _publish(self.evaluation.changes)
+        await self.sink.flush()
+
+    def save(self) -> None:
+        if held(alert_inbox.get_topic_name(), 0):
+            table_put(alert_table, 0, ENGINE_KEY, self.evaluation.state.dump())
 
 
 @app.timer(interval=TICK_S)

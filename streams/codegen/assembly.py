@@ -1,10 +1,11 @@
-"""One batch of the PRD assembler, without Faust: it reads and writes the assembly table
-through what it is given, re-keys nodes and publishes completions through callbacks, and
-reads time from its clock (tests/unit/test_assembly.py).
+"""One batch of the PRD assembler, a checkpoint (streams.runtime.processing.Checkpoint)
+without Faust: it reads and writes the assembly table through the store it is given, re-keys
+nodes and publishes completions through its outputs, and reads time from its clock
+(tests/unit/test_assembly.py).
 
 Adding a node is idempotent (a node overwrites itself by name) and a completed PRD is marked
 done, so a replayed event changes nothing; a completion sent again after a crash carries the
-same event id (assembler.completion_id). `finish` publishes the completions first and writes
+same event id (assembler.completion_id). `flush` publishes the completions and `save` writes
 the states after, so a crash in between replays the batch: the same completion again (the
 same id), never a state that says "done" for a completion nobody saw.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import orjson
 
@@ -23,24 +25,39 @@ from agents.logging import log_context
 from schemas.events import GeneratedNode, PrdCompleted
 from streams.runtime.emit import emitter
 from streams.runtime.faust import Record
+from streams.runtime.processing import control_kind, handle_event
+from streams.runtime.tables import ControlKind
 
 log = logging.getLogger(__name__)
 
 
+class Outputs(Protocol):
+    async def rekey(self, cid: str, node: GeneratedNode) -> None:
+        """Send a node on to the inbox partition of its correlation id."""
+
+    async def publish(self, done: PrdCompleted) -> None:
+        """Send a completion to `codegen.completed`."""
+
+
+class Store(Protocol):  # streams.runtime.processing.TableStore, or a test's dict
+    def get(self, key: Any) -> Any: ...
+    def put(self, partition: int, key: Any, value: Any) -> None: ...
+    def delete(self, partition: int, key: Any) -> None: ...
+    def held(self, topic: str, partition: int) -> bool: ...
+
+
 class Assembly:
-    def __init__(self, table: Mapping[str, dict], deadline_s: float, worker: str,
-                 rekey: Callable[[str, GeneratedNode], Awaitable[None]],
-                 publish: Callable[[PrdCompleted], Awaitable[None]],
+    def __init__(self, store: Store, deadline_s: float, worker: str, outputs: Outputs,
                  clock: Callable[[], float] = time.time) -> None:
-        self.table, self.deadline_s, self.worker = table, deadline_s, worker
-        self.rekey, self.publish, self.clock = rekey, publish, clock
+        self.store, self.deadline_s, self.worker = store, deadline_s, worker
+        self.outputs, self.clock = outputs, clock
         self.changed: dict[str, tuple[str, int, AssemblyState | None]] = {}  # cid → (topic, partition, state)
         self.completed: list[PrdCompleted] = []
 
     def state(self, cid: str) -> AssemblyState | None:
         if cid in self.changed:
             return self.changed[cid][2]
-        return AssemblyState.load(self.table.get(cid))
+        return AssemblyState.load(self.store.get(cid))
 
     def put(self, event: Record, cid: str, state: AssemblyState | None) -> None:
         self.changed[cid] = (event.message.topic, event.message.partition, state)
@@ -60,7 +77,7 @@ class Assembly:
     async def on_node(self, node: GeneratedNode, event: Record) -> None:
         cid = str(node.correlation_id)
         if event.key != cid.encode():  # repartition: state must live on the correlation id's partition
-            await self.rekey(cid, node)
+            await self.outputs.rekey(cid, node)
             return
         state = assembler.add_node(self.state(cid), node, self.clock(), self.deadline_s)
         if assembler.is_complete(state):
@@ -79,16 +96,25 @@ class Assembly:
             elif action == "purge" and state.done:
                 self.put(event, cid, None)
 
-    async def finish(self, put: Callable[[int, str, dict], None], delete: Callable[[int, str], None],
-                     held: Callable[[str, int], bool]) -> None:
-        """Publish the completions, then write the changed states of the partitions still held
-        (a revoked one's new owner replays these events)."""
+    async def apply(self, events: Sequence[Record]) -> None:
+        for event in events:
+            if control_kind(event) is ControlKind.TICK:
+                self.on_tick(event)
+            else:
+                await handle_event(event, GeneratedNode, "prd-assembler", self.on_node)
+
+    async def flush(self) -> None:
+        """Publish the completions (before any state saying "done" is written)."""
         for done in self.completed:
-            await self.publish(done)
+            await self.outputs.publish(done)
+
+    def save(self) -> None:
+        """Write the changed states of the partitions still held (a revoked one's new owner
+        replays these events)."""
         for cid, (topic, partition, state) in self.changed.items():
-            if not held(topic, partition):
+            if not self.store.held(topic, partition):
                 continue
             if state is None:
-                delete(partition, cid)
+                self.store.delete(partition, cid)
             else:
-                put(partition, cid, state.dump())
+                self.store.put(partition, cid, state.dump())

@@ -11,9 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from faust.types import StreamT
@@ -41,14 +39,10 @@ from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers
 from streams.runtime.emit import emitter
 from streams.runtime.faust import Record
 from streams.runtime.processing import (
-    control_kind,
-    handle_event,
-    held,
+    TableStore,
     produce,
-    run_batches,
+    run_checkpoints,
     run_intake,
-    table_delete,
-    table_put,
 )
 from streams.runtime.sink import PgBatchSink, run_sink
 from streams.runtime.tables import KIND_HEADER, ControlKind
@@ -132,32 +126,30 @@ async def codegen_render(stream: StreamT) -> None:
 # ---------------------------------------------------------------------------- assembler
 
 
-async def _rekey(cid: str, node: GeneratedNode) -> None:
-    await produce(assembler_inbox, cid.encode(), encode(node), headers={
-        **correlation_headers(cid), KIND_HEADER: ControlKind.NODE.header})
+class _AssemblyOutputs:
+    """Where a batch of the assembler sends what it makes (streams.codegen.assembly.Outputs)."""
+
+    async def rekey(self, cid: str, node: GeneratedNode) -> None:
+        await produce(assembler_inbox, cid.encode(), encode(node), headers={
+            **correlation_headers(cid), KIND_HEADER: ControlKind.NODE.header})
+
+    async def publish(self, done: PrdCompleted) -> None:
+        cid = str(done.correlation_id)
+        await produce(codegen_completed, cid.encode(), encode(done), headers=correlation_headers(cid))
 
 
-async def _publish(done: PrdCompleted) -> None:
-    cid = str(done.correlation_id)
-    await produce(codegen_completed, cid.encode(), encode(done), headers=correlation_headers(cid))
+_ASSEMBLY_OUTPUTS = _AssemblyOutputs()
 
 
 @app.agent(app.topic(CODEGEN_GENERATED.name, assembler_inbox.get_topic_name(), key_type=bytes,
                      value_type=bytes, value_serializer="raw", key_serializer="raw"),
            name="prd-assembler")
 async def prd_assembler(stream: StreamT) -> None:
-    async def on_batch(events: Sequence[Any]) -> None:
-        batch = Assembly(assembly_table, ASSEMBLY_DEADLINE_S, WORKER_ID, rekey=_rekey, publish=_publish)
-        for event in events:
-            if control_kind(event) is ControlKind.TICK:
-                batch.on_tick(event)
-            else:
-                await handle_event(event, GeneratedNode, "prd-assembler", batch.on_node)
-        await batch.finish(put=lambda p, k, v: table_put(assembly_table, p, k, v),
-                           delete=lambda p, k: table_delete(assembly_table, p, k),
-                           held=held)
-
-    await run_batches(stream, "prd-assembler", on_batch, within_s=0.0)  # latency: no waiting to fill
+    store = TableStore(assembly_table)
+    # latency: a batch is what has arrived, no waiting to fill it
+    await run_checkpoints(stream, "prd-assembler",
+                          lambda: Assembly(store, ASSEMBLY_DEADLINE_S, WORKER_ID, _ASSEMBLY_OUTPUTS),
+                          within_s=0.0)
 
 
 _ticks_sent: dict[str, float] = {}

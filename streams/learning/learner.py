@@ -153,8 +153,8 @@ class Learner:
             MODEL_UPDATES.labels(node_type).inc(n)
         return len(fresh)
 
-    async def commit(self, changed: dict[str, int], put: Callable[[int, bytes, bytes], None],
-                     held: Callable[[int], bool]) -> None:
+    def save(self, changed: dict[str, int], put: Callable[[int, bytes, bytes], None],
+             held: Callable[[int], bool]) -> None:
         """End of a batch: snapshot each changed model (key → its table partition) that this
         worker still holds; the batch is acked after its snapshots; a failure raises (no ack).
         The conflicts are not waited for: they are derived from the model (the sink replaces a

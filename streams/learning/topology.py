@@ -48,7 +48,7 @@ from streams.runtime.processing import (
     held,
     origin,
     produce,
-    run_batches,
+    run_checkpoints,
     run_intake,
     source_headers,
     table_put,
@@ -173,9 +173,25 @@ async def mixin_learner(stream: StreamT) -> None:
         apply_sql="SELECT replace_mixin_conflicts(node_type, conflicts) FROM {stage} ORDER BY node_type",
         dedupe_key=lambda row: row[0], max_ms=1000).start()
 
-    async def on_batch(events: Sequence[Any]) -> None:
-        changed: dict[str, int] = {}  # node type → partition of its table key
-        results: list[tuple[GenerationResult, str, int]] = []  # learnt together, in order
+    try:
+        await run_checkpoints(stream, "mixin-learner", _LearnerCheckpoint, max_events=SNAPSHOT_EVERY,
+                              within_s=SNAPSHOT_INTERVAL_S)
+    finally:
+        await conflict_sink.stop()
+
+
+class _LearnerCheckpoint:
+    """A batch of the results inbox (streams.runtime.processing.Checkpoint): results learnt in
+    order, installs in between; the model snapshots saved. Nothing to flush: the conflicts are
+    derived from the model and written by their sink within its interval (after a crash, the
+    next snapshot writes them again)."""
+
+    def __init__(self) -> None:
+        self.changed: dict[str, int] = {}  # model key → partition of its table key
+        self.results: list[tuple[GenerationResult, str, int]] = []  # learnt together, in order
+
+    async def apply(self, events: Sequence[Any]) -> None:
+        changed, results = self.changed, self.results
         last_partition = 0
         for event in events:
             kind = control_kind(event)
@@ -204,14 +220,13 @@ async def mixin_learner(stream: StreamT) -> None:
             last_partition = event.message.partition
         if results:
             learn_now(results, changed, last_partition)
-        await learner.commit(changed, put=lambda p, k, v: table_put(model_table, p, k, v),
-                             held=lambda p: held(results_inbox.get_topic_name(), p))
 
-    try:
-        await run_batches(stream, "mixin-learner", on_batch, max_events=SNAPSHOT_EVERY,
-                          within_s=SNAPSHOT_INTERVAL_S)
-    finally:
-        await conflict_sink.stop()
+    async def flush(self) -> None:
+        pass
+
+    def save(self) -> None:
+        learner.save(self.changed, put=lambda p, k, v: table_put(model_table, p, k, v),
+                     held=lambda p: held(results_inbox.get_topic_name(), p))
 
 
 # ---------------------------------------------------------------------------- matrix sink
@@ -261,10 +276,18 @@ patterns.policy = POLICY
 @app.agent(feedback_inbox, name="pattern-feedback-learner")
 async def pattern_feedback_learner(stream: StreamT) -> None:
     """Posterior per pattern in the table; each state carries the offsets it has applied."""
+    await run_checkpoints(stream, "pattern-feedback-learner", _FeedbackCheckpoint)
 
-    async def on_batch(events: Sequence[Any]) -> None:
-        changed: dict[str, tuple[int, feedback.FeedbackState]] = {}
 
+class _FeedbackCheckpoint:
+    """A batch of the feedback inbox (streams.runtime.processing.Checkpoint): nothing is sent,
+    so nothing to flush; the changed posteriors are saved."""
+
+    def __init__(self) -> None:
+        self.changed: dict[str, tuple[int, feedback.FeedbackState]] = {}
+
+    async def apply(self, events: Sequence[Any]) -> None:
+        changed = self.changed
         for event in events:
             where, offset = origin(event)
 
@@ -284,11 +307,14 @@ async def pattern_feedback_learner(stream: StreamT) -> None:
                                 extra={"metadata": feedback.summary(state, POLICY)})
 
             await handle_event(event, PatternFeedback, "pattern-feedback-learner", handle)
-        for name, (partition, state) in changed.items():
+
+    async def flush(self) -> None:
+        pass
+
+    def save(self) -> None:
+        for name, (partition, state) in self.changed.items():
             if held(feedback_inbox.get_topic_name(), partition):
                 table_put(feedback_table, partition, name, state.dump())
-
-    await run_batches(stream, "pattern-feedback-learner", on_batch)
 
 
 FEEDBACK_COLUMNS = ("id", "pattern_name", "feedback_type", "user_weight", "is_correct",

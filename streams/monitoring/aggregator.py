@@ -123,17 +123,14 @@ class Aggregator:
                 self.sink.add_nowait(_row(agg))
         return closed
 
-    async def commit(self, touched: set[int], put: Callable[[int, bytes, bytes], None],
-                     held: Callable[[int], bool],
-                     idle: set[int] | None = None) -> list[tuple[int, Aggregate]]:
-        """End of a batch: close the due windows of the touched partitions, wait until their rows
-        are committed, then write the changed series records of the partitions still held. A
-        sink failure raises before any record is written (the batch is not acked; its replay
-        closes the same windows again, as upserts). Returns the windows closed."""
+    async def flush(self, touched: set[int], idle: set[int] | None = None) -> list[tuple[int, Aggregate]]:
+        """A batch's outputs: close the due windows of the touched partitions and wait until
+        their rows are committed; `save` writes the series records after. A sink failure raises
+        before any record is written (the batch is not acked; its replay closes the same
+        windows again, as upserts). Returns the windows closed."""
         closed = self.close_due(touched, idle)
         assert self.sink is not None, "started with the agent"
         await self.sink.flush()
-        self.save({p for p in touched if held(p)}, put)
         WINDOWS_CLOSED.inc(len(closed))
         return closed
 

@@ -46,7 +46,7 @@ from streams.runtime.processing import (
     origin,
     produce,
     record_defaults,
-    run_batches,
+    run_checkpoints,
     table_put,
 )
 from streams.runtime.sink import PgBatchSink
@@ -175,8 +175,22 @@ async def metrics_aggregator(stream: StreamT) -> None:
         dedupe_key=lambda row: (row[0], row[3], row[4], row[5]), max_rows=5000, max_ms=500,
         source_topic=METRICS_EVENTS.name).start()
 
-    async def on_batch(events: Sequence[Any]) -> None:
-        touched: set[int] = set()
+    try:
+        await run_checkpoints(stream, "metrics-aggregator", _AggregatorCheckpoint)
+    finally:
+        await sink.stop()
+
+
+class _AggregatorCheckpoint:
+    """A batch of metric records (streams.runtime.processing.Checkpoint): samples folded into
+    their windows; the due windows closed (rows in PostgreSQL, closings to the alert engine);
+    the changed series saved."""
+
+    def __init__(self) -> None:
+        self.touched: set[int] = set()
+
+    async def apply(self, events: Sequence[Any]) -> None:
+        touched = self.touched
         folded = 0
         # One group per (partition, series, source) for the whole batch, as columns (values,
         # event times, positions): a series' samples stay in source order, and each group is
@@ -220,16 +234,17 @@ async def metrics_aggregator(stream: StreamT) -> None:
         if folded:  # bookkeeping once per batch, not per sample
             EVENTS_PROCESSED.labels("metrics-aggregator", "ok").inc(folded)
             LAST_EVENT["metrics-aggregator"] = time.time()
-        idle = {p for p in touched if await _caught_up(p)}
-        closed = await aggregator.commit(touched, put=lambda p, k, v: table_put(window_table, p, k, v),
-                                         held=lambda p: held(METRICS_EVENTS.name, p), idle=idle)
-        for _, agg in closed:
+
+    async def flush(self) -> None:
+        """Close the due windows; their rows committed and their closings sent to the alert
+        engine before the series records saying "closed" are written."""
+        idle = {p for p in self.touched if await _caught_up(p)}
+        for _, agg in await aggregator.flush(self.touched, idle):
             await window_closed(agg)
 
-    try:
-        await run_batches(stream, "metrics-aggregator", on_batch)
-    finally:
-        await sink.stop()
+    def save(self) -> None:
+        aggregator.save({p for p in self.touched if held(METRICS_EVENTS.name, p)},
+                        put=lambda p, k, v: table_put(window_table, p, k, v))
 
 
 EMIT_S = settings.metric_emit_s

@@ -2,15 +2,17 @@
 
 `run_batches(stream, agent, on_batch)` hands the agent its events in batches (up to
 `max_events`, or what arrived within `within_s`) and acknowledges a batch only after
-`on_batch` has returned. An agent's `on_batch` does, in this order:
+`on_batch` has returned. A stateful agent declares its batch as a `Checkpoint`, which
+`run_checkpoints` drives in this order (the metrics aggregator, the alert evaluator, the PRD
+assembler, the mixin and pattern-feedback learners):
 
-1. decode each event (`decode_event`: bad input → dead-letter topic) and apply it to its
-   in-memory state, skipping events its state has already applied (`Applied`);
-2. flush its sinks (PostgreSQL commits);
-3. write the state it changed into its changelogged table (`table_put`), each record carrying,
-   per source topic-partition, the highest offset folded into it;
-4. return: the events are acked, and faust flushes the producer (changelog records and output
-   events) before it commits their offsets.
+1. `apply`: decode each event (`decode_event`: bad input → dead-letter topic) and apply it to
+   its in-memory state, skipping events its state has already applied (`Applied`);
+2. `flush`: its outputs (PostgreSQL sinks commit, records go to the producer);
+3. `save`: write the state it changed into its changelogged table (`table_put`), each record
+   carrying, per source topic-partition, the highest offset folded into it;
+4. the events are acked, and faust flushes the producer (changelog records and output events)
+   before it commits their offsets.
 
 A worker killed anywhere in there restarts from the last committed offsets with state that may
 be ahead of them; the offsets stored in each state record make the replayed events no-ops, so
@@ -36,7 +38,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from faust.types import TP, StreamT, TableT
 from pydantic import BaseModel
@@ -242,6 +244,36 @@ async def run_batches(stream: StreamT, agent: str, on_batch: Batch, *, max_event
         reader.close()
 
 
+class Checkpoint(Protocol):
+    """One batch of a stateful agent, in the order `run_checkpoints` calls it (the module
+    docstring says why this order makes a crash anywhere harmless)."""
+
+    async def apply(self, events: Sequence[Record]) -> None:
+        """Decode each event and fold it into the in-memory state, skipping what the state has
+        already applied (its offsets); bad input to the dead-letter topic."""
+
+    async def flush(self) -> None:
+        """Make the batch's outputs durable: sinks committed, records handed to the producer
+        (faust awaits their delivery before it commits the batch's offsets)."""
+
+    def save(self) -> None:
+        """Write the changed state, with the offsets it applied, into the changelogged table,
+        for the partitions this worker still holds."""
+
+
+async def run_checkpoints(stream: StreamT, agent: str, begin: Callable[[], Checkpoint], *,
+                          max_events: int | None = None, within_s: float | None = None) -> None:
+    """A stateful agent: per batch (see run_batches), a checkpoint from `begin()` is applied,
+    flushed and saved; the batch is acknowledged after `save` returns."""
+    async def on_batch(events: Sequence[Record]) -> None:
+        checkpoint = begin()
+        await checkpoint.apply(events)
+        await checkpoint.flush()
+        checkpoint.save()
+
+    await run_batches(stream, agent, on_batch, max_events=max_events, within_s=within_s)
+
+
 async def _apply(agent: str, on_batch: Batch, batch: list[Record], reader: Reader) -> None:
     """Run on_batch to the end. Cancelled (the worker stops): the batch gets a grace period to
     finish; if it does not, it is handed back uncommitted (replayed, and skipped by state,
@@ -378,6 +410,27 @@ def table_put(table: TableT, partition: int, key: Any, value: Any) -> None:
 def table_delete(table: TableT, partition: int, key: Any) -> None:
     table.data.pop(key, None)
     table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+class TableStore:
+    """A feature's changelogged table as its checkpoint uses it: read by key; written to a
+    given changelog partition; and whether a source partition is still this worker's."""
+
+    def __init__(self, table: TableT) -> None:
+        self.table = table
+
+    def get(self, key: Any) -> Any:
+        return self.table.get(key)
+
+    def put(self, partition: int, key: Any, value: Any) -> None:
+        table_put(self.table, partition, key, value)
+
+    def delete(self, partition: int, key: Any) -> None:
+        table_delete(self.table, partition, key)
+
+    @staticmethod
+    def held(topic: str, partition: int) -> bool:
+        return held(topic, partition)
 
 
 def held(topic: str, partition: int) -> bool:

@@ -36,6 +36,13 @@ class Clock:
         return self.now
 
 
+
+async def _checkpoint(agg: Aggregator, touched: set[int], put, held) -> list:
+    """The aggregator's end of a batch, as its checkpoint runs it: flush, then save."""
+    closed = await agg.flush(touched)
+    agg.save({p for p in touched if held(p)}, put)
+    return closed
+
 def _aggregator(table: dict, sink: ListSink, clock: Clock) -> Aggregator:
     return Aggregator(table, [WindowSpec(10)], lateness_s=1.0, idle_close_s=30.0, sink=sink, clock=clock,
                       monotonic=clock)
@@ -63,7 +70,7 @@ async def test_windows_are_committed_before_any_series_record_says_they_closed()
         table[key] = value
 
     assert _fold(agg, 0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30  # 1000 .. 1014.5
-    closed = await agg.commit({0}, put=put, held=lambda p: True)
+    closed = await _checkpoint(agg, {0}, put, lambda p: True)
     assert [a.start for _, a in closed] == [1000.0]  # 1010-1020 is still open (watermark 1014.5)
     assert log == ["flush 1", f"put 0|{series_key('m', {})}"]
     assert agg.sink.committed[0][6] == 20  # sample_count of the closed window
@@ -76,13 +83,13 @@ async def test_a_failing_sink_writes_no_record_and_the_replay_closes_the_same_wi
     failing = _aggregator(table, ListSink(log, fail=True), clock)
     _fold(failing, 0, "m", "gauge", {}, _samples(0, 30, 1000.0))
     with pytest.raises(ConnectionError):
-        await failing.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+        await _checkpoint(failing, {0}, lambda p, k, v: table.__setitem__(k, v), lambda p: True)
     assert table == {}  # not acked, nothing says "closed"
 
     sink = ListSink(log)
     restarted = _aggregator(table, sink, clock)  # the batch is replayed from its offsets
     assert _fold(restarted, 0, "m", "gauge", {}, _samples(0, 30, 1000.0)) == 30
-    await restarted.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    await _checkpoint(restarted, {0}, lambda p, k, v: table.__setitem__(k, v), lambda p: True)
     assert [r[6] for r in sink.committed] == [20]
 
 
@@ -91,7 +98,7 @@ async def test_after_a_restart_samples_the_record_holds_are_skipped():
     clock = Clock(2000.0)
     first = _aggregator(table, ListSink([]), clock)
     _fold(first, 0, "m", "gauge", {"s": "a"}, _samples(0, 12, 1000.0))
-    await first.commit({0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    await _checkpoint(first, {0}, lambda p, k, v: table.__setitem__(k, v), lambda p: True)
 
     restarted = _aggregator(table, ListSink([]), clock)
     assert _fold(restarted, 0, "m", "gauge", {"s": "a"}, _samples(0, 20, 1000.0)) == 8
@@ -106,10 +113,10 @@ async def test_idle_partitions_close_by_the_clock_and_unheld_partitions_write_no
     sink = ListSink([])
     agg = _aggregator(table, sink, clock)
     _fold(agg, 3, "m", "counter", {}, _samples(0, 4, 1000.0))
-    assert await agg.commit({3}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: False) == []
+    assert await _checkpoint(agg, {3}, lambda p, k, v: table.__setitem__(k, v), lambda p: False) == []
     assert table == {}  # revoked meanwhile: the new owner writes it
     clock.now += 31  # silent longer than idle_close_s
-    closed = await agg.commit({3}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    closed = await _checkpoint(agg, {3}, lambda p, k, v: table.__setitem__(k, v), lambda p: True)
     assert len(closed) == 1 and sink.committed[0][6] == 4 and f"3|{series_key('m', {})}".encode() in table
 
 

@@ -37,21 +37,34 @@ class Outputs:
         self.rekeyed.append(node.node_name)
 
 
+class DictStore:  # the assembly table as a dict, its writes logged beside the outputs
+    def __init__(self, table: dict, out: Outputs) -> None:
+        self.table, self.out, self.holding = table, out, True
+
+    def get(self, key: str) -> dict | None:
+        return self.table.get(key)
+
+    def put(self, partition: int, key: str, value: dict) -> None:
+        self.out.log.append(f"put {partition}")
+        self.table[key] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        self.out.log.append(f"delete {partition}")
+        self.table.pop(key, None)
+
+    def held(self, topic: str, partition: int) -> bool:
+        return self.holding
+
+
 def _batch(table: dict, out: Outputs, now: float = 1000.0) -> Assembly:
-    return Assembly(table, deadline_s=60, worker="w1", rekey=out.rekey, publish=out.publish,
-                    clock=lambda: now)
+    return Assembly(DictStore(table, out), deadline_s=60, worker="w1", outputs=out, clock=lambda: now)
 
 
 async def _finish(batch: Assembly, table: dict, out: Outputs, held: bool = True) -> None:
-    def put(partition: int, cid: str, state: dict) -> None:
-        out.log.append(f"put {partition}")
-        table[cid] = state
-
-    def delete(partition: int, cid: str) -> None:
-        out.log.append(f"delete {partition}")
-        table.pop(cid, None)
-
-    await batch.finish(put=put, delete=delete, held=lambda topic, p: held)
+    """The end of a checkpoint: flush (publish), then save (the states)."""
+    batch.store.holding = held  # type: ignore[attr-defined]
+    await batch.flush()
+    batch.save()
 
 
 async def test_completion_is_published_before_the_state_saying_done_is_written():
@@ -84,7 +97,8 @@ async def test_a_failing_publish_writes_no_state_and_the_replay_sends_the_same_c
     async def broken(done: PrdCompleted) -> None:
         raise ConnectionError("broker away")
 
-    batch = Assembly(table, 60, "w1", rekey=out.rekey, publish=broken, clock=lambda: 1000.0)
+    batch = Assembly(DictStore(table, out), 60, "w1", SimpleNamespace(rekey=out.rekey, publish=broken),
+                     clock=lambda: 1000.0)
     for t in tasks:
         await batch.on_node(_node(t), _event(cid))
     with pytest.raises(ConnectionError):

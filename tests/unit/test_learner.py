@@ -59,7 +59,7 @@ async def test_a_batch_is_in_the_table_before_commit_returns_and_its_conflicts_g
         puts.append((partition, key))
         table[key] = value
 
-    await learner.commit(changed, put=put, held=lambda p: True)
+    learner.save(changed, put=put, held=lambda p: True)
     assert puts == [(0, b"*")]
     head, model = snapshot.loads(table[b"*"], KEY)
     assert head.updates == model.updates == 400 and head.created_at == 1234.0
@@ -73,12 +73,12 @@ async def test_conflicts_lost_in_a_crash_are_written_again_by_the_next_snapshot(
     lost = ListSink(fail=True)  # the database was away: the worker died before they were written
     first = Learner(table, KEY, conflict_sink=lost)
     changed = _learn(first, _results(200))
-    await first.commit(changed, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    first.save(changed, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     assert lost.rows and table  # the snapshot is in; the conflicts never reached the database
     sink = ListSink()
     again = Learner(table, KEY, conflict_sink=sink)  # restarted from the table
     changed = _learn(again, _results(220)[200:], start=200)
-    await again.commit(changed, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    again.save(changed, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     assert {row[0] for row in sink.rows} == {row[0] for row in lost.rows}
 
 
@@ -86,7 +86,7 @@ async def test_partitions_no_longer_held_are_not_written():
     table: dict[bytes, bytes] = {}
     learner = Learner(table, KEY)
     changed = _learn(learner, _results(50))
-    await learner.commit(changed, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: False)
+    learner.save(changed, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: False)
     assert table == {}
 
 
@@ -95,7 +95,7 @@ async def test_after_a_crash_the_replayed_results_are_skipped_and_the_rest_learn
     results = _results(300)
     first = Learner(table, KEY)
     _learn(first, results[:200])
-    await first.commit({SHARED: 0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
+    first.save({SHARED: 0}, put=lambda p, k, v: table.__setitem__(k, v), held=lambda p: True)
     _learn(first, results[200:250])  # learnt, never snapshotted: the worker dies here
 
     restarted = Learner(table, KEY)  # the table is all that survives
