@@ -24,7 +24,7 @@ from schemas.codec import encode
 from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdCompleted, PrdSubmitted
 from schemas.topics import CODEGEN_GENERATED
 from streams.codegen.assembly import Assembly
-from streams.learning.topology import models, patterns
+from streams.learning.replicas import models, patterns
 from streams.runtime import tables
 from streams.runtime.app import (
     app,

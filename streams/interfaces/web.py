@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from schemas.events import PredictRequest
 from streams.infra import kafka, postgres
-from streams.learning.topology import models, patterns
+from streams.learning.replicas import models, patterns
 from streams.runtime import topics
 from streams.runtime.app import app, settings
 from streams.runtime.introspect import (

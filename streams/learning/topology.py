@@ -25,18 +25,18 @@ from typing import Any
 
 import orjson
 from faust.types import TP, StreamT
-from prometheus_client import Gauge
 
 from agents.learning import feedback, snapshot
 from agents.learning.features import canonical
 from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.minibatch import MiniBatch
-from agents.learning.registry import SHARED, ModelRegistry, PatternRegistry
+from agents.learning.registry import SHARED
 from schemas.codec import encode
 from schemas.events import GenerationResult, PatternFeedback
 from schemas.topics import CODEGEN_RESULTS, PATTERN_FEEDBACK
 from streams.config import model_key
 from streams.learning.learner import SNAPSHOTS_REFUSED, Learner
+from streams.learning.replicas import models, patterns
 from streams.runtime import tables
 from streams.runtime.app import app, codegen_results, pattern_feedback, settings
 from streams.runtime.dlq import correlation_headers, header, send_to_dlq
@@ -53,7 +53,6 @@ from streams.runtime.processing import (
     source_headers,
     table_put,
 )
-from streams.runtime.replica import ChangelogReplica
 from streams.runtime.sink import PgBatchSink, run_sink
 from streams.runtime.tables import FEEDBACK_TABLE, KIND_HEADER, MODEL_TABLE, TRAINED_HEADER, ControlKind
 
@@ -61,11 +60,6 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = settings.model_snapshot_every
 SNAPSHOT_INTERVAL_S = settings.model_snapshot_interval_s
-
-MODEL_VERSION = Gauge("omnistream_model_version", "Model version in use on this worker", ["node_type"])
-MODEL_ACCURACY = Gauge("omnistream_model_progressive_accuracy",
-                       "Test-then-train accuracy of the model in use", ["node_type"])
-PATTERN_SUPPRESSED = Gauge("omnistream_pattern_suppressed", "1 when a pattern is suppressed", ["pattern"])
 
 def _internal(name: str, partitions: int) -> Any:
     return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions, internal=True,
@@ -80,40 +74,6 @@ model_table = app.Table(MODEL_TABLE, default=None, partitions=settings.partition
                         key_type=bytes, value_type=bytes)  # raw bytes in the changelog
 feedback_table = app.Table(FEEDBACK_TABLE, default=None, partitions=settings.partitions,
                            key_type=str)  # json keys and values
-
-# The snapshot key is set by `start()` when the worker starts (it may create the key file).
-models = ModelRegistry(b"")
-patterns = PatternRegistry()
-
-
-def _apply_model(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
-    if not models.apply(key, value):
-        SNAPSHOTS_REFUSED.labels("replica").inc()
-        return
-    for node_type, (version, accuracy) in models.versions().items():
-        MODEL_VERSION.labels(node_type).set(version)
-        MODEL_ACCURACY.labels(node_type).set(accuracy)
-
-
-def _apply_pattern(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
-    patterns.apply(key, value)
-    for name, state in patterns.states.items():
-        PATTERN_SUPPRESSED.labels(name).set(1 if state.suppressed else 0)
-
-
-@app.task
-async def model_replica() -> None:
-    topic = tables.changelog_topic(settings.app_id, MODEL_TABLE)
-    await ChangelogReplica(settings.kafka_bootstrap, topic, _apply_model,
-                           security=settings.kafka_security).run()
-
-
-@app.task
-async def pattern_replica() -> None:
-    topic = tables.changelog_topic(settings.app_id, FEEDBACK_TABLE)
-    await ChangelogReplica(settings.kafka_bootstrap, topic, _apply_pattern,
-                           security=settings.kafka_security).run()
-
 
 # ---------------------------------------------------------------------------- intake
 

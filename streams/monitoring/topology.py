@@ -262,7 +262,7 @@ async def send_metric_samples() -> None:
 @app.timer(interval=COLLECT_S)
 async def collect_worker_metrics() -> None:
     from streams.codegen.topology import codegen_pool
-    from streams.learning.topology import patterns
+    from streams.learning.replicas import patterns
     from streams.runtime.introspect import consumer_lag
 
     totals = codegen_pool.totals()
