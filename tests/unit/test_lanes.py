@@ -42,16 +42,10 @@ def current() -> bool:
     return True
 
 
-def sought(lanes: Lanes, *tps: TP) -> None:
-    """The rebalance's seek, for partitions with no commit (what every fresh test starts from)."""
-    lanes.reset(dict.fromkeys(tps or (A0, A1)))
-
-
 async def test_records_reach_every_reader_of_their_topic_in_order():
     lanes = Lanes()
     lanes.wanted = {"a": 2}
     first, second = lanes.reader("x", ["a"], 100), lanes.reader("y", ["a", "b"], 100)
-    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1, 2), A1: fetched(5)}, current, Seeks())
     batch = await first.take(10, 0.0)
     assert [(r.partition, r.offset) for r in batch] == [(0, 0), (0, 1), (0, 2), (1, 5)]
@@ -91,27 +85,11 @@ async def test_nothing_is_handed_on_once_a_rebalance_has_begun():
     assert reader.queued == 0 and lanes.expected.get(A0) is None
 
 
-async def test_a_partition_not_sought_since_it_was_taken_is_not_handed_on():
-    """faust resumes fetching for its table recovery before it seeks the stream partitions: a
-    list fetched at the old position, handed on then, was processed and committed past the
-    records the seek read again, and a SIGKILL in between lost them (the two-worker test)."""
-    lanes = Lanes()
-    reader = lanes.reader("x", ["a"], 100)
-    lanes.reset({A0: 819})
-    lanes.forget([A0])  # revoked at the rebalance's start (faust revokes everything, then assigns)
-    await lanes.deliver({A0: fetched(922, 923)}, current, Seeks())
-    assert reader.queued == 0 and A0 not in lanes.expected
-    lanes.reset({A0: 819})  # the seek: read again from the commit
-    await lanes.deliver({A0: fetched(819, 820)}, current, Seeks())
-    assert [r.offset for r in await reader.take(10, 0.0)] == [819, 820]
-
-
 async def test_commit_is_the_lowest_offset_every_reader_has_finished():
     lanes = Lanes()
     touched: list = []
     lanes.touch = lambda tps: touched.extend(tps)
     fast, slow = lanes.reader("fast", ["a"], 100), lanes.reader("slow", ["a"], 100)
-    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1, 2, 3)}, current, Seeks())
     fast.done(await fast.take(10, 0.0))
     assert lanes.committable(A0) is None  # the slow reader has finished nothing yet
@@ -125,7 +103,6 @@ async def test_commit_is_the_lowest_offset_every_reader_has_finished():
 async def test_a_full_reader_holds_the_fetch_back_until_it_takes():
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 3)
-    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1, 2)}, current, Seeks())
     blocked = asyncio.ensure_future(lanes.deliver({A0: fetched(3, 4)}, current, Seeks()))
     await asyncio.sleep(0.01)
@@ -138,7 +115,6 @@ async def test_a_full_reader_holds_the_fetch_back_until_it_takes():
 async def test_a_rebalance_drops_what_is_queued_and_waits_for_the_batch_in_hand():
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 100)
-    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1), A1: fetched(7)}, current, Seeks())
     in_hand = await reader.take(1, 0.0)
     lanes.clear()
@@ -157,7 +133,6 @@ async def test_a_rebalance_drops_what_is_queued_and_waits_for_the_batch_in_hand(
 async def test_take_waits_within_the_window_for_a_fuller_batch():
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 100)
-    sought(lanes)
     await lanes.deliver({A0: fetched(0)}, current, Seeks())
     taking = asyncio.ensure_future(reader.take(3, 0.5))
     await asyncio.sleep(0.01)
@@ -170,7 +145,6 @@ async def test_records_wait_for_every_agent_of_their_topic_to_register():
     lanes = Lanes()
     lanes.wanted = {"a": 2}
     first = lanes.reader("x", ["a"], 100)
-    sought(lanes)
     delivering = asyncio.ensure_future(lanes.deliver({A0: fetched(0)}, current, Seeks()))
     await asyncio.sleep(0.01)
     assert not delivering.done() and first.queued == 0
@@ -183,7 +157,6 @@ async def test_records_wait_for_every_agent_of_their_topic_to_register():
 async def test_forget_drops_a_partition_that_moved(offsets):
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 100)
-    sought(lanes)
     await lanes.deliver({A0: fetched(*offsets)}, current, Seeks())
     reader.done(await reader.take(10, 0.0))
     assert lanes.committable(A0) == offsets[-1] + 1

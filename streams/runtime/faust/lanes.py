@@ -249,14 +249,8 @@ class Lanes:
                 await reader.wait_room()
             if not still_current():
                 return
-            if tp not in self.expected:
-                # Not sought since this worker took it: faust resumes fetching (for its table
-                # recovery) before it seeks the stream partitions, and a list fetched at the
-                # old position, handed on now, was processed and committed past records the
-                # seek then read again (a SIGKILL in between lost them). The seek fetches it again.
-                continue
             first = fetched_records[0].offset
-            want = self.expected[tp]
+            want = self.expected.get(tp)
             if want is None:
                 log.info("partition with no committed offset: reading from its first record fetched",
                          extra={"metadata": {"topic": tp.topic, "partition": tp.partition, "offset": first}})
