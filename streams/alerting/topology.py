@@ -31,6 +31,7 @@ from schemas.codec import encode
 from schemas.events import Alert, AlertCommand
 from streams.alerting.evaluation import Evaluation
 from streams.alerting.notify import post_webhook
+from streams.monitoring.topology import WINDOW_LISTENERS
 from streams.runtime import tables
 from streams.runtime.app import alerts, alerts_commands, app, settings
 from streams.runtime.dlq import CORRELATION_HEADER
@@ -86,7 +87,7 @@ def window_every(size: float) -> float:
 
 
 async def window_closed(agg: Aggregate) -> None:
-    """Called by the metrics aggregator for each closed window whose metric has rules."""
+    """Told by the metrics aggregator of each closed window; sends on those whose metric has rules."""
     if agg.name not in engine().by_metric:
         return
     row = agg.row()
@@ -96,6 +97,9 @@ async def window_closed(agg: Aggregate) -> None:
         "metric": agg.name, "stats": stats, "labels": agg.labels, "start": agg.start, "end": agg.end,
         "every": window_every(agg.end - agg.start)}),
         headers={KIND_HEADER: ControlKind.WINDOW.header, CORRELATION_HEADER: b""})
+
+
+WINDOW_LISTENERS.append(window_closed)
 
 
 @app.agent(alerts_commands, name="alert-commands-intake")

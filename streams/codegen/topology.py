@@ -36,7 +36,7 @@ from streams.runtime.app import (
     settings,
 )
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers
-from streams.runtime.emit import emitter
+from streams.runtime.emit import MetricEmitter, emitter
 from streams.runtime.faust import Record
 from streams.runtime.processing import (
     TableStore,
@@ -61,6 +61,16 @@ codegen_pool = GenerationPool(
     max_bytes=settings.template_cache_bytes,
     ttl_s=settings.template_cache_ttl_s,
 )
+
+
+@emitter.collecting
+def _template_cache_figures(out: MetricEmitter) -> None:
+    totals = codegen_pool.totals()
+    lookups = totals["hits"] + totals["misses"]
+    if lookups:
+        out.emit("template_cache_hit_rate", totals["hits"] / lookups)
+    for st in codegen_pool.snapshot():
+        out.emit("template_load_ms", st.load_time_ms, template=st.name)
 
 # The assembler's inbox: deadline ticks from its timer and nodes that arrived under another key
 # (outside publishers may send no key), re-keyed by correlation id so the table stays

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from streams.infra.errors import InfraError
-from streams.infra.proc import pid_alive, run, tail
+from streams.infra.proc import pid_alive, run, tail, write_private
 
 if TYPE_CHECKING:
     from streams.infra.secure import Secrets
@@ -127,10 +126,7 @@ def write_config(folder: Path, port: int, controller_port: int, node_id: int = 1
     if secured is not None:
         props.update(secured.server_properties(port, controller_port))
     path = folder / "server.properties"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("".join(f"{k}={_escaped(v)}\n" for k, v in props.items()))
-    os.chmod(path, 0o600)
+    write_private(path, "".join(f"{k}={_escaped(v)}\n" for k, v in props.items()))
     return path
 
 

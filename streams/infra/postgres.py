@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from streams.infra.errors import InfraError
-from streams.infra.proc import run, tail
+from streams.infra.proc import run, tail, write_private
 
 DB_NAME = "omnistream"
 LOGIN_ROLE = "omnistream"
@@ -96,9 +96,7 @@ def credentials(folder: Path) -> dict[str, str] | None:
 def _new_credentials(folder: Path) -> dict[str, str]:
     creds = {"superuser": secrets.token_urlsafe(24), "role": LOGIN_ROLE,
              "password": secrets.token_urlsafe(24)}
-    fd = os.open(folder / CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(orjson.dumps(creds))
+    write_private(folder / CREDENTIALS, orjson.dumps(creds))
     return creds
 
 
@@ -172,9 +170,7 @@ def start(folder: Path, port: int, progress=print) -> int:
         shutil.rmtree(data, ignore_errors=True)
         creds = _new_credentials(folder)
         pwfile = folder / "initdb.pw"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(creds["superuser"] + "\n")
+        write_private(pwfile, creds["superuser"] + "\n")
         if os.geteuid() == 0:
             _check_reachable(folder)
             _chown_tree(folder, "postgres")

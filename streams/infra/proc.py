@@ -13,6 +13,18 @@ from pathlib import Path
 from streams.infra.errors import InfraError
 
 
+def write_private(path: Path, data: bytes | str) -> None:
+    """Write `path` readable by its owner only (0600), atomically: secrets and the stack's
+    state live in such files, and an older file of that name keeps neither its mode nor a
+    half-written body."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(tmp, 0o600)  # an older tmp file of that name kept its mode
+    os.replace(tmp, path)
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

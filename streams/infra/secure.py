@@ -35,6 +35,7 @@ import orjson
 
 from schemas import topics as spec
 from streams.infra.errors import InfraError
+from streams.infra.proc import write_private
 
 FOLDER = "secure"  # under the Kafka folder of the stack's home
 MECHANISM = "SCRAM-SHA-512"
@@ -45,7 +46,7 @@ BROKER = "broker"
 # Kafka's ACL wire codes (org.apache.kafka.common.{resource,acl}).
 _TOPIC, _GROUP, _CLUSTER = 2, 3, 4
 _LITERAL, _PREFIXED = 3, 4
-_ALL, _READ, _WRITE, _CREATE, _DESCRIBE, _DESCRIBE_CONFIGS = 2, 3, 4, 5, 8, 10
+_ALL, _READ, _WRITE, _DESCRIBE, _DESCRIBE_CONFIGS = 2, 3, 4, 8, 10
 _ALLOW = 3
 
 
@@ -144,12 +145,6 @@ class Secrets:
         }
 
 
-def _private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-
-
 def load(folder: Path) -> Secrets | None:
     """The secrets of a secure stack in `folder`, or None when there is none."""
     path = folder / "secrets.json"
@@ -197,13 +192,13 @@ def ensure(folder: Path) -> Secrets:
             .sign(ca_key, hashes.SHA256()))
     store_password = secrets.token_urlsafe(24)
     made = Secrets(folder, {name: secrets.token_urlsafe(24) for name in (BROKER, *ROLES)}, store_password)
-    _private(made.ca, ca.public_bytes(serialization.Encoding.PEM))
-    _private(folder / "ca.key", ca_key.private_bytes(serialization.Encoding.PEM,
+    write_private(made.ca, ca.public_bytes(serialization.Encoding.PEM))
+    write_private(folder / "ca.key", ca_key.private_bytes(serialization.Encoding.PEM,
                                                      serialization.PrivateFormat.PKCS8,
                                                      serialization.NoEncryption()))
-    _private(made.keystore, pkcs12.serialize_key_and_certificates(
+    write_private(made.keystore, pkcs12.serialize_key_and_certificates(
         b"broker", key, cert, [ca], serialization.BestAvailableEncryption(store_password.encode())))
-    _private(folder / "secrets.json", orjson.dumps({"passwords": made.passwords,
+    write_private(folder / "secrets.json", orjson.dumps({"passwords": made.passwords,
                                                      "store_password": store_password}))
     return made
 

@@ -34,7 +34,7 @@ from streams.config import (
 from streams.config import read_state as _read_state
 from streams.infra import kafka, postgres, secure
 from streams.infra.errors import InfraError
-from streams.infra.proc import free_port, pid_alive, port_is_free, runs, stop_pid
+from streams.infra.proc import free_port, pid_alive, port_is_free, runs, stop_pid, write_private
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 Progress = Callable[[str], None]
@@ -51,13 +51,7 @@ def _locked() -> Iterator[None]:
 
 def _write_state(state: dict) -> None:
     """Atomically, readable by its owner only (0600): it names where the services listen."""
-    path = state_file()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(orjson.dumps(state, option=orjson.OPT_INDENT_2))
-    os.chmod(tmp, 0o600)  # an older file of that name kept its mode
-    os.replace(tmp, path)
+    write_private(state_file(), orjson.dumps(state, option=orjson.OPT_INDENT_2))
 
 
 def _kafka_host_port(bootstrap: str) -> tuple[str, int]:

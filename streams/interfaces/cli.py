@@ -502,16 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(redacted(f"omnistream: bad setting: {exc}"), file=sys.stderr)
         return 2
+    except UnknownTopicOrPartitionError:
+        print("omnistream: a topic this command uses does not exist, and this principal may not create "
+              "it (a secure stack creates no topic on use): start a worker first, it creates them",
+              file=sys.stderr)
+        return 2
     except FATAL_KAFKA as exc:
         from streams.config import Settings
 
         principal = Settings.from_env().kafka_sasl_username
         print(redacted(f"omnistream: {refusal(exc, principal)}"), file=sys.stderr)
-        return 2
-    except UnknownTopicOrPartitionError:
-        print("omnistream: a topic this command uses does not exist, and this principal may not create "
-              "it (a secure stack creates no topic on use): start a worker first, it creates them",
-              file=sys.stderr)
         return 2
     except KafkaConnectionError:
         from streams.config import Settings

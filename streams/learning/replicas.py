@@ -11,6 +11,7 @@ from agents.learning.registry import ModelRegistry, PatternRegistry
 from streams.learning.learner import SNAPSHOTS_REFUSED
 from streams.runtime import tables
 from streams.runtime.app import app, settings
+from streams.runtime.emit import MetricEmitter, emitter
 from streams.runtime.replica import ChangelogReplica
 from streams.runtime.tables import FEEDBACK_TABLE, MODEL_TABLE
 
@@ -22,6 +23,12 @@ PATTERN_SUPPRESSED = Gauge("omnistream_pattern_suppressed", "1 when a pattern is
 # The snapshot key is set by `start()` when the worker starts (it may create the key file).
 models = ModelRegistry(b"")
 patterns = PatternRegistry()
+
+
+@emitter.collecting
+def _pattern_figures(out: MetricEmitter) -> None:
+    for summary in patterns.summaries():
+        out.emit("pattern_precision", summary["precision"], pattern=summary["pattern"])
 
 
 def _apply_model(key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:

@@ -19,18 +19,17 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from faust.types import TP, StreamT
 from pydantic import TypeAdapter, ValidationError
 
-from agents.monitoring.windows import WindowSpec
+from agents.monitoring.windows import Aggregate, WindowSpec
 from schemas.codec import MAX_VALUE_BYTES, describe, encode
 from schemas.events import MAX_BATCH_SAMPLES, MetricBatchFields, MetricEvent, MetricSampleFields
 from schemas.topics import METRICS_EVENTS
-from streams.alerting.topology import window_closed
 from streams.monitoring.aggregator import WINDOW_COLUMNS, Aggregator
 from streams.runtime import tables
 from streams.runtime.app import app, metrics_events, settings
@@ -160,6 +159,9 @@ def as_event(event: Record, index: int, sample: MetricSampleFields) -> MetricEve
 
 
 aggregator = Aggregator(window_table, SPECS, LATENESS_S, IDLE_CLOSE_S)
+# Told of every closed window, in order, before the series records saying "closed" are written
+# (the alert evaluator registers itself): the windows know none of their readers by name.
+WINDOW_LISTENERS: list[Callable[[Aggregate], Awaitable[None]]] = []
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers with `signal=`; ours take **kwargs
@@ -240,7 +242,8 @@ class _AggregatorCheckpoint:
         engine before the series records saying "closed" are written."""
         idle = {p for p in self.touched if await _caught_up(p)}
         for _, agg in await aggregator.flush(self.touched, idle):
-            await window_closed(agg)
+            for listener in WINDOW_LISTENERS:
+                await listener(agg)
 
     def save(self) -> None:
         aggregator.save({p for p in self.touched if held(METRICS_EVENTS.name, p)},
@@ -261,18 +264,9 @@ async def send_metric_samples() -> None:
 
 @app.timer(interval=COLLECT_S)
 async def collect_worker_metrics() -> None:
-    from streams.codegen.topology import codegen_pool
-    from streams.learning.replicas import patterns
     from streams.runtime.introspect import consumer_lag
 
-    totals = codegen_pool.totals()
-    lookups = totals["hits"] + totals["misses"]
-    if lookups:
-        emitter.emit("template_cache_hit_rate", totals["hits"] / lookups)
-    for st in codegen_pool.snapshot():
-        emitter.emit("template_load_ms", st.load_time_ms, template=st.name)
-    for summary in patterns.summaries():
-        emitter.emit("pattern_precision", summary["precision"], pattern=summary["pattern"])
+    emitter.collect_features()  # each feature's own figures (cache hit rate, pattern precision…)
     outcomes: dict[str, dict[str, float]] = defaultdict(dict)
     for metric in EVENTS_PROCESSED.collect():
         for sample in metric.samples:

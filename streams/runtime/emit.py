@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 
 from prometheus_client import REGISTRY, Counter
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ class MetricEmitter:
         self.source = source
         self.buffer: deque[MetricEvent] = deque()
         self.max_buffer = max_buffer
+        self.collectors: list[Callable[[MetricEmitter], None]] = []
 
     def emit(self, name: str, value: float, metric_type: MetricType = "gauge", **labels: str) -> None:
         try:
@@ -44,6 +46,20 @@ class MetricEmitter:
             self.buffer.popleft()
             DROPPED.inc()
         self.buffer.append(event)
+
+    def collecting(self, collect: Callable[[MetricEmitter], None]) -> Callable[[MetricEmitter], None]:
+        """Register a feature's own figures (decorator): `collect(emitter)` runs each collection
+        round before the registry is read, so the collector knows no feature by name."""
+        self.collectors.append(collect)
+        return collect
+
+    def collect_features(self) -> None:
+        for collect in self.collectors:
+            try:
+                collect(self)
+            except Exception:  # one feature's figures failing must not stop the others'
+                log.warning("metric collector failed", exc_info=True,
+                            extra={"metadata": {"collector": getattr(collect, "__qualname__", "?")}})
 
     def collect_registry(self) -> int:
         n = 0

@@ -23,6 +23,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
+    UnknownTopicOrPartitionError,
     UnsupportedSaslMechanismError,
     UnsupportedVersionError,
 )
@@ -39,12 +40,14 @@ __all__ = ["FATAL_KAFKA", "PG_ROW_REFUSED", "InputRefused", "OmnistreamError", "
 PG_ROW_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
-# Kafka refusing this deployment (who it is, what it may do, what the broker speaks): no retry
-# and no dead letter makes it pass; the worker stops with one line saying so.
+# Kafka refusing this deployment (who it is, what it may do, what the broker speaks, a topic it
+# does not have): no retry and no dead letter makes it pass; the worker stops with one line
+# saying so. aiokafka flags a missing topic retriable and retries it itself while a leader
+# moves or a new topic's metadata spreads; one that still reaches us is missing.
 FATAL_KAFKA = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                ClusterAuthorizationFailedError, TransactionalIdAuthorizationFailed,
                SaslAuthenticationFailed, AuthenticationFailedError, UnsupportedSaslMechanismError,
-               UnsupportedVersionError)
+               UnsupportedVersionError, UnknownTopicOrPartitionError)
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -69,6 +72,11 @@ def refusal(exc: BaseException, principal: str | None) -> str:
     if isinstance(exc, ClusterAuthorizationFailedError):
         return (f"Kafka refused {who} on the cluster ({type(exc).__name__}): it may not do this here "
                 "(a producer needs Write on some topic; creating topics needs Create)")
+    if isinstance(exc, UnknownTopicOrPartitionError):
+        named = f": {name}" if name else ""
+        return (f"Kafka has no such topic or partition for {who} ({type(exc).__name__}{named}): "
+                "the worker creates its topics at start when its principal may (check "
+                "KAFKA_BOOTSTRAP_SERVERS and OMNISTREAM_APP_ID), or an operator creates them")
     if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError):
         return f"Kafka did not let {who} log in ({type(exc).__name__}): check KAFKA_SASL_USERNAME/PASSWORD"
     return f"Kafka refused {who}: {type(exc).__name__}: {exc}"
@@ -83,11 +91,12 @@ def is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return True
     if isinstance(exc, KafkaError):
-        # aiokafka's own flag says which broker errors pass (a leader moving, a coordinator
-        # loading); of the rest only a refusal of the deployment is final. Others (a request
-        # that timed out, an error aiokafka raises without a flag) are a broker away for now. A
-        # record that is too large is refused before sending, as input.
-        return exc.retriable or not is_fatal(exc)
+        # A refusal of the deployment (FATAL_KAFKA) is final, whatever aiokafka's flag says (it
+        # calls a missing topic retriable). The rest pass with time: flagged retriable (a
+        # leader moving, a coordinator loading) or not (a request that timed out, an error
+        # aiokafka raises without a flag: a broker away for now). A record that is too large is
+        # refused before sending, as input.
+        return not is_fatal(exc)
     if getattr(exc, "retriable", False) is True:  # errors of libraries that say so
         return True
     return isinstance(exc, OSError | ConnectionError | asyncio.TimeoutError | TimeoutError)

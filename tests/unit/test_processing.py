@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 import pytest
-from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 
 from agents.codegen.fanout import fan_out
 from agents.codegen.pool import PoolBroken
@@ -20,7 +25,7 @@ from agents.monitoring.windows import Windows, WindowSpec, series_key
 from schemas.codec import decode, encode
 from schemas.events import DeadLetter, MetricEvent, PrdSubmitted
 from streams.runtime.dlq import EMBED_BYTES, dead_letter
-from streams.runtime.errors import InputRefused, is_retriable
+from streams.runtime.errors import InputRefused, is_fatal, is_retriable, refusal
 from streams.runtime.processing import Applied, record_defaults, record_id
 
 
@@ -107,6 +112,11 @@ def test_errors_say_whether_to_retry():
     assert not is_retriable(asyncpg.CheckViolationError("check"))
     assert not is_retriable(asyncpg.InvalidTextRepresentationError("bad"))
     assert not is_retriable(ValueError("a bug or bad input"))
+    # aiokafka flags a missing topic retriable; one that reaches us is the deployment's, like a
+    # refused authorisation: neither retried nor dead-lettered
+    assert UnknownTopicOrPartitionError.retriable and not is_retriable(UnknownTopicOrPartitionError())
+    assert is_fatal(UnknownTopicOrPartitionError()) and not is_retriable(TopicAuthorizationFailedError("t"))
+    assert "no such topic" in refusal(UnknownTopicOrPartitionError("metrics.events"), "worker")
 
 
 def test_a_dead_letter_for_a_record_near_the_limit_still_fits():

@@ -52,7 +52,6 @@ _faust = {name: getattr(Consumer, name) for name in
 _aiokafka = {name: getattr(GroupCoordinator, name) for name in ("commit_offsets", "_do_commit_offsets")}
 _COMMIT_GENERATION: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "omnistream_commit_generation", default=None)
-STALE_COMMITS = 0  # commits refused because the group rebalanced before they were sent
 
 
 def check() -> None:
@@ -211,14 +210,12 @@ async def _commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any)
 async def _do_commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
     """Send the commit only under the generation it was asked in: aiokafka retries a commit
     (coordinator moved, request timed out) with whatever generation is current by then."""
-    global STALE_COMMITS
     asked_in = _COMMIT_GENERATION.get()
     subscription = self._subscription.subscription
     current = subscription.assignment if subscription is not None else None
     # Asked in one generation and sent in another, or asked while the group was between a
     # JoinGroup and a SyncGroup (the generation is new, the assignment still the old one).
     if asked_in is not None and (asked_in != self.generation or assignment is not current):
-        STALE_COMMITS += 1
         log.info("commit from before a rebalance not sent", extra={"metadata": {
             "asked_in_generation": asked_in, "generation": self.generation,
             "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in offsets)[:20]}})
