@@ -35,7 +35,7 @@ from streams.runtime import tables
 from streams.runtime.app import app, metrics_events, settings
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
 from streams.runtime.emit import emitter
-from streams.runtime.faust import Record, fetch_is_stale
+from streams.runtime.faust import LANES, Record, fetch_is_stale
 from streams.runtime.metrics import EVENTS_PROCESSED
 from streams.runtime.processing import (
     LAST_EVENT,
@@ -314,6 +314,7 @@ async def _caught_up(partition: int) -> bool:
             high, position = consumer.highwater(tp), await consumer.position(tp)
         except Exception:  # not known yet (just assigned): not idle either
             return False
+        position = LANES.handed_on(tp, position)  # None: waiting for the rebalance's seek
         if high is None or position is None or position < high:
             return False
     return True

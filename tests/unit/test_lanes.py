@@ -42,10 +42,16 @@ def current() -> bool:
     return True
 
 
+def sought(lanes: Lanes, *tps: TP) -> None:
+    """The rebalance's seek, for partitions with no commit (what every fresh test starts from)."""
+    lanes.reset(dict.fromkeys(tps or (A0, A1)))
+
+
 async def test_records_reach_every_reader_of_their_topic_in_order():
     lanes = Lanes()
     lanes.wanted = {"a": 2}
     first, second = lanes.reader("x", ["a"], 100), lanes.reader("y", ["a", "b"], 100)
+    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1, 2), A1: fetched(5)}, current, Seeks())
     batch = await first.take(10, 0.0)
     assert [(r.partition, r.offset) for r in batch] == [(0, 0), (0, 1), (0, 2), (1, 5)]
@@ -85,11 +91,27 @@ async def test_nothing_is_handed_on_once_a_rebalance_has_begun():
     assert reader.queued == 0 and lanes.expected.get(A0) is None
 
 
+async def test_a_partition_not_sought_since_it_was_taken_is_not_handed_on():
+    """faust resumes fetching for its table recovery before it seeks the stream partitions: a
+    list fetched at the old position, handed on then, was processed and committed past the
+    records the seek read again, and a SIGKILL in between lost them (the two-worker test)."""
+    lanes = Lanes()
+    reader = lanes.reader("x", ["a"], 100)
+    lanes.reset({A0: 819})
+    lanes.forget([A0])  # revoked at the rebalance's start (faust revokes everything, then assigns)
+    await lanes.deliver({A0: fetched(922, 923)}, current, Seeks())
+    assert reader.queued == 0 and A0 not in lanes.expected
+    lanes.reset({A0: 819})  # the seek: read again from the commit
+    await lanes.deliver({A0: fetched(819, 820)}, current, Seeks())
+    assert [r.offset for r in await reader.take(10, 0.0)] == [819, 820]
+
+
 async def test_commit_is_the_lowest_offset_every_reader_has_finished():
     lanes = Lanes()
     touched: list = []
     lanes.touch = lambda tps: touched.extend(tps)
     fast, slow = lanes.reader("fast", ["a"], 100), lanes.reader("slow", ["a"], 100)
+    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1, 2, 3)}, current, Seeks())
     fast.done(await fast.take(10, 0.0))
     assert lanes.committable(A0) is None  # the slow reader has finished nothing yet
@@ -103,6 +125,7 @@ async def test_commit_is_the_lowest_offset_every_reader_has_finished():
 async def test_a_full_reader_holds_the_fetch_back_until_it_takes():
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 3)
+    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1, 2)}, current, Seeks())
     blocked = asyncio.ensure_future(lanes.deliver({A0: fetched(3, 4)}, current, Seeks()))
     await asyncio.sleep(0.01)
@@ -115,6 +138,7 @@ async def test_a_full_reader_holds_the_fetch_back_until_it_takes():
 async def test_a_rebalance_drops_what_is_queued_and_waits_for_the_batch_in_hand():
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 100)
+    sought(lanes)
     await lanes.deliver({A0: fetched(0, 1), A1: fetched(7)}, current, Seeks())
     in_hand = await reader.take(1, 0.0)
     lanes.clear()
@@ -133,6 +157,7 @@ async def test_a_rebalance_drops_what_is_queued_and_waits_for_the_batch_in_hand(
 async def test_take_waits_within_the_window_for_a_fuller_batch():
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 100)
+    sought(lanes)
     await lanes.deliver({A0: fetched(0)}, current, Seeks())
     taking = asyncio.ensure_future(reader.take(3, 0.5))
     await asyncio.sleep(0.01)
@@ -145,6 +170,7 @@ async def test_records_wait_for_every_agent_of_their_topic_to_register():
     lanes = Lanes()
     lanes.wanted = {"a": 2}
     first = lanes.reader("x", ["a"], 100)
+    sought(lanes)
     delivering = asyncio.ensure_future(lanes.deliver({A0: fetched(0)}, current, Seeks()))
     await asyncio.sleep(0.01)
     assert not delivering.done() and first.queued == 0
@@ -157,6 +183,7 @@ async def test_records_wait_for_every_agent_of_their_topic_to_register():
 async def test_forget_drops_a_partition_that_moved(offsets):
     lanes = Lanes()
     reader = lanes.reader("x", ["a"], 100)
+    sought(lanes)
     await lanes.deliver({A0: fetched(*offsets)}, current, Seeks())
     reader.done(await reader.take(10, 0.0))
     assert lanes.committable(A0) == offsets[-1] + 1
@@ -270,4 +297,76 @@ async def test_a_partition_read_as_uncommitted_is_pinned_to_where_that_answer_st
     # and faust's livelock check asserts on it)
     assert consumer.sought == [(A1, 0), (A0, 3 if reset == "earliest" else 99)]
     assert consumer.to_reset_point == [("beginning" if reset == "earliest" else "end", (A0,))]
-    assert lanes.expected == {A0: None, A1: 0, B0: 12}
+    # handed on from the pinned offset: a list the fetcher read from elsewhere meanwhile is cut or
+    # sought back, not taken as the start
+    assert lanes.expected == {A0: 3 if reset == "earliest" else 99, A1: 0, B0: 12}
+
+
+async def test_records_fetched_while_the_pin_looks_its_start_up_are_not_handed_on(monkeypatch):
+    """The pin's look-up waits for the broker; a list the fetcher read meanwhile (from a stale
+    commit, say) is not the start, and a look-up that fails leaves the start to the first record
+    fetched after it, as before the pin."""
+    import streams.runtime.faust as runtime
+
+    async def faust_perform_seek(self) -> None:
+        self._read_offset.update(self.committed)
+
+    lanes = Lanes()
+    lanes.wanted = {"a": 1}
+    reader = lanes.reader("x", ["a"], 100)
+    monkeypatch.setattr(runtime, "LANES", lanes)
+    monkeypatch.setitem(runtime._faust, "perform_seek", faust_perform_seek)
+    consumer = AssignedConsumer({A0: None}, "earliest")
+    looking_up = asyncio.Event()
+    answer = asyncio.Event()
+    kafka = consumer._thread._ensure_consumer()
+    failing = {"now": False}
+
+    async def slow_beginning_offsets(tps):
+        looking_up.set()
+        await answer.wait()
+        if failing["now"]:
+            raise TimeoutError("leader away")
+        return dict.fromkeys(tps, 3)
+
+    kafka.beginning_offsets = slow_beginning_offsets
+    consumer._thread._ensure_consumer = lambda: kafka
+    seeking = asyncio.ensure_future(runtime._perform_seek(consumer))
+    await asyncio.wait([seeking, asyncio.ensure_future(looking_up.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    assert not seeking.done(), "the pin did not look the start up"
+    await lanes.deliver({A0: fetched(447, 448)}, current, Seeks())  # the fetcher, from a stale commit
+    assert reader.queued == 0
+    answer.set()
+    await seeking
+    await lanes.deliver({A0: fetched(3, 4)}, current, Seeks())
+    assert [r.offset for r in await reader.take(10, 0.0)] == [3, 4]
+
+    lanes.forget([A0])
+    answer.clear()
+    looking_up.clear()
+    failing["now"] = True
+    seeking = asyncio.ensure_future(runtime._perform_seek(consumer))
+    await asyncio.wait([seeking, asyncio.ensure_future(looking_up.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    assert not seeking.done(), "the pin did not look the start up"
+    answer.set()
+    await seeking
+    assert A0 in lanes.expected and lanes.expected[A0] is None
+    await lanes.deliver({A0: fetched(5)}, current, Seeks())
+    assert [r.offset for r in await reader.take(10, 0.0)] == [5]
+
+
+async def test_a_partition_waiting_for_its_seek_does_not_read_as_caught_up():
+    """What the consumer fetched before the rebalance's seek was dropped and is read again: the
+    windows asked "caught up?" of the consumer's position, called the partition idle, closed
+    its windows by wall time and then dropped its samples as late (CI, two nodes down)."""
+    lanes = Lanes()
+    lanes.reader("x", ["a"], 100)
+    await lanes.deliver({A0: fetched(40, 41)}, current, Seeks())  # before the seek: dropped
+    assert lanes.handed_on(A0, 42) is None
+    lanes.reset({A0: 10})
+    assert lanes.handed_on(A0, 42) == 10  # the consumer is ahead of what was handed on
+    await lanes.deliver({A0: fetched(10, 11)}, current, Seeks())
+    assert lanes.handed_on(A0, 12) == 12
+    assert lanes.handed_on(TP("c", 0), 7) == 7  # not a lane topic: the consumer's position

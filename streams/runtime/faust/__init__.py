@@ -9,7 +9,7 @@ the app is created; `check()` refuses to start on a faust that no longer has wha
 | faust behaviour replaced | why | upstream | proved by | can go when |
 |---|---|---|---|---|
 | `Consumer._wait_next_records` also hands the records of agent topics to their lanes (`lanes.Lanes.deliver`), the rest go on to faust | faust's per-record path (Message, conductor, Event, stream iteration, sensors, ack) cost ~200 µs a record: 4.9k records/s for an agent that only acks, against 500k/s for aiokafka | design, no issue | tests/unit/test_lanes.py; bench `metrics` (single records vs Quix) | faust delivers batches to agents itself |
-| records of one partition handed on in offset order without a hole, once per consumer generation (a hole is sought back) | faust's fetch loop moves its read offset past a record it gave up on when flow is suspended (`wait_first(callback, suspend_flow)`), and its stream skips and *acks* a record fetched before a rebalance: both lost a record in 20,000 under SIGKILL | faust-streaming #606, #316 (acks and commits) | tests/unit/test_lanes.py; tests/integration/test_crash_e2e.py | — |
+| records of one partition handed on in offset order without a hole, once per consumer generation (a hole is sought back), and only once the rebalance has sought it | faust's fetch loop moves its read offset past a record it gave up on when flow is suspended (`wait_first(callback, suspend_flow)`), and its stream skips and *acks* a record fetched before a rebalance: both lost a record in 20,000 under SIGKILL; and faust fetches again (for its table recovery) before it seeks the stream partitions, so a list from the old position was processed and committed past records the seek read again | faust-streaming #606, #316 (acks and commits) | tests/unit/test_lanes.py; tests/integration/test_crash_e2e.py | — |
 | `Consumer._new_offset` of a lane partition: the lowest offset every reader of its topic has finished (`Lanes.committable`) | faust's ack bookkeeping is per record (a list of offsets sorted at every commit) | — | tests/unit/test_lanes.py; the SIGKILL tests | with the first row |
 | `Consumer.wait_empty` (a rebalance, a stop) first drops what the lanes queued and waits for the batches in hand | faust waits for its own unacked messages only; a batch finished after its partitions were revoked could commit for the new owner | — | tests/integration/test_crash_e2e.py (rebalance under load) | with the first row |
 | records the agents send go to the aiokafka producer behind faust's (`kafka_producer`), not through `Topic.send` / `Producer.send` | `Topic.send` builds a future message with callbacks per record, and `Producer.send` checks the headers against `typing.Mapping` (~3 µs a record); delivery is still awaited by faust's flush before each commit | — | the SIGKILL tests (every output counted) | faust's send path costs as little |
@@ -175,11 +175,13 @@ async def _pin_uncommitted(self: Consumer, tps: list[TP]) -> None:
     447)."""
     if not tps:
         return
+    LANES.forget(tps)  # nothing fetched before the pin is handed on: it may start elsewhere
     thread = self._thread  # type: ignore[attr-defined]
     consumer = thread._ensure_consumer()
     at_zero = [tp for tp in tps if self._read_offset.get(tp) == 0]
     for tp in at_zero:
         await self.seek(tp, 0)
+        LANES.start(tp, 0)
     rest = [TopicPartition(tp.topic, tp.partition) for tp in tps if tp not in at_zero]
     if not rest:
         return
@@ -194,9 +196,12 @@ async def _pin_uncommitted(self: Consumer, tps: list[TP]) -> None:
         log.warning("partitions with no commit not pinned: their start offsets did not answer",
                     exc_info=True, extra={"metadata": {"partitions": [f"{tp.topic}:{tp.partition}"
                                                                       for tp in rest][:20]}})
+        for tp in rest:
+            LANES.start(TP(tp.topic, tp.partition), None)
         return
     for tp, offset in starts.items():
         await self.seek(TP(tp.topic, tp.partition), offset)
+        LANES.start(TP(tp.topic, tp.partition), offset)
 
 
 async def _commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
