@@ -94,7 +94,10 @@ def services() -> Iterator[Services]:
     finally:
         subprocess.run([OMNISTREAM, "infra", "down"], env={**os.environ, **env},
                        capture_output=True, timeout=120)
-        shutil.rmtree(home, ignore_errors=True)
+        if os.environ.get("OMNISTREAM_TEST_KEEP_HOME"):  # debugging: keep the workers' logs
+            print(f"test home kept: {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 async def pg_fetch(db: str, sql: str, *args: object) -> list:

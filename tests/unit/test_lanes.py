@@ -370,3 +370,26 @@ async def test_a_partition_waiting_for_its_seek_does_not_read_as_caught_up():
     await lanes.deliver({A0: fetched(10, 11)}, current, Seeks())
     assert lanes.handed_on(A0, 12) == 12
     assert lanes.handed_on(TP("c", 0), 7) == 7  # not a lane topic: the consumer's position
+
+
+@pytest.mark.parametrize("rebalanced", [False, True])
+async def test_a_seek_cut_short_leaves_no_partition_unplaced_in_its_generation(monkeypatch, rebalanced):
+    """faust gives the seek broker_request_timeout and cancels it when another rebalance begins:
+    in its own generation a partition it did not place is read from the first record fetched
+    (it would never be handed on otherwise); a new generation places its partitions itself."""
+    import streams.runtime.faust as runtime
+
+    consumer = AssignedConsumer({A0: 5, A1: None}, "earliest")
+
+    async def faust_perform_seek(self) -> None:
+        if rebalanced:
+            consumer.app.consumer_generation_id += 1
+        raise asyncio.CancelledError()
+
+    lanes = Lanes()
+    lanes.wanted = {"a": 1}
+    monkeypatch.setattr(runtime, "LANES", lanes)
+    monkeypatch.setitem(runtime._faust, "perform_seek", faust_perform_seek)
+    with pytest.raises(asyncio.CancelledError):
+        await runtime._perform_seek(consumer)
+    assert lanes.expected == ({} if rebalanced else {A0: None, A1: None})

@@ -23,6 +23,7 @@ renamed what is wrapped fails loudly instead of losing records quietly.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,7 @@ TESTED = ("0.15.",)  # faust-streaming releases these replacements were written 
 REQUIRED = ("_wait_next_records", "_new_offset", "wait_empty", "perform_seek", "seek", "assignment",
             "_acked", "flow_active")
 LANES = Lanes()
+PIN_LOOKUP_S = 10.0  # the pin's look-up of start offsets; past it the fetcher picks the start
 
 _faust = {name: getattr(Consumer, name) for name in
           ("_wait_next_records", "_new_offset", "wait_empty", "perform_seek")}
@@ -147,8 +149,27 @@ async def _wait_empty(self: Consumer) -> None:
 
 
 async def _perform_seek(self: Consumer) -> None:
+    generation = self.app.consumer_generation_id
+    lanes = _lanes_for(self)
+    mine = [TP(tp.topic, tp.partition) for tp in self.assignment() if tp.topic in lanes.wanted]
+    try:
+        await _place_lane_partitions(self)
+    finally:
+        # Cut short (faust gives the seek broker_request_timeout, and cancels it when another
+        # rebalance begins): a partition left unplaced would never be handed on. In this same
+        # generation it is read from the first record fetched, as before the lanes waited for
+        # the seek; a new generation places its partitions itself.
+        unplaced = [tp for tp in mine if tp not in lanes.expected]
+        if unplaced and self.app.consumer_generation_id == generation:
+            log.warning("the rebalance's seek did not finish: partitions read from the first record "
+                        "fetched", extra={"metadata": {"partitions": [f"{tp.topic}:{tp.partition}"
+                                                                      for tp in unplaced][:20]}})
+            for tp in unplaced:
+                lanes.start(tp, None)
+
+
+async def _place_lane_partitions(self: Consumer) -> None:
     await _faust["perform_seek"](self)
-    _lanes_for(self)
     committed: Mapping[TP, int | None] = {TP(tp.topic, tp.partition): offset
                                            for tp, offset in self._read_offset.items()}
     assigned = {TP(tp.topic, tp.partition) for tp in self.assignment()}
@@ -191,7 +212,7 @@ async def _pin_uncommitted(self: Consumer, tps: list[TP]) -> None:
     look_up = (consumer.beginning_offsets if self.app.conf.consumer_auto_offset_reset == "earliest"
                else consumer.end_offsets)
     try:
-        starts = await thread.call_thread(look_up, rest)
+        starts = await asyncio.wait_for(thread.call_thread(look_up, rest), PIN_LOOKUP_S)
     except Exception:  # a leader away: the fetcher resets these by itself, as before the pin
         log.warning("partitions with no commit not pinned: their start offsets did not answer",
                     exc_info=True, extra={"metadata": {"partitions": [f"{tp.topic}:{tp.partition}"
