@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal, Required
 from uuid import UUID, uuid4
@@ -17,13 +18,16 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     RootModel,
     StrictBool,
     StrictFloat,
     StrictInt,
     StringConstraints,
+    Tag,
     field_validator,
     model_validator,
     with_config,
@@ -110,28 +114,226 @@ class Envelope(Model):
 # ---------------------------------------------------------------- PRDs and codegen
 
 
+# ---------------------------------------------------------------- declared operations
+#
+# An operation may be a bare name (its body is a scaffold for a developer to fill in) or a
+# declaration: typed input and output fields, and for compute and reducer nodes a rule from a
+# small vocabulary that the generator writes the body and the test of. A rule is parsed into
+# `OperationRule` here and never evaluated as text.
+
+SCALAR_TYPES: tuple[str, ...] = ("str", "int", "float", "bool", "decimal", "datetime")
+NUMERIC_TYPES = frozenset({"int", "float", "decimal"})
+_SCALAR = "(str|int|float|bool|decimal|datetime)"
+_FIELD_TYPE = re.compile(rf"^({_SCALAR}|(list|optional)\[{_SCALAR}\])$")
+
+
+def _known_type(value: str) -> str:
+    if not _FIELD_TYPE.match(value):
+        raise ValueError(f"unknown type {value[:40]!r}: a field's type is one of {', '.join(SCALAR_TYPES)}, "
+                         "or list[...] / optional[...] of one")
+    return value
+
+
+FieldTypeName = Annotated[str, StringConstraints(strict=True, max_length=40), AfterValidator(_known_type)]
+# Members of a generated contract class: a field of that name would replace one.
+CONTRACT_MEMBERS = frozenset({"from_payload", "to_dict", "fields", "schema", "name"})
+
+AGGREGATES = ("sum", "count", "min", "max", "last", "subtract")
+RULE_KINDS = (*AGGREGATES, "ratio", "threshold")
+RULES_BY_NODE_TYPE: dict[str, frozenset[str]] = {
+    "reducer": frozenset(AGGREGATES),  # folded per key into the running state
+    "compute": frozenset({"sum", "min", "max", "last", "ratio", "threshold"}),  # one payload
+}
+RULE_GRAMMAR = ("sum|min|max|last|subtract <field> [per <key>], count [per <key>], "
+                "ratio <field> / <field>, threshold <field> >|>=|<|<= <number>")
+_RULE_FORMS = (
+    (re.compile(r"^(sum|min|max|last|subtract)\s+([a-z][a-z0-9_]*)(?:\s+per\s+([a-z][a-z0-9_]*))?$"),
+     lambda m: {"kind": m[1], "field": m[2], "per": m[3]}),
+    (re.compile(r"^count(?:\s+per\s+([a-z][a-z0-9_]*))?$"), lambda m: {"kind": "count", "per": m[1]}),
+    (re.compile(r"^ratio\s+([a-z][a-z0-9_]*)\s*/\s*([a-z][a-z0-9_]*)$"),
+     lambda m: {"kind": "ratio", "field": m[1], "by": m[2]}),
+    (re.compile(r"^threshold\s+([a-z][a-z0-9_]*)\s*(>=|<=|>|<)\s*(-?[0-9]{1,15}(?:\.[0-9]{1,15})?)$"),
+     lambda m: {"kind": "threshold", "field": m[1], "compare": m[2], "limit": float(m[3])}),
+)
+
+
+def parse_rule(text: str) -> dict[str, object]:
+    """A rule written as text ("subtract amount per customer_id") as the fields of an
+    `OperationRule`; anything outside the grammar is refused with the grammar named."""
+    words = " ".join(text.split())
+    for pattern, fields in _RULE_FORMS:
+        match = pattern.match(words)
+        if match:
+            return {k: v for k, v in fields(match).items() if v is not None}
+    raise ValueError(f"unknown rule {text[:80]!r}: a rule is one of {RULE_GRAMMAR}")
+
+
+def field_base(type_name: str) -> tuple[str, str | None]:
+    """"list[decimal]" → ("decimal", "list"); "int" → ("int", None)."""
+    if "[" in type_name:
+        wrapper, _, rest = type_name.partition("[")
+        return rest.rstrip("]"), wrapper
+    return type_name, None
+
+
+class OperationField(Model):
+    type: FieldTypeName
+    required: StrictBool = True
+    description: Text | None = None
+
+
+def _field_shorthand(value: object) -> object:
+    """`{"amount": "decimal"}` is `{"amount": {"type": "decimal"}}`."""
+    if isinstance(value, dict):
+        return {k: {"type": v} if isinstance(v, str) else v for k, v in value.items()}
+    return value
+
+
+OperationFields = Annotated[dict[SnakeIdent, OperationField], Field(max_length=32),
+                            BeforeValidator(_field_shorthand)]
+
+
+class OperationRule(Model):
+    kind: Literal["sum", "count", "min", "max", "last", "subtract", "ratio", "threshold"]
+    field: SnakeIdent | None = None  # the input field it reads (count: none)
+    per: SnakeIdent | None = None  # the input field it groups by (reducers)
+    by: SnakeIdent | None = None  # ratio: the denominator
+    compare: Literal[">", ">=", "<", "<="] | None = None  # threshold
+    limit: Annotated[StrictFloat | StrictInt, AfterValidator(_finite)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: object) -> object:
+        return parse_rule(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _complete(self) -> OperationRule:
+        if self.kind != "count" and self.field is None:
+            raise ValueError(f"rule {self.kind} needs a field")
+        if (self.kind == "ratio") != (self.by is not None):
+            raise ValueError("a ratio, and only a ratio, names a denominator (by)")
+        if (self.kind == "threshold") != (self.compare is not None and self.limit is not None):
+            raise ValueError("a threshold, and only a threshold, has a comparison and a limit")
+        return self
+
+    def text(self) -> str:
+        """The rule as the grammar writes it (for docstrings and reports)."""
+        if self.kind == "ratio":
+            return f"ratio {self.field} / {self.by}"
+        if self.kind == "threshold":
+            return f"threshold {self.field} {self.compare} {self.limit}"
+        head = "count" if self.kind == "count" else f"{self.kind} {self.field}"
+        return f"{head} per {self.per}" if self.per else head
+
+
+class OperationSpec(Model):
+    name: SnakeIdent
+    description: Text | None = None
+    input: OperationFields = Field(default_factory=dict)
+    output: OperationFields = Field(default_factory=dict)
+    rule: OperationRule | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_rule(self) -> OperationSpec:
+        for field_name in (*self.input, *self.output):
+            if field_name in CONTRACT_MEMBERS:
+                raise ValueError(f"field {field_name!r} of operation {self.name} would replace the "
+                                 "contract's own member; rename it")
+        rule = self.rule
+        if rule is None:
+            return self
+        if self.output:
+            raise ValueError(f"operation {self.name}: a rule's output is the rule's own; declare "
+                             "no output beside a rule")
+        for role, name in (("field", rule.field), ("per", rule.per), ("by", rule.by)):
+            if name is None:
+                continue
+            declared = self.input.get(name)
+            if declared is None:
+                raise ValueError(f"operation {self.name}: rule {rule.text()!r} reads {name!r}, "
+                                 "which its input does not declare")
+            base, wrapper = field_base(declared.type)
+            if not declared.required or wrapper == "optional":
+                raise ValueError(f"operation {self.name}: rule {rule.text()!r} reads {name!r}, which "
+                                 "must then be required (not optional)")
+            if role == "per" and (wrapper is not None or base not in ("str", "int", "bool")
+                                  or not declared.required):
+                raise ValueError(f"operation {self.name}: the key {name!r} must be a required "
+                                 "str, int or bool")
+            if role in ("field", "by") and rule.kind not in ("last", "count") and base not in NUMERIC_TYPES:
+                raise ValueError(f"operation {self.name}: rule {rule.kind} needs a number, and "
+                                 f"{name!r} is {declared.type}")
+        return self
+
+
+def operation_name(operation: str | OperationSpec) -> str:
+    return operation if isinstance(operation, str) else operation.name
+
+
+def _operation_form(value: object) -> str:
+    return "name" if isinstance(value, str) else "declaration"
+
+
+# A bare name or a declaration, told apart by the value's kind: an error names the one form.
+Operation = Annotated[Annotated[SnakeIdent, Tag("name")] | Annotated[OperationSpec, Tag("declaration")],
+                      Discriminator(_operation_form)]
+
+
 class PrdNode(Model):
     node_type: NodeType
     name: PascalIdent
     mixins: Annotated[list[MixinName], Field(max_length=24)] = Field(default_factory=list)
     description: Text | None = None
-    operations: Annotated[list[SnakeIdent], Field(max_length=32)] = Field(default_factory=list)
+    operations: Annotated[list[Operation], Field(max_length=32)] = Field(default_factory=list)
 
     @field_validator("mixins", "operations")
     @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
+    def _unique(cls, value: list[str | OperationSpec]) -> list[str | OperationSpec]:
+        names = [operation_name(v) for v in value]
+        if len(set(names)) != len(names):
             raise ValueError("must not repeat a name")
         return value
+
+    @property
+    def operation_names(self) -> list[str]:
+        return [operation_name(op) for op in self.operations]
 
     @model_validator(mode="after")
     def _operations_keep_the_node_whole(self) -> PrdNode:
         for operation in self.operations:
-            owner = shadowed_member(operation, self.mixins)
+            name = operation_name(operation)
+            owner = shadowed_member(name, self.mixins)
             if owner is not None:
-                raise ValueError(f"operation {operation!r} of node {self.name} would shadow "
-                                 f"{owner}.{operation}; rename the operation")
+                raise ValueError(f"operation {name!r} of node {self.name} would shadow "
+                                 f"{owner}.{name}; rename the operation")
+            if isinstance(operation, str) or operation.rule is None:
+                continue
+            rule = operation.rule
+            allowed = RULES_BY_NODE_TYPE.get(self.node_type, frozenset())
+            if rule.kind not in allowed:
+                raise ValueError(f"operation {name!r} of node {self.name}: rule {rule.kind} does not "
+                                 f"fit a node of type {self.node_type}, whose rules are: "
+                                 f"{', '.join(sorted(allowed)) or 'none (its operations are scaffolds)'}")
+            if self.node_type == "compute":
+                _compute_rule_fits(name, operation)
         return self
+
+
+def _compute_rule_fits(name: str, operation: OperationSpec) -> None:
+    """A compute operation sees one payload: its aggregates read a list field, and it groups by
+    nothing (a reducer keeps per-key state across events)."""
+    rule = operation.rule
+    assert rule is not None
+    if rule.per is not None:
+        raise ValueError(f"operation {name!r}: a compute rule groups by nothing (`per` is a "
+                         "reducer's: it keeps state per key)")
+    if rule.kind in ("sum", "min", "max", "last"):
+        declared = operation.input.get(rule.field) if rule.field else None
+        if declared is None or field_base(declared.type)[1] != "list":
+            raise ValueError(f"operation {name!r}: a compute {rule.kind} reads a list field "
+                             f"(e.g. {rule.kind} amounts, with amounts: list[decimal])")
+    elif rule.field is not None and field_base(operation.input[rule.field].type)[1] is not None:
+        raise ValueError(f"operation {name!r}: rule {rule.kind} reads single numbers")
 
 
 class PrdSubmitted(Envelope):
@@ -168,7 +370,7 @@ class NodeTask(Envelope):
 
 
 class GeneratedFile(Model):
-    path: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*\.py$",
+    path: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*\.(py|json)$",
                                            max_length=300)]
     content: Annotated[str, StringConstraints(strict=True, max_length=1_000_000)]
     sha256: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
@@ -226,6 +428,9 @@ class GeneratedNode(Envelope):
     cache_misses: StrictInt = Field(default=0, ge=0)
     compatibility: Compatibility | None = None
     fanned_out_at: AwareDatetime | None = None  # when its task was made (the PRD's fan-out)
+    operations: Annotated[list[SnakeIdent], Field(max_length=32)] = Field(default_factory=list)
+    # operations whose body is a scaffold for a developer to write (no rule declared for it)
+    scaffold_operations: Annotated[list[SnakeIdent], Field(max_length=32)] = Field(default_factory=list)
 
 
 CompletionStatus = Literal["complete", "partial", "failed", "timed_out"]
@@ -238,6 +443,9 @@ class CompletedNode(Model):
     failure_reason: Text | None = None
     files: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
     quality_score: Score | None = None
+    operations: Annotated[list[SnakeIdent], Field(max_length=32)] = Field(default_factory=list)
+    # operations whose body is a scaffold for a developer to write (no rule declared for it)
+    scaffold_operations: Annotated[list[SnakeIdent], Field(max_length=32)] = Field(default_factory=list)
 
 
 class PrdCompleted(Envelope):
@@ -262,6 +470,8 @@ class GenerationResult(Envelope):
     failure_reason: Text | None = None
     source: Name = "pipeline"
     duration_ms: Millis | None = None
+    # operations whose body is a scaffold for a developer to write (no rule declared for it)
+    scaffold_operations: Annotated[list[SnakeIdent], Field(max_length=32)] = Field(default_factory=list)
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -275,6 +485,7 @@ class GenerationResultFields(TypedDict, total=False):
     failure_reason: Text | None
     source: Name
     duration_ms: Millis | None
+    scaffold_operations: Annotated[list[SnakeIdent], Field(max_length=32)]
     id: UUID
     schema_version: Annotated[StrictInt, Field(ge=1, le=1000)]
     correlation_id: UUID

@@ -12,7 +12,7 @@ EXECUTE_METHOD: dict[str, str] = {"effect": "execute_effect", "compute": "execut
 # Public members of every node class (its base), whatever its mixins.
 NODE_MEMBERS: frozenset[str] = frozenset({
     "node_type", "node_id", "settings", "calls", "elapsed_ms", "resolved", "metadata",
-    "OPERATIONS", *EXECUTE_METHOD.values(),
+    "OPERATIONS", "SCAFFOLDS", "INPUT_CONTRACTS", *EXECUTE_METHOD.values(),
 })
 
 # Public members each mixin adds to the node.
@@ -23,7 +23,7 @@ MIXIN_MEMBERS: dict[str, frozenset[str]] = {name: frozenset(members.split()) for
     "MixinLogging": "log log_event",
     "MixinMetrics": "metric_observe metric_summary",
     "MixinTracing": "trace_keep trace_spans",
-    "MixinValidation": "required_fields validate_payload",
+    "MixinValidation": "required_fields validate_payload contract_problems",
     "MixinSerialization": "serialize deserialize",
     "MixinEventBus": "subscribe publish",
     "MixinHealthCheck": "health health_record_error",

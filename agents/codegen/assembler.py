@@ -55,7 +55,8 @@ def add_node(state: AssemblyState | None, node: GeneratedNode, now: float,
         update["fanned_out_at"] = min(fanned, state.fanned_out_at or fanned)
     entry = CompletedNode(node_name=node.node_name, node_type=node.node_type, success=node.success,
                           failure_reason=node.failure_reason, files=[f.path for f in node.files],
-                          quality_score=node.quality_score if node.success else None)
+                          quality_score=node.quality_score if node.success else None,
+                          operations=node.operations, scaffold_operations=node.scaffold_operations)
     return state.model_copy(update={**update, "nodes": {**state.nodes, node.node_name: entry}})
 
 

@@ -59,3 +59,46 @@ def requirements_for(source: str) -> list[str]:
     """The packages (pip names) a generated module needs besides the standard library."""
     _, third = imports_for(source)
     return ["cryptography>=41"] if third else []
+
+
+# Names a generated module may use without its template importing them: `add_imports` adds the
+# import of each one the module uses and does not bind itself (standard library, then pytest).
+_ADDED: dict[str, tuple[str, str | None]] = {
+    "Decimal": ("decimal", "Decimal"), "InvalidOperation": ("decimal", "InvalidOperation"),
+    "datetime": ("datetime", "datetime"), "dataclass": ("dataclasses", "dataclass"),
+    "Any": ("typing", "Any"), "ClassVar": ("typing", "ClassVar"), "Path": ("pathlib", "Path"),
+    "json": ("json", None), "pytest": ("pytest", None),
+}
+
+
+def add_imports(source: str) -> str:
+    """`source` with the imports of the `_ADDED` names it uses but does not bind, placed after
+    `from __future__ import annotations` (one line per module; pytest last, apart)."""
+    tree = ast.parse(source)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            bound.add(node.name)
+    wanted = sorted(name for name in used - bound if name in _ADDED)
+    if not wanted:
+        return source
+    modules: dict[str, list[str]] = {}
+    for name in wanted:
+        module, member = _ADDED[name]
+        modules.setdefault(module, [])
+        if member is not None:
+            modules[module].append(member)
+    lines = []
+    for module in sorted(m for m in modules if m != "pytest"):
+        members = modules[module]
+        lines.append(f"from {module} import {', '.join(members)}" if members else f"import {module}")
+    if "pytest" in modules:
+        lines += ["", "import pytest"] if lines else ["import pytest"]
+    anchor = "from __future__ import annotations\n"
+    head, found, rest = source.partition(anchor)
+    if not found:
+        raise ValueError("a generated module starts with `from __future__ import annotations`")
+    return head + anchor + "\n" + "\n".join(lines) + "\n" + rest

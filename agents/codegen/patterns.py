@@ -245,16 +245,28 @@ def _is_sleep_zero(stmt: ast.stmt) -> bool:
             and stmt.value.value.args[0].value == 0)
 
 
+def _raises_scaffold(body: list[ast.stmt]) -> bool:
+    """`[Contract.from_payload(...)]; raise ScaffoldOperation(...)`: a generated scaffold."""
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Call) \
+            and _call_name(body[0].value).endswith(".from_payload"):
+        body = body[1:]
+    return (len(body) == 1 and isinstance(body[0], ast.Raise) and isinstance(body[0].exc, ast.Call)
+            and _call_name(body[0].exc) == "ScaffoldOperation")
+
+
 def stub_operation(m: ModuleNodes) -> Iterator[Hit]:
-    """A scaffold left as is: the body only yields to the loop and returns a literal. Generated
-    effect operations start like this on purpose; teams that find the reminder noisy say so
-    through pattern feedback, which is how it gets suppressed."""
+    """A scaffold left as is: the body only raises the scaffold's error (what the generator
+    writes for an operation no rule was declared for), or only yields to the loop and returns
+    a literal (a hand-written placeholder). Teams that find the reminder noisy say so through
+    pattern feedback, which is how it gets suppressed."""
     for fn in m.functions:
         body = list(fn.body)
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                 and isinstance(body[0].value.value, str):
             body = body[1:]
-        if (len(body) == 2 and _is_sleep_zero(body[0]) and isinstance(body[1], ast.Return)
+        if _raises_scaffold(body):
+            yield Hit(fn.lineno, f"`{fn.name}` is a scaffold: write its body")
+        elif (len(body) == 2 and _is_sleep_zero(body[0]) and isinstance(body[1], ast.Return)
                 and isinstance(body[1].value, ast.Dict)
                 and not any(isinstance(n, ast.Call | ast.Await) for n in ast.walk(body[1].value))):
             yield Hit(fn.lineno, f"`{fn.name}` is still a placeholder: write the real call")

@@ -22,10 +22,13 @@ def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None =
     started = time.perf_counter()
     before = generator.cache.totals()
     files, findings, score, reason = [], [], 0.0, None
+    operations: list[str] = []
+    scaffolds: list[str] = []
     try:
         rendered = generator.generate(task)
         report = validate(rendered.files, suppressed)
         files, findings, score = rendered.files, report.findings, report.quality_score
+        operations, scaffolds = rendered.operations, rendered.scaffolds
     except (GenerationFailed, ValidationFailed) as exc:
         reason = str(exc)
         log.warning("node could not be built", extra={"metadata": {
@@ -43,10 +46,12 @@ def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None =
         cache_hits=int(after["hits"] - before["hits"]),
         cache_misses=int(after["misses"] - before["misses"]),
         compatibility=compatibility, fanned_out_at=task.occurred_at,
+        operations=operations, scaffold_operations=scaffolds,
     )
     result = GenerationResult(
         id=uuid.uuid5(task.id, "result"), **common, node_type=task.node.node_type,
         mixins=list(task.node.mixins), success=reason is None,
         failure_reason=reason, source="pipeline", duration_ms=duration_ms,
+        scaffold_operations=scaffolds,
     )
     return node, result

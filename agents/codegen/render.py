@@ -8,16 +8,19 @@ folder, and the environment is jinja2's immutable sandbox.
 from __future__ import annotations
 
 import hashlib
+import json
 import keyword
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from agents.codegen import contracts
 from agents.codegen.cache import HashingLoader, TemplateCache
-from agents.codegen.catalogue import MIXINS, class_order, imports_for, requirements_for
+from agents.codegen.catalogue import MIXINS, add_imports, class_order, imports_for, requirements_for
 from schemas.errors import OmnistreamError
 from schemas.events import GeneratedFile, NodeTask
 from schemas.nodes import EXECUTE_METHOD, snake
@@ -45,6 +48,18 @@ def pystr(value: object) -> str:
     return repr(str(value))
 
 
+_PY_TYPE = "(str|int|float|bool|Decimal|datetime)"
+_ANNOTATION = re.compile(rf"^({_PY_TYPE}( \| None)?|tuple\[{_PY_TYPE}, \.\.\.\])$")
+
+
+def annotation(value: object) -> str:
+    """A field's Python type, from the closed set the contracts use."""
+    text = str(value)
+    if not _ANNOTATION.match(text):
+        raise GenerationFailed(f"{text[:80]!r} is not a contract type")
+    return text
+
+
 def build_environment(cache: TemplateCache, root: Path = TEMPLATES_DIR) -> ImmutableSandboxedEnvironment:
     loader = HashingLoader(root)
     env = ImmutableSandboxedEnvironment(
@@ -54,6 +69,8 @@ def build_environment(cache: TemplateCache, root: Path = TEMPLATES_DIR) -> Immut
     env.cache = cache  # type: ignore[assignment]  # a bounded mapping jinja2 uses as a dict; every load, including {% extends %} parents, goes through the cache
     env.filters["pystr"] = pystr
     env.filters["ident"] = ident
+    env.filters["pyliteral"] = contracts.pyliteral
+    env.filters["annotation"] = annotation
     return env
 
 
@@ -62,6 +79,8 @@ class RenderedNode:
     class_name: str
     files: list[GeneratedFile]
     mixins: list[str]
+    scaffolds: list[str] = field(default_factory=list)  # operations left for a developer
+    operations: list[str] = field(default_factory=list)
 
 
 class CodeGenerator:
@@ -89,14 +108,24 @@ class CodeGenerator:
                 + ", ".join(sorted(MIXINS)))
         name = ident(node.name)
         class_name = f"Node{name}{node.node_type.capitalize()}"
-        operations = list(node.operations) or DEFAULT_OPERATIONS[node.node_type]
+        plans = contracts.plan(node, DEFAULT_OPERATIONS[node.node_type])
+        operations = [p.name for p in plans]
+        # What node.py and test_node.py take from contracts.py: the scaffolds' error, the input
+        # classes the operations check, the output classes compute rules build.
+        scaffold_error = ["ScaffoldOperation"] if any(p.scaffold for p in plans) else []
+        contract_imports = sorted({"INPUTS", *scaffold_error, *(p.input_class for p in plans if p.has_input),
+                                   *(p.output_class for p in plans
+                                     if p.has_output and not p.scaffold and node.node_type == "compute")})
         description = node.description or task.prd_description
-        ctx = {
+        ctx: dict[str, Any] = {
             "node_type": node.node_type, "node_name": name, "class_name": class_name,
             "base_class": f"Node{node.node_type.capitalize()}Base",
             "input_model": f"Model{name}Input", "output_model": f"Model{name}Output",
             "mixins": list(node.mixins), "bases": class_order(list(node.mixins)),
-            "operations": operations, "execute": EXECUTE_METHOD[node.node_type],
+            "operations": operations, "plans": plans, "declared": any(p.declared for p in plans),
+            "contract_imports": contract_imports,
+            "contract_test_imports": sorted(p.input_class for p in plans if p.has_input),
+            "execute": EXECUTE_METHOD[node.node_type],
             "prd_id": task.prd_id, "service_name": task.service_name, "title": task.title,
             "description": description,
             "module_doc": f"{class_name}: {task.title}\n\n{description}".rstrip(),
@@ -109,8 +138,9 @@ class CodeGenerator:
             "encryption_env": f"{task.service_name.upper()}_SEAL_KEY",
             "config_prefix": f"{task.service_name.upper()}_{snake(name).upper()}_",
         }
-        sources = {"node.py": self.render(f"node/{node.node_type}.py.j2", **ctx),
-                   "models.py": self.render("models.py.j2", **ctx)}
+        sources = {"node.py": add_imports(self.render(f"node/{node.node_type}.py.j2", **ctx)),
+                   "models.py": self.render("models.py.j2", **ctx),
+                   "contracts.py": add_imports(self.render("contracts.py.j2", **ctx))}
         requirements: list[str] = []
         if node.mixins:
             bodies = "\n\n\n".join(self.render(f"mixins/{m}.py.j2", **mixin_ctx).strip()
@@ -120,11 +150,16 @@ class CodeGenerator:
             sources["mixins.py"] = self.render("mixins.py.j2", **ctx, stdlib_imports=stdlib,
                                                third_party_imports=third_party, mixin_bodies=bodies)
         sources["__init__.py"] = self.render("init.py.j2", **ctx, requirements=requirements)
-        sources["test_node.py"] = self.render("test_node.py.j2", **ctx)
+        sources["test_node.py"] = add_imports(self.render("test_node.py.j2", **ctx))
         folder = f"{task.service_name}/nodes/node_{snake(name)}_{node.node_type}/v1_0_0"
         files = [
             GeneratedFile(path=f"{folder}/{fname}", content=src,
                           sha256=hashlib.sha256(src.encode()).hexdigest())
             for fname, src in sources.items()
         ]
-        return RenderedNode(class_name, files, list(node.mixins))
+        for fname, schema in contracts.json_schemas(plans, class_name).items():
+            body = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+            files.append(GeneratedFile(path=f"{folder}/schemas/{fname}", content=body,
+                                       sha256=hashlib.sha256(body.encode()).hexdigest()))
+        return RenderedNode(class_name, files, list(node.mixins),
+                            scaffolds=[p.name for p in plans if p.scaffold], operations=operations)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 from dataclasses import dataclass, field
 
 from agents.codegen.patterns import TEST_IDIOMS, ModuleNodes, scan
@@ -25,12 +26,17 @@ class ValidationReport:
     quality_score: float = 1.0
 
 
+BUILTIN_ERRORS = frozenset({"Exception", "ValueError", "NotImplementedError"})
+
+
 def c3_linearize(name: str, bases: dict[str, list[str]], _stack: tuple[str, ...] = ()) -> list[str]:
     """The method resolution order of `name` from its classes' base lists (like type())."""
     if name in _stack:
         raise ValidationFailed(f"class {name} inherits from itself")
     if name == "object":
         return ["object"]
+    if name in BUILTIN_ERRORS and name not in bases:  # the contracts' errors derive from these
+        return [name, "object"]
     if name not in bases:
         raise ValidationFailed(f"base class {name} is not defined in the generated modules")
     parents = bases[name] or ["object"]
@@ -76,6 +82,12 @@ def validate(files: list[GeneratedFile], suppressed: frozenset[str] = frozenset(
     report = ValidationReport()
     bases: dict[str, list[str]] = {}
     for f in files:
+        if f.path.endswith(".json"):  # a contract's JSON Schema: data, checked as JSON
+            try:
+                json.loads(f.content)
+            except ValueError as exc:
+                raise ValidationFailed(f"{f.path}: not JSON: {exc}") from None
+            continue
         try:
             findings, classes = _check_module(f.content, suppressed)
         except ValidationFailed as exc:

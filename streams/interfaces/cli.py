@@ -186,7 +186,8 @@ def _subscribe(args: argparse.Namespace) -> int:
                     "correlation_id": str(node.correlation_id), "prd_id": node.prd_id,
                     "node": node.node_name, "node_type": node.node_type, "success": node.success,
                     "failure_reason": node.failure_reason, "quality_score": node.quality_score,
-                    "findings": len(node.findings),
+                    "findings": len(node.findings), "operations": node.operations,
+                    "scaffold_operations": node.scaffold_operations,
                     "files": [str(p) for p in paths] if out else [f.path for f in node.files],
                 }).decode(), flush=True)
         return seen

@@ -80,6 +80,9 @@ async def _run(examples: Path, out: Path, timeout: float) -> dict:
         "failures": [f"{n.prd_id}/{n.node_name}: {n.failure_reason}" for n in unique.values()
                      if not n.success],
         "risky": sum(1 for n in unique.values() if n.compatibility and n.compatibility.risky),
+        # what was generated from a declared rule, and what is left for a developer to write
+        "operations": sum(len(n.operations) for n in unique.values() if n.success),
+        "scaffolds": sum(len(n.scaffold_operations) for n in unique.values() if n.success),
     }
 
 
@@ -127,6 +130,9 @@ def run_demo(examples: Path, out: Path, serve: bool = False, timeout: float = 18
         print(f"nodes generated     {summary['nodes']}  ({summary['failed_nodes']} failed)")
         for failure in summary["failures"]:
             print(f"  failed: {failure}")
+        print(f"operations          {summary['operations'] - summary['scaffolds']} generated from "
+              f"declared rules, {summary['scaffolds']} scaffolds left to write (their tests are "
+              "strict xfails)")
         print(f"files written       {summary['files']} under {out.resolve()}/<prd_id>/")
         print(f"PRD latency         p50 {summary['p50_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms")
         print(f"template cache      {summary['cache_hit_rate']:.1%} hit rate")

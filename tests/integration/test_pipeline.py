@@ -70,15 +70,28 @@ async def test_bad_bytes_go_to_dlq_and_agent_lives_on(services, worker):
         colliding = await producer.send_and_wait("prd.requests", orjson.dumps({**PRD, "nodes": [
             {"node_type": "effect", "name": "HttpServer"}, {"node_type": "effect", "name": "HTTPServer"}]}),
             key=marker)
+        unknown_rule = await producer.send_and_wait("prd.requests", orjson.dumps({**PRD, "nodes": [
+            {"node_type": "reducer", "name": "Totals", "operations": [
+                {"name": "refund", "input": {"amount": "decimal", "customer_id": "str"},
+                 "rule": "subtract amount per customer_id; import os"}]}]}), key=marker)
+        badly_typed = await producer.send_and_wait("prd.requests", orjson.dumps({**PRD, "nodes": [
+            {"node_type": "reducer", "name": "Totals", "operations": [
+                {"name": "refund", "input": {"amount": "money"}}]}]}), key=marker)
         good = PrdSubmitted.model_validate(PRD)
         await producer.send_and_wait("prd.requests", good.model_dump_json().encode(),
                                      key=good.prd_id.encode())
     finally:
         await producer.stop()
 
-    letters = await _collect(services.bootstrap, "omnistream.dlq", lambda r: r.key == marker, 4)
+    letters = await _collect(services.bootstrap, "omnistream.dlq", lambda r: r.key == marker, 6)
     by_offset = {decode(DeadLetter, r.value).offset: decode(DeadLetter, r.value) for r in letters}
-    assert set(by_offset) == {bad.offset, invalid.offset, shadowing.offset, colliding.offset}
+    assert set(by_offset) == {bad.offset, invalid.offset, shadowing.offset, colliding.offset,
+                              unknown_rule.offset, badly_typed.offset}
+    # a declared operation outside the vocabulary: one line saying which and why
+    rule_error = by_offset[unknown_rule.offset].error
+    assert "unknown rule 'subtract amount per customer_id; import os'" in rule_error
+    assert "\n" not in rule_error
+    assert "unknown type 'money'" in by_offset[badly_typed.offset].error
     assert by_offset[shadowing.offset].error_type == "schema"
     shadow_error = by_offset[shadowing.offset].error
     assert "operation 'log' of node Charger would shadow MixinLogging.log" in shadow_error

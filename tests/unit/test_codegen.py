@@ -46,13 +46,14 @@ def test_every_node_type_and_mixin_compiles_with_a_clean_mro(generator):
         mro = report.mro[rendered.class_name]
         assert mro[1:1 + len(task.node.mixins)] == class_order(list(task.node.mixins))
         assert mro[-2:] == [f"Node{task.node.node_type.capitalize()}Base", "object"]
-        # Clean code; effect and orchestrator operations are scaffolds by design and say so.
-        stubs = len(task.node.operations) if task.node.node_type in ("effect", "orchestrator") else 0
+        # Clean code; operations named with no rule are scaffolds, and say so.
+        stubs = len(task.node.operations)
+        assert rendered.scaffolds == task.node.operation_names
         assert [f.pattern_name for f in report.findings] == ["stub_operation"] * stubs, \
             [f.message for f in report.findings]
         assert report.quality_score == round(1.0 - 0.01 * stubs, 3)
         assert {f.path.rsplit("/", 1)[1] for f in rendered.files} == {
-            "node.py", "models.py", "mixins.py", "__init__.py", "test_node.py"}
+            "node.py", "models.py", "contracts.py", "mixins.py", "__init__.py", "test_node.py"}
 
 
 def test_unknown_mixin_gives_a_failed_node_and_result(generator):
