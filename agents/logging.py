@@ -13,7 +13,7 @@ import logging.handlers
 import os
 import re
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -60,6 +60,11 @@ def redacted(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
+# (trace id, span id) of the current span, or None; set by streams.runtime.tracing when traces
+# are on (the domain layer knows no tracing library).
+TRACE_IDS: Callable[[], tuple[str, str] | None] | None = None
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a LogRecord as one JSON line; `extra={"metadata": {...}}` adds structured data."""
 
@@ -73,6 +78,9 @@ class JsonFormatter(logging.Formatter):
             "component": getattr(record, "component", None) or component_var.get(),
             "metadata": getattr(record, "metadata", None) or {},
         }
+        ids = TRACE_IDS() if TRACE_IDS is not None else None
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         return redacted(orjson.dumps(entry, default=str).decode())

@@ -66,9 +66,11 @@ def run() -> None:
     from streams.interfaces import dashboard, web  # noqa: F401 - pages
     from streams.learning import topology as learning
     from streams.monitoring import topology as monitoring
+    from streams.runtime import tracing
     from streams.runtime.app import app, settings
 
     # What importing must not do (create the model key file, read the rules file) happens here.
+    tracing.configure("omnistream-worker", consumer_group=settings.app_id)  # on by OTEL_* settings
     learning.start()
     alerting.start()
     inboxes = (codegen.assembler_inbox, learning.results_inbox, learning.feedback_inbox,

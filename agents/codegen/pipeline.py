@@ -14,19 +14,35 @@ from schemas.events import Compatibility, GeneratedNode, GenerationResult, NodeT
 log = logging.getLogger(__name__)
 
 
+def _no_clock() -> int:
+    return 0
+
+
+Phase = tuple[str, int, int]  # (what, start, end) in wall-clock ns: traced by the worker
+
+
 def generate_node(generator: CodeGenerator, task: NodeTask, worker: str | None = None,
                   suppressed: frozenset[str] = frozenset(),
-                  compatibility: Compatibility | None = None) -> tuple[GeneratedNode, GenerationResult]:
+                  compatibility: Compatibility | None = None,
+                  phases: list[Phase] | None = None) -> tuple[GeneratedNode, GenerationResult]:
     """`suppressed`: patterns feedback has shown to be bad (not reported); `compatibility`: the
-    mixin model's view of this node's combination, attached to the GeneratedNode as is."""
+    mixin model's view of this node's combination, attached to the GeneratedNode as is;
+    `phases`: given, it receives when rendering and validating (compile and detectors) ran."""
     started = time.perf_counter()
+    clock = time.time_ns if phases is not None else _no_clock
+    began = clock()
     before = generator.cache.totals()
     files, findings, score, reason = [], [], 0.0, None
     operations: list[str] = []
     scaffolds: list[str] = []
     try:
         rendered = generator.generate(task)
+        rendered_at = clock()
+        if phases is not None:
+            phases.append(("render", began, rendered_at))
         report = validate(rendered.files, suppressed)
+        if phases is not None:
+            phases.append(("compile and detect", rendered_at, clock()))
         files, findings, score = rendered.files, report.findings, report.quality_score
         operations, scaffolds = rendered.operations, rendered.scaffolds
     except (GenerationFailed, ValidationFailed) as exc:

@@ -14,13 +14,14 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Any
 
 from agents.codegen.cache import TemplateCache, TemplateStats
-from agents.codegen.pipeline import generate_node
+from agents.codegen.pipeline import Phase, generate_node
 from agents.codegen.render import CodeGenerator
 from schemas.codec import decode, encode
 from schemas.errors import OmnistreamError
@@ -68,19 +69,22 @@ class Generated:
     quality_score: float
     duration_ms: float
     files: int
+    phases: tuple[Phase, ...] = ()  # when it was rendered and validated (wall-clock ns)
 
     @classmethod
-    def of(cls, node: GeneratedNode, result: GenerationResult) -> Generated:
+    def of(cls, node: GeneratedNode, result: GenerationResult, phases: Sequence[Phase] = ()) -> Generated:
         return cls(encode(node), encode(result), node.node_type, node.node_name, node.success,
-                   node.quality_score, node.duration_ms, len(node.files))
+                   node.quality_score, node.duration_ms, len(node.files), tuple(phases))
 
 
 def _generate_in_process(task: bytes, worker: str | None, suppressed: frozenset[str],
-                         compatibility: Compatibility | None
+                         compatibility: Compatibility | None, timed: bool = False
                          ) -> tuple[Generated, int, list[TemplateStats]]:
     assert _generator is not None, "pool process started without its initializer"
-    node, result = generate_node(_generator, decode(NodeTask, task), worker, suppressed, compatibility)
-    return Generated.of(node, result), os.getpid(), _generator.cache.snapshot()
+    phases: list[Phase] | None = [] if timed else None
+    node, result = generate_node(_generator, decode(NodeTask, task), worker, suppressed, compatibility,
+                                 phases)
+    return Generated.of(node, result, phases or ()), os.getpid(), _generator.cache.snapshot()
 
 
 def default_processes() -> int:
@@ -125,17 +129,20 @@ class GenerationPool:
 
     async def generate(self, task: NodeTask | bytes, worker: str | None = None,
                        suppressed: frozenset[str] = frozenset(),
-                       compatibility: Compatibility | None = None) -> Generated:
-        """`task`: the NodeTask or its encoded bytes (as read from Kafka: sent on as they are)."""
+                       compatibility: Compatibility | None = None, timed: bool = False) -> Generated:
+        """`task`: the NodeTask or its encoded bytes (as read from Kafka: sent on as they are);
+        `timed`: also say when each phase ran (for traces)."""
         if self.local is not None:
             if isinstance(task, bytes):
                 task = decode(NodeTask, task)
-            return Generated.of(*generate_node(self.local, task, worker, suppressed, compatibility))
+            phases: list[Phase] | None = [] if timed else None
+            node, result = generate_node(self.local, task, worker, suppressed, compatibility, phases)
+            return Generated.of(node, result, phases or ())
         loop = asyncio.get_running_loop()
         try:
             generated, pid, stats = await loop.run_in_executor(
                 self._pool(), _generate_in_process, task if isinstance(task, bytes) else encode(task),
-                worker, suppressed, compatibility)
+                worker, suppressed, compatibility, timed)
         except BrokenProcessPool:
             log.error("a codegen process died; restarting the pool")
             self.close()

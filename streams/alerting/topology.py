@@ -32,7 +32,7 @@ from schemas.events import Alert, AlertCommand
 from streams.alerting.evaluation import Evaluation
 from streams.alerting.notify import post_webhook
 from streams.monitoring.topology import WINDOW_LISTENERS
-from streams.runtime import tables
+from streams.runtime import tables, tracing
 from streams.runtime.app import alerts, alerts_commands, app, settings
 from streams.runtime.dlq import CORRELATION_HEADER
 from streams.runtime.faust import Record
@@ -93,7 +93,7 @@ async def window_closed(agg: Aggregate) -> None:
     row = agg.row()
     stats = {"count": row["sample_count"], "sum": row["value_sum"], "min": row["value_min"],
              "max": row["value_max"], "p50": row["p50"], "p95": row["p95"], "p99": row["p99"]}
-    await alert_inbox.send(key=ENGINE_KEY.encode(), value=orjson.dumps({
+    await tracing.send(alert_inbox, key=ENGINE_KEY.encode(), value=orjson.dumps({
         "metric": agg.name, "stats": stats, "labels": agg.labels, "start": agg.start, "end": agg.end,
         "every": window_every(agg.end - agg.start)}),
         headers={KIND_HEADER: ControlKind.WINDOW.header, CORRELATION_HEADER: b""})
@@ -105,7 +105,7 @@ WINDOW_LISTENERS.append(window_closed)
 @app.agent(alerts_commands, name="alert-commands-intake")
 async def alert_commands_intake(stream: StreamT) -> None:
     async def handle(cmd: AlertCommand, event: Record) -> None:
-        await alert_inbox.send(key=ENGINE_KEY.encode(), value=encode(cmd), headers={
+        await tracing.send(alert_inbox, key=ENGINE_KEY.encode(), value=encode(cmd), headers={
             KIND_HEADER: ControlKind.COMMAND.header, CORRELATION_HEADER: str(cmd.correlation_id).encode(),
             **source_headers(event)})
 
@@ -153,7 +153,7 @@ async def _publish(changes: list[Change]) -> None:
         if change.kind == "alert":
             a = change.payload
             ALERT_CHANGES.labels(a["rule"], a["severity"], a["state"]).inc()
-            await alerts.send(key=a["fingerprint"].encode(), value=encode(to_event(a)))
+            await tracing.send(alerts, key=a["fingerprint"].encode(), value=encode(to_event(a)))
             if _sink is not None:
                 _sink.add_nowait(_row(a))
             log.warning("alert %s", a["state"], extra={"metadata": {
@@ -215,5 +215,5 @@ class _EvaluatorCheckpoint:
 
 @app.timer(interval=TICK_S)
 async def alert_ticks() -> None:
-    await alert_inbox.send(key=ENGINE_KEY.encode(), value=b"{}",
+    await tracing.send(alert_inbox, key=ENGINE_KEY.encode(), value=b"{}",
                            headers={KIND_HEADER: ControlKind.TICK.header, CORRELATION_HEADER: b""})

@@ -23,6 +23,7 @@ from agents.codegen import assembler
 from agents.codegen.assembler import AssemblyState
 from agents.logging import log_context
 from schemas.events import GeneratedNode, PrdCompleted
+from streams.runtime import tracing
 from streams.runtime.emit import emitter
 from streams.runtime.faust import Record
 from streams.runtime.processing import control_kind, handle_event
@@ -52,7 +53,7 @@ class Assembly:
         self.store, self.deadline_s, self.worker = store, deadline_s, worker
         self.outputs, self.clock = outputs, clock
         self.changed: dict[str, tuple[str, int, AssemblyState | None]] = {}  # cid → (topic, partition, state)
-        self.completed: list[PrdCompleted] = []
+        self.completed: list[tuple[PrdCompleted, dict[str, bytes]]] = []  # (completion, its trace)
 
     def state(self, cid: str) -> AssemblyState | None:
         if cid in self.changed:
@@ -71,7 +72,11 @@ class Assembly:
         log.info("PRD completed", extra={"metadata": {
             "prd_id": done.prd_id, "status": done.status, "missing": done.missing,
             "failed": done.failed, "ms": done.duration_ms}})
-        self.completed.append(done)
+        with tracing.span("assemble PRD", **{"omnistream.prd_id": done.prd_id,
+                                             "omnistream.status": done.status,
+                                             "omnistream.correlation_id": cid,
+                                             "omnistream.nodes": done.node_count}):
+            self.completed.append((done, tracing.carrier()))  # sent in `flush`, in this trace
         return assembler.mark_done(state, now)
 
     async def on_node(self, node: GeneratedNode, event: Record) -> None:
@@ -105,8 +110,9 @@ class Assembly:
 
     async def flush(self) -> None:
         """Publish the completions (before any state saying "done" is written)."""
-        for done in self.completed:
-            await self.outputs.publish(done)
+        for done, trace in self.completed:
+            with tracing.resumed(trace):
+                await self.outputs.publish(done)
 
     def save(self) -> None:
         """Write the changed states of the partitions still held (a revoked one's new owner

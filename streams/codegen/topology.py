@@ -25,7 +25,7 @@ from schemas.events import Compatibility, GeneratedNode, NodeTask, PrdCompleted,
 from schemas.topics import CODEGEN_GENERATED
 from streams.codegen.assembly import Assembly
 from streams.learning.replicas import models, patterns
-from streams.runtime import tables
+from streams.runtime import tables, tracing
 from streams.runtime.app import (
     app,
     codegen_completed,
@@ -115,7 +115,10 @@ async def codegen_render(stream: StreamT) -> None:
     async def handle(task: NodeTask, event: Record) -> None:
         prediction = models.predict(task.node.node_type, list(task.node.mixins))
         node = await codegen_pool.generate(task, WORKER_ID, patterns.suppressed,
-                                           Compatibility(**prediction.compatibility()))
+                                           Compatibility(**prediction.compatibility()),
+                                           timed=tracing.ENABLED)
+        tracing.timed_spans(node.phases, **{"omnistream.node": task.node.name,
+                                            "omnistream.node_type": task.node.node_type})
         headers = correlation_headers(task.correlation_id)
         await produce(codegen_generated, str(task.correlation_id).encode(), node.node, headers=headers)
         await produce(codegen_results, task.node.node_type.encode(), node.result, headers=headers)
@@ -182,7 +185,7 @@ async def assembly_deadlines() -> None:
         if now - _ticks_sent.get(key, 0) < 10:
             continue
         _ticks_sent[key] = now
-        await assembler_inbox.send(key=key.encode(), value=orjson.dumps({"action": action}),
+        await tracing.send(assembler_inbox, key=key.encode(), value=orjson.dumps({"action": action}),
                                    headers={KIND_HEADER: ControlKind.TICK.header,
                                             CORRELATION_HEADER: key.encode()})
     for key in [k for k, t in _ticks_sent.items() if now - t > 60]:

@@ -21,6 +21,7 @@ from schemas import topics as spec
 from schemas.codec import DecodeError, decode, encode, metric_records
 from schemas.events import Envelope, GeneratedNode, MetricEvent, PrdCompleted, PrdSubmitted
 from streams.config import Settings
+from streams.runtime import tracing
 from streams.runtime.replica import topic_partitions
 from streams.runtime.topics import ensure_topics, idempotent_producer
 
@@ -43,12 +44,14 @@ class OmnistreamClient:
     async def __aexit__(self, *exc: object) -> None:
         if self._producer is not None:
             await self._producer.stop()
+            tracing.flush()  # this client's spans leave before a CLI command exits
 
     async def _producing(self) -> AIOKafkaProducer:
         """The producer, started on first use: a principal that may only read (a secure stack's
         `reader`) is refused a producer id, so a client that only subscribes never asks."""
         assert self._entered, "use `async with OmnistreamClient()`"
         if self._producer is None:
+            tracing.configure("omnistream-client")  # on by OTEL_* settings, or the host's SDK
             producer = idempotent_producer(self.bootstrap, **self.settings.kafka_security)
             try:
                 await producer.start()
@@ -62,16 +65,18 @@ class OmnistreamClient:
         producer = await self._producing()
         if key is None:
             key = str(getattr(event, topic.key, "") or "") or None
-        await producer.send_and_wait(
-            topic.name, encode(event), key=key.encode() if key else None,
-            headers=[("correlation_id", str(event.correlation_id).encode())])
+        headers = {"correlation_id": str(event.correlation_id).encode()}
+        with tracing.sending(topic.name, headers, key.encode() if key else None) as traced:
+            tracing.annotate(tracing.current_span(), correlation_id=event.correlation_id)
+            await producer.send_and_wait(topic.name, encode(event), key=key.encode() if key else None,
+                                         headers=list((traced or {}).items()))
 
     async def publish_raw(self, topic: str, value: bytes, key: bytes | None = None,
                           headers: dict[str, bytes] | None = None) -> None:
         """Send bytes as they are (what a non-Python publisher would send); no validation."""
         producer = await self._producing()
-        await producer.send_and_wait(topic, value, key=key,
-                                           headers=list((headers or {}).items()) or None)
+        with tracing.sending(topic, headers, key) as traced:
+            await producer.send_and_wait(topic, value, key=key, headers=list((traced or {}).items()) or None)
 
     async def publish_prd(self, prd: PrdSubmitted) -> uuid.UUID:
         await self.publish(spec.PRD_REQUESTS, prd, key=prd.prd_id)
@@ -81,8 +86,11 @@ class OmnistreamClient:
         """Send metric samples as batched records (one per metric name, at most 10,000 samples
         and 1 MiB each); returns how many records were sent."""
         producer = await self._producing()
-        sent = [await producer.send(spec.METRICS_EVENTS.name, value, key=key)
-                for key, value in metric_records(samples)]
+        sent = []
+        for key, value in metric_records(samples):
+            with tracing.sending(spec.METRICS_EVENTS.name, None, key) as headers:
+                sent.append(await producer.send(spec.METRICS_EVENTS.name, value, key=key,
+                                                headers=list(headers.items()) if headers else None))
         await asyncio.gather(*sent)  # every record acknowledged by the broker
         return len(sent)
 

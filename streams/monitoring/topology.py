@@ -31,7 +31,7 @@ from schemas.codec import MAX_VALUE_BYTES, describe, encode
 from schemas.events import MAX_BATCH_SAMPLES, MetricBatchFields, MetricEvent, MetricSampleFields
 from schemas.topics import METRICS_EVENTS
 from streams.monitoring.aggregator import WINDOW_COLUMNS, Aggregator
-from streams.runtime import tables
+from streams.runtime import tables, tracing
 from streams.runtime.app import app, metrics_events, settings
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
 from streams.runtime.emit import emitter
@@ -288,8 +288,26 @@ async def metric_window_ticks() -> None:
     for partition in sorted(assigned | set(aggregator.by_partition)):
         w = aggregator.by_partition.get(partition)
         if (w is None or w.open) and await _caught_up(partition):
-            await metrics_inbox.send(key=b"tick", value=b"{}", partition=partition,
+            await tracing.send(metrics_inbox, key=b"tick", value=b"{}", partition=partition,
                                      headers={KIND_HEADER: ControlKind.TICK.header, CORRELATION_HEADER: b""})
+
+
+_behind_said: dict[int, float] = {}
+BEHIND_SAY_EVERY_S = 30.0
+
+
+def _say_behind(partition: int, tp: TP, high: int | None, position: int | None,
+                handed_on: int | None) -> None:
+    """Why a partition's open windows are not closed by idle time, once in a while: a source
+    this worker reads is behind (or waits for its rebalance's seek)."""
+    now = time.monotonic()
+    if now - _behind_said.get(partition, 0.0) < BEHIND_SAY_EVERY_S:
+        return
+    _behind_said[partition] = now
+    log.info("open windows wait for a source partition to be read up to its end", extra={"metadata": {
+        "partition": partition, "source": f"{tp.topic}:{tp.partition}", "end": high,
+        "fetched_to": position, "handed_on_to": handed_on,
+        "sought": tp in LANES.expected}})
 
 
 async def _caught_up(partition: int) -> bool:
@@ -314,7 +332,8 @@ async def _caught_up(partition: int) -> bool:
             high, position = consumer.highwater(tp), await consumer.position(tp)
         except Exception:  # not known yet (just assigned): not idle either
             return False
-        position = LANES.handed_on(tp, position)  # None: waiting for the rebalance's seek
-        if high is None or position is None or position < high:
+        lane = LANES.handed_on(tp, position)  # None: waiting for the rebalance's seek
+        if high is None or lane is None or lane < high:
+            _say_behind(partition, tp, high, position, lane)
             return False
     return True

@@ -18,6 +18,7 @@ from typing import Any
 
 from schemas.codec import encode
 from schemas.events import DeadLetter
+from streams.runtime import tracing
 from streams.runtime.errors import retrying
 from streams.runtime.faust import Record
 from streams.runtime.metrics import DLQ_EVENTS
@@ -93,10 +94,11 @@ async def send_to_dlq(event: Record, reason: str, error: str, agent: str, *,
     headers = {**correlation_headers(letter.correlation_id), "dlq.reason": reason[:200].encode(),
                "dlq.topic": msg.topic.encode()}
     # Whatever the broker says, the letter is not the input's to lose: retry until it is sent.
-    await retrying(f"dead letter for {msg.topic}/{msg.partition}@{msg.offset}",
-                   retry_if=lambda _exc: True, log=log)(
-        dlq.send, key=msg.key if isinstance(msg.key, bytes) else None, value=value,
-        headers=headers)
+    with tracing.sending(dlq.get_topic_name(), headers) as traced:
+        await retrying(f"dead letter for {msg.topic}/{msg.partition}@{msg.offset}",
+                       retry_if=lambda _exc: True, log=log)(
+            dlq.send, key=msg.key if isinstance(msg.key, bytes) else None, value=value,
+            headers=traced)
     DLQ_EVENTS.labels(msg.topic, reason).inc()
     log.warning("event sent to dead-letter topic", extra={"metadata": {
         "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,

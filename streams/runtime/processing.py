@@ -47,6 +47,7 @@ from agents.logging import log_context
 from schemas.codec import DecodeError, decode
 from streams.config import Settings
 from streams.runtime import faust as faust_runtime
+from streams.runtime import tracing
 from streams.runtime.dlq import CORRELATION_HEADER, header, send_to_dlq, valid_uuid
 from streams.runtime.errors import InputRefused, is_fatal, is_retriable, refusal, retrying
 from streams.runtime.faust import Reader, Record
@@ -192,11 +193,13 @@ async def handle_event(event: Record, model: type[M], agent: str, handler: Handl
     header_cid = valid_uuid(header(event, CORRELATION_HEADER))
     started = time.perf_counter()
     LAST_EVENT[agent] = time.time()
-    with log_context(correlation_id=header_cid, component=agent):
+    with tracing.processing(event, agent) as span, log_context(correlation_id=header_cid, component=agent):
         value = await decode_event(event, model, agent)
         if value is None:
             return False
-        with log_context(correlation_id=getattr(value, "correlation_id", header_cid)):
+        cid = getattr(value, "correlation_id", header_cid)
+        tracing.annotate(span, correlation_id=cid)
+        with log_context(correlation_id=cid):
             try:
                 await call_retrying(f"{agent} handler", handler, value, event)
             except InputRefused as exc:
@@ -451,5 +454,7 @@ async def produce(topic: Any, key: bytes | None, value: bytes | None, *,
 
     name = topic if isinstance(topic, str) else topic.get_topic_name()
     send = faust_runtime.kafka_producer(app).send
-    await call_retrying(f"send to {name}", functools.partial(
-        send, name, value, key=key, partition=partition, headers=list(headers.items()) if headers else None))
+    with tracing.sending(name, headers, key, partition) as traced:
+        await call_retrying(f"send to {name}", functools.partial(
+            send, name, value, key=key, partition=partition,
+            headers=list(traced.items()) if traced else None))

@@ -37,6 +37,7 @@ from faust.types import StreamT
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 
+from streams.runtime import tracing
 from streams.runtime.emit import emitter
 from streams.runtime.errors import PG_ROW_REFUSED, retrying
 from streams.runtime.faust import Record
@@ -161,7 +162,10 @@ class PgBatchSink:
             if self.dedupe_key is not None:
                 pairs = list({self.dedupe_key(r): (r, src) for r, src in pairs}.values())
             self._pending_gauge.set(len(pairs) + len(self._rows))
-            await self._write_with_retry(pairs, oldest)
+            with tracing.span(f"sink flush {self.table}", **{
+                    "db.system.name": "postgresql", "db.collection.name": self.table,
+                    "db.operation.name": "COPY", "omnistream.rows": len(pairs)}):
+                await self._write_with_retry(pairs, oldest)
             self._pending_gauge.set(len(self._rows))
             self._room.set()
             return len(pairs)
