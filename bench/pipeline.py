@@ -286,6 +286,72 @@ def run(quick: bool = False) -> dict:
               f"{pool['hops_at_10'][hop]['p50_ms']:>7.1f}ms  <= 3 ms")
     print(f"  {'parallel_speedup, 4-node PRD, idle worker (median)':58} "
           f"{median(plain['parallel_speedup']):>9.2f} {median(pool['parallel_speedup']):>9.2f}  reported")
+    traced = tracing_cost(bootstrap, 10 if quick else 20, seconds, 2 if quick else 3)
     return {"seconds_per_rate": seconds, "relay_floor_at_10": floor, "modes": modes,
             "pool_vs_no_pool_max_sustained": ratio,
-            "max_sustained_prd_per_s": pool["max_sustained_prd_per_s"]}
+            "max_sustained_prd_per_s": pool["max_sustained_prd_per_s"], "tracing": traced}
+
+
+class _OtlpSink:
+    """Where the traced worker exports (OTLP/HTTP on loopback): takes every export and answers
+    200, as a collector would, counting what it was sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        sink = self
+        self.requests = self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.requests += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def tracing_cost(bootstrap: str, rate: int, seconds: float, rounds: int) -> dict:
+    """PRD→completed latency at one rate with traces off (the default) and on (every span
+    exported over OTLP/HTTP to a sink on loopback), `rounds` runs each; min/median/max."""
+    sink = _OtlpSink()
+    out: dict[str, dict] = {}
+    try:
+        for mode, env in (("off", {}), ("on", {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                                               "OTEL_SERVICE_NAME": "omnistream-bench"})):
+            worker = start_worker(**env)
+            try:
+                asyncio.run(pipeline_load(bootstrap, 1, 3))  # warm-up
+                runs = [asyncio.run(pipeline_load(bootstrap, rate, seconds)) for _ in range(rounds)]
+            finally:
+                stop_worker(worker)
+            p50s, p95s = sorted(r["p50_ms"] for r in runs), sorted(r["p95_ms"] for r in runs)
+            out[mode] = {"rate": rate, "p50_ms": p50s, "p95_ms": p95s,
+                         "completed": sum(r["completed"] for r in runs),
+                         "sent": sum(r["sent"] for r in runs)}
+            print(f"  tracing {mode:3} {rate} PRD/s x{rounds}: "
+                  f"p50 {p50s[0]:.1f}/{pct(p50s, 50):.1f}/{p50s[-1]:.1f} "
+                  f"p95 {p95s[0]:.1f}/{pct(p95s, 50):.1f}/{p95s[-1]:.1f} ms (min/median/max), "
+                  f"{out[mode]['completed']}/{out[mode]['sent']} completed", flush=True)
+    finally:
+        sink.close()
+    out["p95_median_on_vs_off"] = pct(out["on"]["p95_ms"], 50) / pct(out["off"]["p95_ms"], 50)
+    out["p50_median_on_vs_off"] = pct(out["on"]["p50_ms"], 50) / pct(out["off"]["p50_ms"], 50)
+    out["exported"] = {"requests": sink.requests, "bytes": sink.bytes}
+    print(f"  {'tracing on / off, median p95 (p50) PRD->completed':58} "
+          f"{out['p95_median_on_vs_off']:>8.2f}x ({out['p50_median_on_vs_off']:.2f}x)  reported; "
+          f"{sink.requests} exports, {sink.bytes / 1e6:.1f} MB", flush=True)
+    return out
