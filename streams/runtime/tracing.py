@@ -191,14 +191,37 @@ def _messaging(topic: str, operation: str, partition: int | None = None, offset:
 # ---------------------------------------------------------------- spans
 
 
-@contextlib.contextmanager
+class _Given:
+    """What `sending`/`processing` return when tracing is off: enters as the value given, with
+    no generator frame behind it (a handled record pays one attribute read and this)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __enter__(self) -> Any:
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOTHING = _Given(None)
+
+
 def sending(topic: str, headers: Mapping[str, bytes] | None, key: bytes | None = None,
-            partition: int | None = None) -> Iterator[Mapping[str, bytes] | None]:
-    """A PRODUCER span around one send; yields the headers with its traceparent added (the
+            partition: int | None = None) -> contextlib.AbstractContextManager[Mapping[str, bytes] | None]:
+    """A PRODUCER span around one send; enters as the headers with its traceparent added (the
     headers as given when tracing is off)."""
     if not ENABLED:
-        yield headers
-        return
+        return _Given(headers)
+    return _sending(topic, headers, key, partition)
+
+
+@contextlib.contextmanager
+def _sending(topic: str, headers: Mapping[str, bytes] | None, key: bytes | None,
+             partition: int | None) -> Iterator[Mapping[str, bytes] | None]:
     from opentelemetry.trace import SpanKind
 
     with _tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER,
@@ -206,13 +229,16 @@ def sending(topic: str, headers: Mapping[str, bytes] | None, key: bytes | None =
         yield _inject(dict(headers or {}))
 
 
-@contextlib.contextmanager
-def processing(record: Any, agent: str) -> Iterator[Any]:
+def processing(record: Any, agent: str) -> contextlib.AbstractContextManager[Any]:
     """A CONSUMER span for one record an agent handles, child of the context its headers carry;
-    yields the span (None when off)."""
+    enters as the span (None when off)."""
     if not ENABLED:
-        yield None
-        return
+        return _NOTHING
+    return _processing(record, agent)
+
+
+@contextlib.contextmanager
+def _processing(record: Any, agent: str) -> Iterator[Any]:
     from opentelemetry.trace import SpanKind
 
     attributes = _messaging(record.topic, "process", record.partition, record.offset, record.key)
@@ -245,14 +271,12 @@ def annotate(span: Any, **attributes: Any) -> None:
         span.set_attributes({f"omnistream.{k}": str(v) for k, v in attributes.items() if v is not None})
 
 
-@contextlib.contextmanager
-def span(name: str, **attributes: Any) -> Iterator[Any]:
-    """An internal span under the current one (a PRD's assembly, a sink's flush)."""
+def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+    """An internal span under the current one (a PRD's assembly, a sink's flush); enters as
+    the span (None when off)."""
     if not ENABLED:
-        yield None
-        return
-    with _tracer.start_as_current_span(name, attributes=attributes) as current:
-        yield current
+        return _NOTHING
+    return _tracer.start_as_current_span(name, attributes=attributes)
 
 
 def timed_spans(phases: Sequence[tuple[str, int, int]], **attributes: Any) -> None:
@@ -273,12 +297,15 @@ def carrier() -> dict[str, bytes]:
     return _inject({})
 
 
-@contextlib.contextmanager
-def resumed(headers: Mapping[str, bytes] | None) -> Iterator[None]:
+def resumed(headers: Mapping[str, bytes] | None) -> contextlib.AbstractContextManager[None]:
     """Make the context of `carrier()` current again."""
     if not ENABLED or not headers:
-        yield
-        return
+        return _NOTHING
+    return _resumed(headers)
+
+
+@contextlib.contextmanager
+def _resumed(headers: Mapping[str, bytes]) -> Iterator[None]:
     from opentelemetry import context as otel_context
 
     token = otel_context.attach(_extract(list(headers.items())))
