@@ -182,7 +182,7 @@ async def _place_lane_partitions(self: Consumer) -> None:
     await _pin_uncommitted(self, [tp for tp, offset in starts.items() if tp.topic in LANES.wanted
                                   and (offset is None or offset <= 0) and tp not in rewind])
     for tp, offset in rewind.items():
-        log.info("records a rebalance dropped before any commit: read again", extra={"metadata": {
+        log.info("records dropped while the rebalance ran: read again", extra={"metadata": {
             "topic": tp.topic, "partition": tp.partition, "offset": offset}})
         await self.seek(tp, offset)
 
@@ -201,8 +201,8 @@ async def _pin_uncommitted(self: Consumer, tps: list[TP]) -> None:
     consumer = thread._ensure_consumer()
     at_zero = [tp for tp in tps if self._read_offset.get(tp) == 0]
     for tp in at_zero:
+        LANES.start(tp, 0)  # before the seek: a list fetched meanwhile is cut or sought back, not lost
         await self.seek(tp, 0)
-        LANES.start(tp, 0)
     rest = [TopicPartition(tp.topic, tp.partition) for tp in tps if tp not in at_zero]
     if not rest:
         return
@@ -221,8 +221,8 @@ async def _pin_uncommitted(self: Consumer, tps: list[TP]) -> None:
             LANES.start(TP(tp.topic, tp.partition), None)
         return
     for tp, offset in starts.items():
-        await self.seek(TP(tp.topic, tp.partition), offset)
         LANES.start(TP(tp.topic, tp.partition), offset)
+        await self.seek(TP(tp.topic, tp.partition), offset)
 
 
 async def _commit_offsets(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
