@@ -33,7 +33,7 @@ from schemas.errors import OmnistreamError
 from schemas.topics import CODEGEN_RESULTS
 from streams.config import Settings, model_key
 from streams.learning.training import ChildTraining, InProcessTraining, short_lived_garbage, training
-from streams.runtime import tables
+from streams.runtime import tables, tracing
 from streams.runtime.replica import read_all, topic_partitions
 from streams.runtime.tables import ControlKind
 from streams.runtime.topics import idempotent_producer
@@ -170,14 +170,18 @@ async def _install(settings: Settings, key: bytes, report: ReplayReport,
     model.find_all_conflicts()
     head = snapshot.SnapshotHeader(SHARED, model.version, model.updates, time.time(),
                                    replaces=report.old_version)
+    tracing.configure("omnistream-replay")  # on by OTEL_* settings
     producer = idempotent_producer(settings.kafka_bootstrap, **settings.kafka_security)
     await producer.start()
+    headers = {tables.KIND_HEADER: ControlKind.INSTALL.header,
+               tables.TRAINED_HEADER: orjson.dumps({str(p): o for p, o in trained_through.items()})}
     try:
-        await producer.send_and_wait(inbox, snapshot.dumps(model, head, key), key=SHARED.encode(), headers=[
-            (tables.KIND_HEADER, ControlKind.INSTALL.header),
-            (tables.TRAINED_HEADER, orjson.dumps({str(p): o for p, o in trained_through.items()}))])
+        with tracing.sending(inbox, headers, SHARED.encode()) as traced:
+            await producer.send_and_wait(inbox, snapshot.dumps(model, head, key), key=SHARED.encode(),
+                                         headers=list((traced or {}).items()))
     finally:
         await producer.stop()
+        tracing.flush()
 
 
 async def _await_swap(settings: Settings, key: bytes, report: ReplayReport, wait_s: float) -> None:
