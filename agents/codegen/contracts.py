@@ -311,6 +311,21 @@ def _compute(p: OperationPlan, rule: OperationRule, payload: dict[str, Any]) -> 
     return {"last": value[-1]}
 
 
+def test_values_hold(plans: list[OperationPlan], kind: type) -> bool:
+    """Whether the generated tests' literals (sample inputs, expected results) hold a value of
+    `kind` (so the test module imports it)."""
+    def holds(value: Any) -> bool:
+        if isinstance(value, kind):
+            return True
+        if isinstance(value, dict):
+            return any(holds(k) or holds(v) for k, v in value.items())
+        if isinstance(value, list | tuple):
+            return any(holds(v) for v in value)
+        return False
+
+    return any(holds(p.sample_payload()) or (not p.scaffold and holds(p.expected())) for p in plans)
+
+
 def pyliteral(value: Any) -> str:
     """A Python expression for a value built here (never PRD text as code): repr of the
     literal kinds, Decimal(...) and datetime(...) spelled out, containers recursively."""

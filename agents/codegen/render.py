@@ -12,6 +12,8 @@ import json
 import keyword
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agents.codegen import contracts
 from agents.codegen.cache import HashingLoader, TemplateCache
-from agents.codegen.catalogue import MIXINS, add_imports, class_order, imports_for, requirements_for
+from agents.codegen.catalogue import MIXINS, class_order, imports_for, requirements_for
 from schemas.errors import OmnistreamError
 from schemas.events import GeneratedFile, NodeTask
 from schemas.nodes import EXECUTE_METHOD, snake
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+# Mixins whose generated tests use pytest's fixtures or `pytest.raises`.
+PYTEST_MIXINS = frozenset({"MixinLogging", "MixinEncryption", "MixinCompression", "MixinSerialization",
+                           "MixinConfig", "MixinTransaction"})
 DEFAULT_OPERATIONS = {"effect": ["process"], "compute": ["transform"], "reducer": ["accumulate"],
                       "orchestrator": ["coordinate"]}
 
@@ -125,6 +130,14 @@ class CodeGenerator:
             "operations": operations, "plans": plans, "declared": any(p.declared for p in plans),
             "contract_imports": contract_imports,
             "contract_test_imports": sorted(p.input_class for p in plans if p.has_input),
+            # what the modules import besides their templates' fixed lines (none unused: the
+            # unused_import detector would say so)
+            "uses_decimal_in_node": any(p.rule is not None and p.rule.kind == "sum"
+                                        and p.node_type == "compute" and p.result_type() == "decimal"
+                                        for p in plans),
+            "test_uses_decimal": contracts.test_values_hold(plans, Decimal),
+            "test_uses_datetime": contracts.test_values_hold(plans, datetime),
+            "test_uses_pytest": any(p.scaffold for p in plans) or bool(PYTEST_MIXINS & set(node.mixins)),
             "execute": EXECUTE_METHOD[node.node_type],
             "prd_id": task.prd_id, "service_name": task.service_name, "title": task.title,
             "description": description,
@@ -138,9 +151,9 @@ class CodeGenerator:
             "encryption_env": f"{task.service_name.upper()}_SEAL_KEY",
             "config_prefix": f"{task.service_name.upper()}_{snake(name).upper()}_",
         }
-        sources = {"node.py": add_imports(self.render(f"node/{node.node_type}.py.j2", **ctx)),
+        sources = {"node.py": self.render(f"node/{node.node_type}.py.j2", **ctx),
                    "models.py": self.render("models.py.j2", **ctx),
-                   "contracts.py": add_imports(self.render("contracts.py.j2", **ctx))}
+                   "contracts.py": self.render("contracts.py.j2", **ctx)}
         requirements: list[str] = []
         if node.mixins:
             bodies = "\n\n\n".join(self.render(f"mixins/{m}.py.j2", **mixin_ctx).strip()
@@ -150,7 +163,7 @@ class CodeGenerator:
             sources["mixins.py"] = self.render("mixins.py.j2", **ctx, stdlib_imports=stdlib,
                                                third_party_imports=third_party, mixin_bodies=bodies)
         sources["__init__.py"] = self.render("init.py.j2", **ctx, requirements=requirements)
-        sources["test_node.py"] = add_imports(self.render("test_node.py.j2", **ctx))
+        sources["test_node.py"] = self.render("test_node.py.j2", **ctx)
         folder = f"{task.service_name}/nodes/node_{snake(name)}_{node.node_type}/v1_0_0"
         files = [
             GeneratedFile(path=f"{folder}/{fname}", content=src,
