@@ -35,7 +35,7 @@ from streams.runtime import tables, tracing
 from streams.runtime.app import app, metrics_events, settings
 from streams.runtime.dlq import CORRELATION_HEADER, correlation_headers, send_to_dlq
 from streams.runtime.emit import emitter
-from streams.runtime.faust import LANES, Record, fetch_is_stale
+from streams.runtime.faust import LANES, Record, fetch_is_stale, known_position
 from streams.runtime.metrics import EVENTS_PROCESSED
 from streams.runtime.processing import (
     LAST_EVENT,
@@ -329,9 +329,10 @@ async def _caught_up(partition: int) -> bool:
         if fetch_is_stale(app, tp, FRESH_FETCH_S):
             return False
         try:
-            high, position = consumer.highwater(tp), await consumer.position(tp)
+            high = consumer.highwater(tp)
         except Exception:  # not known yet (just assigned): not idle either
             return False
+        position = known_position(app, tp)  # never waits (see known_position)
         lane = LANES.handed_on(tp, position)  # None: waiting for the rebalance's seek
         if high is None or lane is None or lane < high:
             _say_behind(partition, tp, high, position, lane)

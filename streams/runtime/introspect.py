@@ -4,7 +4,7 @@ Read by /health and by the worker's own metrics."""
 from __future__ import annotations
 
 from streams.runtime.app import app
-from streams.runtime.faust import channel_topics
+from streams.runtime.faust import channel_topics, known_position
 from streams.runtime.metrics import AGENT_LAG, CONSUMER_LAG
 
 
@@ -29,7 +29,7 @@ async def lag_by_topic() -> dict[str, int] | None:
             high = consumer.highwater(tp)
         except Exception:
             continue
-        position = await consumer.position(tp)
+        position = known_position(app, tp)  # never waits (see known_position)
         if high is not None and position is not None:
             out[tp.topic] = out.get(tp.topic, 0) + max(0, high - position)
     return out

@@ -417,3 +417,24 @@ async def test_a_list_dropped_after_fausts_own_seek_is_read_again(monkeypatch):
     assert reader.queued == 0 and consumer.sought == [(A0, 5371)] and lanes.expected[A0] == 5371
     await lanes.deliver({A0: fetched(5371, 5372)}, current, Seeks())
     assert [r.offset for r in await reader.take(10, 0.0)] == [5371, 5372]
+
+
+def test_the_position_is_read_without_waiting_for_one():
+    """aiokafka's position() waits in faust's consumer thread until a position is known, and
+    the fetch loop queues behind it; the windows and the lag gauge read what is known now."""
+    import types
+
+    from streams.runtime.faust import known_position
+
+    states = {TopicPartition("a", 0): types.SimpleNamespace(has_valid_position=True, position=41),
+              TopicPartition("a", 1): types.SimpleNamespace(has_valid_position=False, position=None)}
+    assignment = types.SimpleNamespace(state_value=states.get)
+    kafka = types.SimpleNamespace(_subscription=types.SimpleNamespace(
+        subscription=types.SimpleNamespace(assignment=assignment)))
+    app = types.SimpleNamespace(consumer=types.SimpleNamespace(
+        _thread=types.SimpleNamespace(_ensure_consumer=lambda: kafka)))
+    assert known_position(app, A0) == 41
+    assert known_position(app, A1) is None  # awaiting its reset: not waited for
+    assert known_position(app, TP("b", 0)) is None
+    kafka._subscription.subscription = None  # between assignments
+    assert known_position(app, A0) is None

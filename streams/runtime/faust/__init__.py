@@ -38,7 +38,7 @@ from faust.types import TP
 
 from streams.runtime.faust.lanes import Lanes, Reader, Record
 
-__all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "fetch_is_stale", "install",
+__all__ = ["LANES", "Reader", "Record", "channel_topics", "check", "fetch_is_stale", "install", "known_position",
            "kafka_producer", "lane_topics"]
 
 log = logging.getLogger(__name__)
@@ -264,6 +264,24 @@ def fetch_is_stale(app: Any, tp: TP, fresh_s: float) -> bool:
     except (AssertionError, AttributeError):  # not assigned (any more), or not started
         return False
     return stamp is not None and time.time() - stamp / 1000 > fresh_s
+
+
+def known_position(app: Any, tp: TP) -> int | None:
+    """The consumer's position in `tp` if it has one now, without waiting. aiokafka's
+    `position()` waits, inside faust's consumer thread, until a position is known, and every
+    other call to that thread (the fetch loop's included) queues behind it; a partition paused
+    during table recovery may get none until recovery ends, which needs the fetch loop. A timer
+    asking for it could starve the recovery it waits for (CI: a worker's recovery received no
+    changelog record for two minutes)."""
+    try:
+        consumer = app.consumer._thread._ensure_consumer()
+        assignment = consumer._subscription.subscription.assignment
+        state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+    except (AssertionError, AttributeError):  # not started, or no assignment (a rebalance)
+        return None
+    if state is None or not state.has_valid_position:
+        return None
+    return int(state.position)
 
 
 def kafka_producer(app: Any) -> Any:
