@@ -23,7 +23,7 @@ from schemas.events import PrdCompleted
 from schemas.topics import CODEGEN_COMPLETED
 from streams.infra.proc import free_port
 from streams.interfaces.client import OmnistreamClient
-from tests.conftest import OMNISTREAM, start_worker, stop_worker
+from tests.conftest import OMNISTREAM, start_worker, stop_worker, wait_split
 
 
 @dataclass
@@ -86,6 +86,20 @@ def _otel_env(receiver: OtlpReceiver, service: str) -> dict[str, str]:
             "OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 
+async def _traced_worker(services, db: str, receiver: OtlpReceiver):
+    """A worker of its own app id reading only what is published from now on (the session's
+    topics hold every earlier test's PRDs), once it holds every partition of prd.requests."""
+    app_id = f"omnistream-test-trace-{uuid.uuid4().hex[:6]}"
+    worker = start_worker(services, db, app_id, extra_env={
+        **_otel_env(receiver, "omnistream-traced"), "OMNISTREAM_AUTO_OFFSET_RESET": "latest"})
+    try:
+        await wait_split([worker], "prd.requests", partitions=4)
+    except BaseException:
+        stop_worker(worker)
+        raise
+    return app_id, worker
+
+
 async def _completed(bootstrap: str, service_name: str, since: float) -> PrdCompleted:
     async with OmnistreamClient(bootstrap) as client:
         async for done in client.subscribe(CODEGEN_COMPLETED, PrdCompleted, timeout=120):
@@ -120,8 +134,7 @@ async def test_a_kcat_prd_with_a_traceparent_is_one_trace_through_every_hop(serv
     """kcat publishes a PRD of three nodes carrying the traceparent of a trace the test starts: the
     fan-out continues it, three tasks are sent and rendered (with the pool's render span under
     each), and the assembly and codegen.completed end in the same trace, parents before children."""
-    app_id = f"omnistream-test-trace-{uuid.uuid4().hex[:6]}"
-    worker = start_worker(services, pipeline_db, app_id, extra_env=_otel_env(otlp, "omnistream-traced"))
+    app_id, worker = await _traced_worker(services, pipeline_db, otlp)
     try:
         trace_id, publisher_span = uuid.uuid4().hex, os.urandom(8).hex()
         service = f"traced_{uuid.uuid4().hex[:6]}"
@@ -179,8 +192,7 @@ async def test_a_kcat_prd_with_a_traceparent_is_one_trace_through_every_hop(serv
 
 
 async def test_a_prd_published_by_the_cli_starts_its_trace_there(services, pipeline_db, otlp, tmp_path):
-    app_id = f"omnistream-test-trace-{uuid.uuid4().hex[:6]}"
-    worker = start_worker(services, pipeline_db, app_id, extra_env=_otel_env(otlp, "omnistream-traced"))
+    _, worker = await _traced_worker(services, pipeline_db, otlp)
     try:
         service = f"traced_{uuid.uuid4().hex[:6]}"
         path = tmp_path / "prd.json"
