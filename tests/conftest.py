@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -273,9 +274,32 @@ def pipeline_db(services: Services) -> Iterator[str]:
         asyncio.run(_drop_db(services.database_url, name))
 
 
+SESSION_WORKERS: list[Worker] = []  # the `worker` fixture's, while it runs
+
+
 @pytest.fixture(scope="session")
 def worker(services: Services, pipeline_db: str) -> Iterator[Worker]:
     """One worker with every agent, shared by the pipeline tests (they filter by correlation id)."""
     w = start_worker(services, pipeline_db, f"omnistream-test-{uuid.uuid4().hex[:6]}")
+    SESSION_WORKERS.append(w)
     yield w
+    SESSION_WORKERS.remove(w)
     stop_worker(w)
+
+
+@contextlib.contextmanager
+def session_workers_paused() -> Iterator[None]:
+    """SIGSTOP the shared `worker` (and its code-generation processes) for a test that needs its
+    own worker to be the only deployment reading the public topics: two app ids both fan a PRD
+    out (a kcat record gets the same correlation id in each, from its offset), and each
+    assembler takes whichever deployment's nodes come first. SIGCONT after; its group rebalances
+    and it carries on."""
+    paused = [w for w in SESSION_WORKERS if w.proc.poll() is None]
+    for w in paused:
+        os.killpg(w.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for w in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.proc.pid, signal.SIGCONT)

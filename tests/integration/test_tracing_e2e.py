@@ -23,7 +23,7 @@ from schemas.events import PrdCompleted
 from schemas.topics import CODEGEN_COMPLETED
 from streams.infra.proc import free_port
 from streams.interfaces.client import OmnistreamClient
-from tests.conftest import OMNISTREAM, start_worker, stop_worker, wait_split
+from tests.conftest import OMNISTREAM, session_workers_paused, start_worker, stop_worker, wait_split
 
 
 @dataclass
@@ -70,6 +70,14 @@ class OtlpReceiver:
 
     def trace(self, trace_id: str) -> list[Span]:
         return [s for s in self.spans if s.trace_id == trace_id]
+
+
+@pytest.fixture(autouse=True)
+def alone():
+    """The traced worker is the only deployment reading the topics (the session's shared worker
+    would fan the same PRD out and its nodes could complete this worker's assembly first)."""
+    with session_workers_paused():
+        yield
 
 
 @pytest.fixture
