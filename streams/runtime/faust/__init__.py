@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -254,15 +255,19 @@ async def _do_commit_offsets(self: GroupCoordinator, assignment: Any, offsets: A
     await _aiokafka["_do_commit_offsets"](self, assignment, offsets)
 
 
+def _aiokafka_consumer(app: Any) -> Any:
+    """The AIOKafkaConsumer behind faust's consumer thread (AssertionError or AttributeError
+    while it is not started)."""
+    return app.consumer._thread._ensure_consumer()
+
+
 def fetch_is_stale(app: Any, tp: TP, fresh_s: float) -> bool:
     """True when the consumer should be fetching `tp` (assigned, not paused) but no fetch for
     it was answered in the last `fresh_s` seconds: its leader cannot be reached, and the
     highwater the consumer keeps is the last one it was told. A partition paused (by faust's
     recovery or flow control) or never fetched yet is not called stale."""
-    import time
-
     try:
-        consumer = app.consumer._thread._ensure_consumer()
+        consumer = _aiokafka_consumer(app)
         if tp in consumer.paused():
             return False
         stamp = consumer.last_poll_timestamp(tp)
@@ -279,7 +284,7 @@ def known_position(app: Any, tp: TP) -> int | None:
     asking for it could starve the recovery it waits for (CI: a worker's recovery received no
     changelog record for two minutes)."""
     try:
-        consumer = app.consumer._thread._ensure_consumer()
+        consumer = _aiokafka_consumer(app)
         assignment = consumer._subscription.subscription.assignment
         state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
     except (AssertionError, AttributeError):  # not started, or no assignment (a rebalance)

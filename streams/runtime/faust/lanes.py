@@ -258,9 +258,7 @@ class Lanes:
                 # old position, handed on now, was applied ahead of the records the seek then
                 # read again (which the state took for replays) and committed past them. The
                 # seek reads it again; with no commit to seek to, `reset` rewinds to it.
-                first = fetched_records[0].offset
-                if first < self.dropped.get(tp, first + 1):
-                    self.dropped[tp] = first
+                self._note_dropped(tp, fetched_records[0].offset)
                 continue
             first = fetched_records[0].offset
             want = self.expected[tp]
@@ -311,8 +309,12 @@ class Lanes:
         for readers in self.readers.values():
             for reader in readers:
                 for tp, offset in reader.clear().items():
-                    if offset < self.dropped.get(tp, offset + 1):
-                        self.dropped[tp] = offset
+                    self._note_dropped(tp, offset)
+
+    def _note_dropped(self, tp: TP, offset: int) -> None:
+        """Remember the first record of `tp` dropped while a rebalance runs."""
+        if offset < self.dropped.get(tp, offset + 1):
+            self.dropped[tp] = offset
 
     async def wait_idle(self) -> None:
         for readers in list(self.readers.values()):
