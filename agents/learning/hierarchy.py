@@ -26,6 +26,13 @@ Predictions (and the progressive score) read an exponential average of the weigh
 labels give SGD steps: 0.9538 → 0.956 progressive accuracy on the bench's stream. Drift is
 watched on the learner's own (unaveraged) error, and a drift restarts the average.
 
+The served probability also reads the item rates of items.py: a combination holding a
+banned mixin, a forbidden pair or a mixin without the one it needs is served at most that
+item's recent success rate, any other with its odds of success times `clean_odds`. They
+follow a drift within a few results of each item, where the weights take thousands
+(`learn_one` judges the combination, then learns the result into them; the conflict probe
+reads the weights alone).
+
 Conflicts come from two sources that must agree (`find_conflicts`): the model's contextual
 probe (the pair fails where each member succeeds), and the evidence: aged success/failure
 counts per node type for every mixin and pair (the observations `mixin_compatibility_matrix`
@@ -53,6 +60,7 @@ import numpy as np
 from river import drift
 from scipy.special import betainc
 
+from agents.learning import items
 from agents.learning.features import canonical, feature_numbers, number_mixins, pair_number
 from agents.learning.linear import log_loss_gradient, sigmoid
 from agents.learning.model import LEARNT_IDS, Conflict, Prediction, Progressive
@@ -82,6 +90,11 @@ class HierarchyConfig:
     probe_threshold: float = 0.7  # the model's probe: members above it, the pair below it
     drift_evidence_keep: float = 0.0  # evidence kept at a drift (0: conflicts from what follows)
     confidence_k: float = 10.0   # evidence at which a prediction's support reaches 1/2
+    # The item rates (items.py), chosen on bench/worlds.py's seeds 1-12:
+    item_memory: float = 10.0    # an item's rate is over about its last this many results
+    item_min_weight: float = 4.0  # recent results an item needs before it is judged
+    item_bad_rate: float = 0.15  # an item below this smoothed rate is failing
+    clean_odds: float = 4.0      # odds of success times this when no item fails
 
 
 @dataclass
@@ -122,6 +135,7 @@ class HierarchicalModel:
         self.conflicts: dict[str, list[Conflict]] = {}
         self.applied: dict[str, int] = {}
         self.learnt = RecentIds(LEARNT_IDS)
+        self.item_n, self.item_s = items.empty(self.max_mixins, self.max_node_types)
 
     # -------------------------------------------------------------- snapshots
 
@@ -136,6 +150,10 @@ class HierarchicalModel:
             kept.frombytes(values[used].tobytes())
             at.frombytes(used.astype(at.typecode).tobytes())
             state[name] = (len(values), at, kept)
+        for name in ("item_n", "item_s"):
+            values = state.pop(name)
+            used = np.flatnonzero(values)
+            state[name] = (len(values), used.astype(np.int64), values[used])
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -146,6 +164,13 @@ class HierarchicalModel:
             for i, v in zip(used, values, strict=True):
                 dense[i] = v
             state[name] = dense
+        for name in ("item_n", "item_s"):
+            size = items.stride(state["max_mixins"]) * state["max_node_types"]
+            dense_items = np.zeros(size)
+            if name in state:  # a snapshot from before the item rates: they start empty
+                _, used_items, values_items = state[name]
+                dense_items[used_items] = values_items
+            state[name] = dense_items
         self.__dict__.update(state)
 
     def seen_result(self, result_id: uuid.UUID) -> bool:
@@ -207,7 +232,8 @@ class HierarchicalModel:
         """Learn one result; returns the probability predicted before learning (progressive),
         from the averaged weights."""
         t = self._type(node_type, learn=True)
-        base = self._features(self._ids(mixins, learn=True))
+        ids = self._ids(mixins, learn=True)
+        base = self._features(ids)
         feats = self._features_of(t, base)
         y = bool(success)
         w, intercepts, avg, stamp, n = self.weights, self.intercepts, self.avg, self.stamp, self.updates
@@ -224,7 +250,7 @@ class HierarchicalModel:
         if t is not None:
             z += intercepts[1 + t]
             served += avg_intercepts[1 + t]
-        p = sigmoid(served)
+        p = self._overlaid(sigmoid(served), t, ids, y)
         self.progressive.update(p, y)
         scored = self.by_type.get(node_type)
         if scored is None:
@@ -259,6 +285,23 @@ class HierarchicalModel:
         self._age()
         self.updates += 1
         return p
+
+    def _overlaid(self, p: float, t: int | None, ids: list[int], y: bool | None = None) -> float:
+        """`p` with the verdict of the item rates of the combination (its sorted, distinct
+        mixin numbers `ids`; items.overlay); with a label `y`, the result is then learnt into
+        those rates."""
+        if t is None:  # more node types than the model has room for
+            return p
+        off, mixins = items.stride(self.max_mixins) * t, np.array(ids, dtype=np.int64)
+        cfg = self.cfg
+        if y is None:
+            worst = items.judge_one(self.item_n, self.item_s, off, mixins, self.max_mixins,
+                                    cfg.item_min_weight, cfg.item_bad_rate)
+        else:
+            worst = items.learn_one(self.item_n, self.item_s, off, mixins, self.max_mixins,
+                                    items.keep_of(cfg.item_memory), y, cfg.item_min_weight,
+                                    cfg.item_bad_rate)
+        return items.overlay(p, worst, cfg.clean_odds)
 
     def drift_seen(self, err: float) -> bool:
         """Watch one result's error (0 or 1, from the unaveraged weights): True when ADWIN finds
@@ -306,7 +349,13 @@ class HierarchicalModel:
     # -------------------------------------------------------------- prediction
 
     def predict_proba(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> float:
-        """The served probability (averaged weights)."""
+        """The served probability: the averaged weights' with the item rates' verdict."""
+        ids = self._ids(mixins, learn=False)
+        t = self._type(node_type, learn=False)
+        return self._overlaid(sigmoid(self._logit(t, self._features(ids))), t, ids)
+
+    def _weights_proba(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> float:
+        """The averaged weights' probability alone: the conflict probe (`find_conflicts`)."""
         base = self._features(self._ids(mixins, learn=False))
         return sigmoid(self._logit(self._type(node_type, learn=False), base))
 
@@ -315,8 +364,9 @@ class HierarchicalModel:
         index = self.index
         unseen = [m for m in combo if m not in index]
         t = self._type(node_type, learn=False)
-        base = self._features(sorted(index[m] for m in combo if m in index))
-        p = sigmoid(self._logit(t, base))
+        ids = sorted(index[m] for m in combo if m in index)
+        base = self._features(ids)
+        p = self._overlaid(sigmoid(self._logit(t, base)), t, ids)
         if unseen or t is None:
             n = 0
         else:  # least-seen feature of the combination for this node type
@@ -382,7 +432,7 @@ class HierarchicalModel:
             self.conflicts[node_type] = []
             return []
         names = self.mixins
-        p = lambda combo: self.predict_proba(node_type, canonical(combo))  # noqa: E731
+        p = lambda combo: self._weights_proba(node_type, canonical(combo))  # noqa: E731
         best: dict[str, tuple[float, tuple[str, ...]]] = {}
 
         def context(a: str) -> tuple[float, tuple[str, ...]]:

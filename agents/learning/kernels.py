@@ -21,12 +21,13 @@ import math
 import numpy as np
 from numba import njit
 
-from agents.learning import linear
+from agents.learning import items, linear
 from agents.learning.hierarchy import _RESCALE_AT
 
 # The same functions as the Python learner's, compiled from their source.
 _sigmoid = njit(cache=True, inline="always")(linear.sigmoid)
 _gradient = njit(cache=True, inline="always")(linear.log_loss_gradient)
+_overlay = items.overlay_compiled
 
 
 @njit(cache=True, inline="always")
@@ -186,3 +187,38 @@ def served_probabilities(served: np.ndarray, intercepts: np.ndarray, k: int, blo
         if t >= 0:
             z += intercepts[1 + t]
         out[r] = _sigmoid(z)
+
+
+@njit(cache=True)
+def item_rows(n: np.ndarray, s: np.ndarray, k: int, mixin_map: np.ndarray, types: np.ndarray,
+              y: np.ndarray, indptr: np.ndarray, ids: np.ndarray, keep: float, min_weight: float,
+              bad_rate: float, learn: bool, out: np.ndarray) -> None:
+    """Per row, the verdict of its combination's item rates (items.py; -1: no item fails)
+    before the row, then (`learn`) the row learnt into them, as `learn_one` does result after
+    result. `mixin_map` takes the rows' mixin numbers to the rates' (-1: unknown there)."""
+    widest = 0
+    for r in range(types.shape[0]):
+        widest = max(widest, indptr[r + 1] - indptr[r])
+    mapped = np.empty(ids.shape[0], dtype=np.int64)
+    mine = np.empty(widest, dtype=np.int64)
+    held = np.zeros(k, dtype=np.bool_)
+    size = k + 2 * k * k  # items.stride
+    for r in range(types.shape[0]):
+        t = types[r]
+        if t < 0:
+            out[r] = np.nan  # no rates for a node type beyond the model's room
+            continue
+        lo, hi = indptr[r], indptr[r + 1]
+        for i in range(lo, hi):
+            mapped[i] = mixin_map[ids[i]] if ids[i] >= 0 else -1
+        m = _distinct(mapped, lo, hi, mine)
+        out[r] = items.verdict(n, s, size * t, mine, m, k, min_weight, bad_rate, held)
+        if learn:
+            items.learn(n, s, size * t, mine, m, k, keep, y[r], held)
+
+
+@njit(cache=True)
+def overlay_rows(p: np.ndarray, worst: np.ndarray, clean_odds: float) -> None:
+    """items.overlay on every row's probability, in place."""
+    for r in range(p.shape[0]):
+        p[r] = _overlay(p[r], worst[r], clean_odds)

@@ -21,8 +21,9 @@ from itertools import chain
 
 import numpy as np
 
+from agents.learning import items
 from agents.learning.hierarchy import HierarchicalModel
-from agents.learning.kernels import learn_rows, served_probabilities
+from agents.learning.kernels import item_rows, learn_rows, overlay_rows, served_probabilities
 from agents.learning.model import Progressive
 
 Mixins = list[str] | tuple[str, ...]
@@ -77,6 +78,11 @@ def _no_rows() -> Rows:
 
 
 @functools.lru_cache(maxsize=8)
+def _identity(k: int) -> np.ndarray:
+    return np.arange(k, dtype=np.int64)  # shared: never written
+
+
+@functools.lru_cache(maxsize=8)
 def _decay_table(keep: float) -> np.ndarray:
     return np.array([keep ** age for age in range(DECAY_TABLE)])  # shared: never written
 
@@ -111,6 +117,12 @@ class MiniBatch:
         """Learn the rows in order; returns each row's probability predicted before it was
         learnt (progressive validation), and scores the model's `progressive` and `by_type`."""
         model = self.model
+        cfg = model.cfg
+        # the item rates' verdicts, each before its row is learnt (a drift does not touch them)
+        worst = np.empty(len(rows))
+        item_rows(model.item_n, model.item_s, model.max_mixins, _identity(model.max_mixins), rows.types,
+                  rows.y, rows.indptr, rows.ids, items.keep_of(cfg.item_memory), cfg.item_min_weight,
+                  cfg.item_bad_rate, True, worst)
         p = np.empty(len(rows))
         errors = np.zeros(len(rows), dtype=bool)
         start, drift_first = 0, False
@@ -127,6 +139,7 @@ class MiniBatch:
             self._run(rows, start, at, drift_first, p, errors)
             model.drifts.append(model.updates)
             start, drift_first = at, True
+        overlay_rows(p, worst, cfg.clean_odds)
         self._score(rows, p)
         return p
 
@@ -190,6 +203,7 @@ class FrozenScorer:
         age = model.updates - np.array(model.stamp, dtype=np.int64)
         self.served = w + (np.array(model.avg, dtype=float) - w) * keep ** age
         self.intercepts = np.array(model.avg_intercepts, dtype=float)
+        self.item_n, self.item_s = model.item_n.copy(), model.item_s.copy()
         self._map = np.empty(0, dtype=np.int64)
         self._mapped = (0, -1)  # which model's numbering `_map` translates, with how many names
         self.predict_many(model, _no_rows())  # compiles now
@@ -202,6 +216,11 @@ class FrozenScorer:
             self._mapped = (id(numbering), len(numbering.names))
         own_type = np.array([model.type_index.get(t, -1) for t in rows.node_types], dtype=np.int64)
         p = np.empty(len(rows))
+        types = own_type[rows.kind]
         served_probabilities(self.served, self.intercepts, model.max_mixins, model.block, self._map,
-                             own_type[rows.kind], rows.indptr, rows.ids, p)
+                             types, rows.indptr, rows.ids, p)
+        cfg, worst = model.cfg, np.empty(len(rows))
+        item_rows(self.item_n, self.item_s, model.max_mixins, self._map, types, rows.y, rows.indptr,
+                  rows.ids, 1.0, cfg.item_min_weight, cfg.item_bad_rate, False, worst)
+        overlay_rows(p, worst, cfg.clean_odds)
         return p

@@ -1,0 +1,141 @@
+"""Recent success rates of everything a rule can name: the served model's fast verdict.
+
+A result fails when its combination holds something the rules of its node type forbid: a
+banned mixin, a forbidden pair, a mixin without the one it needs (a forbidden triple shows as
+pairs that fail more often than not). Each of those is an *item* of the combination, and an
+item that is forbidden fails every time it is met, whatever else the combination holds,
+while an allowed item also succeeds. So per node type this keeps, for every item, an
+exponentially weighted success rate over the last `memory` results that held it (not the
+last results of the stream: a rare item keeps its history, a frequent one forgets fast):
+
+- mixin a: feature a;
+- the pair a < b: `k + a*k + b` (the numbering of features.py);
+- a without b (a in the combination, b not): `k + k*k + a*k + b`, for every mixin number b
+  the model has room for, named yet or not.
+
+An item is *failing* once it holds `min_weight` of recent results and its smoothed rate
+`(s + 0.5) / (n + 1)` is below `bad_rate`. The served probability (`overlay`) of a
+combination with a failing item is at most that item's rate; of one with none, the logistic
+model's odds of success times `clean_odds`: the logistic model learns slowly (its weights
+move by small steps so that noisy labels do not shake them), the item rates follow a drift
+within a few results of each item (bench/worlds.py: back to 0.97 held-out accuracy within
+5,000 results after 28 of 30 drifts of the worlds these settings were chosen on, against 3
+with the logistic model alone).
+
+The functions are compiled (numba) and shared by `HierarchicalModel.learn_one` and the
+compiled rows of kernels.py, so both compute the same rates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+def stride(k: int) -> int:
+    """Items of one node type for a model with room for `k` mixins."""
+    return k + 2 * k * k
+
+
+@njit(cache=True, inline="always")
+def _judge(n: np.ndarray, s: np.ndarray, x: int, min_weight: float, bad_rate: float, worst: float) -> float:
+    weight = n[x]
+    if weight >= min_weight:
+        rate = (s[x] + 0.5) / (weight + 1.0)
+        if rate < bad_rate and (worst < 0.0 or rate < worst):
+            return rate
+    return worst
+
+
+@njit(cache=True, inline="always")
+def verdict(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int,
+            min_weight: float, bad_rate: float, held: np.ndarray) -> float:
+    """The smoothed rate of the combination's worst failing item (-1: none fails).
+    `mixins[:m]`: its sorted, distinct mixin numbers; `held`: k booleans, all False (scratch)."""
+    worst = -1.0
+    for i in range(m):
+        held[mixins[i]] = True
+    for i in range(m):
+        a = mixins[i]
+        worst = _judge(n, s, off + a, min_weight, bad_rate, worst)
+        for j in range(i + 1, m):
+            worst = _judge(n, s, off + k + a * k + mixins[j], min_weight, bad_rate, worst)
+        without = off + k + k * k + a * k
+        for b in range(k):
+            if not held[b]:
+                worst = _judge(n, s, without + b, min_weight, bad_rate, worst)
+    for i in range(m):
+        held[mixins[i]] = False
+    return worst
+
+
+@njit(cache=True, inline="always")
+def learn(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int, keep: float,
+          y: bool, held: np.ndarray) -> None:
+    """One result into the rates of its combination's items."""
+    hit = 1.0 if y else 0.0
+    for i in range(m):
+        held[mixins[i]] = True
+    for i in range(m):
+        a = mixins[i]
+        n[off + a] = n[off + a] * keep + 1.0
+        s[off + a] = s[off + a] * keep + hit
+        for j in range(i + 1, m):
+            x = off + k + a * k + mixins[j]
+            n[x] = n[x] * keep + 1.0
+            s[x] = s[x] * keep + hit
+        without = off + k + k * k + a * k
+        for b in range(k):
+            if not held[b]:
+                n[without + b] = n[without + b] * keep + 1.0
+                s[without + b] = s[without + b] * keep + hit
+    for i in range(m):
+        held[mixins[i]] = False
+
+
+@njit(cache=True)
+def learn_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int, keep: float, y: bool,
+              min_weight: float, bad_rate: float) -> float:
+    """The verdict on one result's combination before it is learnt, then learn it."""
+    held = np.zeros(k, dtype=np.bool_)
+    m = mixins.shape[0]
+    worst = verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held)
+    learn(n, s, off, mixins, m, k, keep, y, held)
+    return worst
+
+
+@njit(cache=True)
+def judge_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int, min_weight: float,
+              bad_rate: float) -> float:
+    held = np.zeros(k, dtype=np.bool_)
+    return verdict(n, s, off, mixins, mixins.shape[0], k, min_weight, bad_rate, held)
+
+
+def overlay(p: float, worst: float, clean_odds: float) -> float:
+    """The served probability: the logistic model's `p`, capped at the worst failing item's
+    rate, or with its odds times `clean_odds` when no item fails (`worst` < 0); unchanged
+    with no rates to judge by (`worst` NaN: a node type beyond the model's room)."""
+    if math.isnan(worst):
+        return p
+    if worst >= 0.0:
+        return min(p, worst)
+    if p <= 0.0 or p >= 1.0:
+        return p
+    odds = p / (1.0 - p) * clean_odds
+    return odds / (1.0 + odds)
+
+
+overlay_compiled = njit(cache=True, inline="always")(overlay)
+
+
+def keep_of(memory: float) -> float:
+    """The weight an item's older results keep at each new one (memory: results remembered)."""
+    return 1.0 - 1.0 / memory
+
+
+def empty(k: int, node_types: int) -> tuple[np.ndarray, np.ndarray]:
+    size = stride(k) * node_types
+    return np.zeros(size), np.zeros(size)
+
