@@ -15,8 +15,9 @@ last results of the stream: a rare item keeps its history, a frequent one forget
 
 An item is *failing* once it holds `min_weight` of recent results and its smoothed rate
 `(s + 0.5) / (n + 1)` is below `bad_rate`. The served probability (`overlay`) of a
-combination with a failing item is at most that item's rate; of one with none, the logistic
-model's odds of success times `clean_odds`: the logistic model learns slowly (its weights
+combination with a failing item is at most that item's rate; of one with none whose mixins
+and pairs have all been seen that often, the logistic model's odds of success times
+`clean_odds` (a combination not seen enough yet is served as the logistic model says): the logistic model learns slowly (its weights
 move by small steps so that noisy labels do not shake them), the item rates follow a drift
 within a few results of each item (bench/worlds.py: back to 0.97 held-out accuracy within
 5,000 results after 28 of 30 drifts of the worlds these settings were chosen on, against 3
@@ -32,6 +33,8 @@ import math
 
 import numpy as np
 from numba import njit
+
+EXPLAINED = 0.5  # a failure explained by another failing item counts this much for the others
 
 
 def stride(k: int) -> int:
@@ -52,45 +55,65 @@ def _judge(n: np.ndarray, s: np.ndarray, x: int, min_weight: float, bad_rate: fl
 @njit(cache=True, inline="always")
 def verdict(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int,
             min_weight: float, bad_rate: float, held: np.ndarray) -> float:
-    """The smoothed rate of the combination's worst failing item (-1: none fails).
-    `mixins[:m]`: its sorted, distinct mixin numbers; `held`: k booleans, all False (scratch)."""
+    """The smoothed rate of the combination's worst failing item; -1: none fails, and each of
+    its mixins and pairs holds `min_weight` of results; NaN: none fails, but some mixin or
+    pair has too few results to say (an empty combination too). `mixins[:m]`: its sorted,
+    distinct mixin numbers; `held`: k booleans, all False (scratch)."""
     worst = -1.0
+    known = m > 0
     for i in range(m):
         held[mixins[i]] = True
     for i in range(m):
         a = mixins[i]
+        known = known and n[off + a] >= min_weight
         worst = _judge(n, s, off + a, min_weight, bad_rate, worst)
         for j in range(i + 1, m):
-            worst = _judge(n, s, off + k + a * k + mixins[j], min_weight, bad_rate, worst)
+            pair = off + k + a * k + mixins[j]
+            known = known and n[pair] >= min_weight
+            worst = _judge(n, s, pair, min_weight, bad_rate, worst)
         without = off + k + k * k + a * k
         for b in range(k):
             if not held[b]:
                 worst = _judge(n, s, without + b, min_weight, bad_rate, worst)
     for i in range(m):
         held[mixins[i]] = False
-    return worst
+    return worst if worst >= 0.0 or known else np.nan
+
+
+@njit(cache=True, inline="always")
+def _count(n: np.ndarray, s: np.ndarray, x: int, keep: float, hit: float, explained: bool,
+           min_weight: float, bad_rate: float) -> None:
+    if explained:  # a failure another failing item explains counts less for the others
+        weight = n[x]
+        if weight < min_weight or (s[x] + 0.5) / (weight + 1.0) >= bad_rate:
+            kept = keep ** EXPLAINED
+            n[x] = n[x] * kept + EXPLAINED
+            s[x] = s[x] * kept
+            return
+    n[x] = n[x] * keep + 1.0
+    s[x] = s[x] * keep + hit
 
 
 @njit(cache=True, inline="always")
 def learn(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int, keep: float,
-          y: bool, held: np.ndarray) -> None:
-    """One result into the rates of its combination's items."""
+          y: bool, worst: float, min_weight: float, bad_rate: float, held: np.ndarray) -> None:
+    """One result into the rates of its combination's items. A success counts for every item;
+    a failure of a combination already holding a failing item (`worst` >= 0, its verdict) only
+    for the failing ones: it says nothing of the others (a mixin met mostly beside a banned one
+    would otherwise look failing itself)."""
     hit = 1.0 if y else 0.0
+    explained = (not y) and worst >= 0.0
     for i in range(m):
         held[mixins[i]] = True
     for i in range(m):
         a = mixins[i]
-        n[off + a] = n[off + a] * keep + 1.0
-        s[off + a] = s[off + a] * keep + hit
+        _count(n, s, off + a, keep, hit, explained, min_weight, bad_rate)
         for j in range(i + 1, m):
-            x = off + k + a * k + mixins[j]
-            n[x] = n[x] * keep + 1.0
-            s[x] = s[x] * keep + hit
+            _count(n, s, off + k + a * k + mixins[j], keep, hit, explained, min_weight, bad_rate)
         without = off + k + k * k + a * k
         for b in range(k):
             if not held[b]:
-                n[without + b] = n[without + b] * keep + 1.0
-                s[without + b] = s[without + b] * keep + hit
+                _count(n, s, without + b, keep, hit, explained, min_weight, bad_rate)
     for i in range(m):
         held[mixins[i]] = False
 
@@ -102,7 +125,7 @@ def learn_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int
     held = np.zeros(k, dtype=np.bool_)
     m = mixins.shape[0]
     worst = verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held)
-    learn(n, s, off, mixins, m, k, keep, y, held)
+    learn(n, s, off, mixins, m, k, keep, y, worst, min_weight, bad_rate, held)
     return worst
 
 
@@ -116,7 +139,8 @@ def judge_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int
 def overlay(p: float, worst: float, clean_odds: float) -> float:
     """The served probability: the logistic model's `p`, capped at the worst failing item's
     rate, or with its odds times `clean_odds` when no item fails (`worst` < 0); unchanged
-    with no rates to judge by (`worst` NaN: a node type beyond the model's room)."""
+    without rates enough to judge by (`worst` NaN: a mixin or pair seen too seldom yet, or a
+    node type beyond the model's room)."""
     if math.isnan(worst):
         return p
     if worst >= 0.0:

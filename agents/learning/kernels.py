@@ -28,6 +28,9 @@ from agents.learning.hierarchy import _RESCALE_AT
 _sigmoid = njit(cache=True, inline="always")(linear.sigmoid)
 _gradient = njit(cache=True, inline="always")(linear.log_loss_gradient)
 _overlay = items.overlay_compiled
+# numba's cache (cache=True) knows a kernel's own file only: a kernel below that inlines
+# items.py's functions is compiled again when this file changes, not when items.py does
+# (an install writes both; while editing items.py, delete __pycache__/*.nb[ic]).
 
 
 @njit(cache=True, inline="always")
@@ -214,7 +217,7 @@ def item_rows(n: np.ndarray, s: np.ndarray, k: int, mixin_map: np.ndarray, types
         m = _distinct(mapped, lo, hi, mine)
         out[r] = items.verdict(n, s, size * t, mine, m, k, min_weight, bad_rate, held)
         if learn:
-            items.learn(n, s, size * t, mine, m, k, keep, y[r], held)
+            items.learn(n, s, size * t, mine, m, k, keep, y[r], out[r], min_weight, bad_rate, held)
 
 
 @njit(cache=True)
