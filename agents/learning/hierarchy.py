@@ -30,8 +30,9 @@ The served probability also reads the item rates of items.py: a combination hold
 banned mixin, a forbidden pair or a mixin without the one it needs is served at most that
 item's recent success rate, any other with its odds of success times `clean_odds`. They
 follow a drift within a few results of each item, where the weights take thousands
-(`learn_one` judges the combination, then learns the result into them; the conflict probe
-reads the weights alone).
+(`learn_one` judges the combination, then learns the result into them). The conflict probe
+reads the served probability too: with the weights alone, worst-world conflict precision and
+recall on the held-out worlds were 0.917 and 0.808; with it, 0.923 and 0.846.
 
 Conflicts come from two sources that must agree (`find_conflicts`): the model's contextual
 probe (the pair fails where each member succeeds), and the evidence: aged success/failure
@@ -354,11 +355,6 @@ class HierarchicalModel:
         t = self._type(node_type, learn=False)
         return self._overlaid(sigmoid(self._logit(t, self._features(ids))), t, ids)
 
-    def _weights_proba(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> float:
-        """The averaged weights' probability alone: the conflict probe (`find_conflicts`)."""
-        base = self._features(self._ids(mixins, learn=False))
-        return sigmoid(self._logit(self._type(node_type, learn=False), base))
-
     def predict(self, node_type: str, mixins: list[str] | tuple[str, ...]) -> Prediction:
         combo = canonical(mixins)
         index = self.index
@@ -423,8 +419,8 @@ class HierarchicalModel:
 
     def find_conflicts(self, node_type: str, threshold: float | None = None) -> list[Conflict]:
         """Pairs the evidence and the model agree on: the Beta-binomial posterior is credible
-        and the model's probe, each member in the context where it succeeds, scores the pair
-        below `threshold`."""
+        and the model's probe (the served probability, item rates included), each member in
+        the context where it succeeds, scores the pair below `threshold`."""
         cfg = self.cfg
         threshold = cfg.probe_threshold if threshold is None else threshold
         credible = {pair: v for pair, v in self.posteriors(node_type).items() if v[0] >= cfg.credibility}
@@ -432,7 +428,7 @@ class HierarchicalModel:
             self.conflicts[node_type] = []
             return []
         names = self.mixins
-        p = lambda combo: self._weights_proba(node_type, canonical(combo))  # noqa: E731
+        p = lambda combo: self.predict_proba(node_type, canonical(combo))  # noqa: E731
         best: dict[str, tuple[float, tuple[str, ...]]] = {}
 
         def context(a: str) -> tuple[float, tuple[str, ...]]:
