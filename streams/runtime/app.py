@@ -75,6 +75,11 @@ async def _forget_lane_positions(sender: object, revoked: set[TP], **kwargs: obj
     faust_runtime.forget(revoked)
 
 
+@app.timer(interval=5.0)
+async def _read_stalled_partitions_again() -> None:
+    await faust_runtime.read_stalled_again(app)
+
+
 def topic(ts: spec.TopicSpec) -> faust.TopicT:
     return app.topic(ts.name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
                      value_serializer="raw", key_serializer="raw")

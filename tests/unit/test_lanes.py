@@ -438,3 +438,28 @@ def test_the_position_is_read_without_waiting_for_one():
     assert known_position(app, TP("b", 0)) is None
     kafka._subscription.subscription = None  # between assignments
     assert known_position(app, A0) is None
+
+
+async def test_records_fetched_but_never_handed_on_are_read_again_once_nothing_more_comes(monkeypatch):
+    """A list lost between faust's seek and the lanes' placement (a loaded machine): the
+    consumer is past the lane and nothing of it comes any more; after a quiet spell the
+    partition is sought back to what its agents need next, once per quiet spell."""
+    clock = [100.0]
+    monkeypatch.setattr("streams.runtime.faust.lanes.time.monotonic", lambda: clock[0])
+    lanes = Lanes()
+    reader = lanes.reader("x", ["a"], 100)
+    lanes.reset({A0: 483})
+    await lanes.deliver({A0: fetched(483, 484)}, current, Seeks())
+    assert lanes.stalled(A0, 485, 15) is None  # caught up
+    lanes.reset({A0: 485})  # placed again, the list from 485 on lost: the consumer is at 1484
+    assert lanes.stalled(A0, 1484, 15) is None  # a list may be in flight: wait
+    clock[0] += 10
+    await lanes.deliver({A1: fetched(7)}, current, Seeks())  # another partition's lists come
+    clock[0] += 6
+    assert lanes.stalled(A0, 1484, 15) == 485
+    assert lanes.stalled(A0, 1484, 15) is None  # sought: not again within the quiet spell
+    await lanes.deliver({A0: fetched(485, 486)}, current, Seeks())
+    assert [r.offset for r in await reader.take(10, 0.0)] == [483, 484, 485, 486]
+    clock[0] += 60
+    assert lanes.stalled(A0, 487, 15) is None  # handed on up to the position
+    assert lanes.stalled(A1, 8, 15) is None  # no start known (never placed): not ours to seek

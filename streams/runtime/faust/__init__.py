@@ -294,6 +294,24 @@ def known_position(app: Any, tp: TP) -> int | None:
     return int(state.position)
 
 
+STALL_S = 15.0  # a partition's records fetched, none handed on, nothing fetched since: read again
+
+
+async def read_stalled_again(app: Any) -> None:
+    """Seek each lane partition whose fetched records were lost (Lanes.stalled) back to the
+    next offset its agents need."""
+    if app.rebalancing:  # the rebalance places its partitions itself
+        return
+    for tp in list(LANES.expected):
+        offset = LANES.stalled(tp, known_position(app, tp), STALL_S)
+        if offset is None:
+            continue
+        log.warning("records fetched but never handed on: partition read again", extra={"metadata": {
+            "topic": tp.topic, "partition": tp.partition, "offset": offset,
+            "position": known_position(app, tp)}})
+        await app.consumer.seek(tp, offset)
+
+
 def kafka_producer(app: Any) -> Any:
     """The aiokafka producer behind the app's faust producer (started with the app): what
     the agents send through (see the table above)."""
