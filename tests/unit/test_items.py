@@ -92,3 +92,16 @@ def test_back_to_097_held_out_within_5000_results_after_drifts_where_the_weights
     assert len(with_rates["recovery"]) >= 2
     assert quick(with_rates) == len(with_rates["recovery"]), with_rates["recovery"]
     assert quick(weights_only) < quick(with_rates), weights_only["recovery"]
+
+
+def test_a_mixin_met_mostly_beside_a_banned_one_does_not_look_failing_itself():
+    # E is banned and in 4 of 5 results; C is fine: its failures beside E count half for it
+    model, rng, wrong, checks = HierarchicalModel(), random.Random(6), 0, 0
+    for i in range(3000):
+        combo = ({"MixinE"} if rng.random() < 0.8 else set()) | set(rng.sample(MIXINS[:4], rng.randint(1, 2)))
+        model.learn_one("compute", sorted(combo), "MixinE" not in combo)
+        if i >= 500 and i % 10 == 0:
+            checks += 1
+            wrong += model.predict_proba("compute", ["MixinC"]) < 0.5
+    assert wrong <= checks // 50, (wrong, checks)  # counted whole: 64 of 250
+    assert model.predict_proba("compute", ["MixinC", "MixinE"]) < 0.2
