@@ -309,7 +309,11 @@ async def read_stalled_again(app: Any) -> None:
         log.warning("records fetched but never handed on: partition read again", extra={"metadata": {
             "topic": tp.topic, "partition": tp.partition, "offset": offset,
             "position": known_position(app, tp)}})
-        await app.consumer.seek(tp, offset)
+        try:
+            await app.consumer.seek(tp, offset)
+        except Exception:  # revoked meanwhile (aiokafka: no assignment for it): not a crash
+            log.warning("partition not read again: the seek was refused", exc_info=True,
+                        extra={"metadata": {"topic": tp.topic, "partition": tp.partition}})
 
 
 def kafka_producer(app: Any) -> Any:
