@@ -99,9 +99,9 @@ def _count(n: np.ndarray, s: np.ndarray, x: int, keep: float, hit: float, explai
 def learn(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int, keep: float,
           y: bool, worst: float, min_weight: float, bad_rate: float, held: np.ndarray) -> None:
     """One result into the rates of its combination's items. A success counts for every item;
-    a failure of a combination already holding a failing item (`worst` >= 0, its verdict) only
-    for the failing ones: it says nothing of the others (a mixin met mostly beside a banned one
-    would otherwise look failing itself)."""
+    a failure of a combination already holding a failing item (`worst` >= 0, its verdict)
+    counts whole for the failing ones and `EXPLAINED` for the others (a mixin met mostly beside
+    a banned one would otherwise look failing itself)."""
     hit = 1.0 if y else 0.0
     explained = (not y) and worst >= 0.0
     for i in range(m):

@@ -28,6 +28,7 @@ from agents.learning.hierarchy import _RESCALE_AT
 _sigmoid = njit(cache=True, inline="always")(linear.sigmoid)
 _gradient = njit(cache=True, inline="always")(linear.log_loss_gradient)
 _overlay = items.overlay_compiled
+_stride = njit(cache=True, inline="always")(items.stride)
 # numba's cache (cache=True) knows a kernel's own file only: a kernel below that inlines
 # items.py's functions is compiled again when this file changes, not when items.py does
 # (an install writes both; while editing items.py, delete __pycache__/*.nb[ic]).
@@ -205,7 +206,7 @@ def item_rows(n: np.ndarray, s: np.ndarray, k: int, mixin_map: np.ndarray, types
     mapped = np.empty(ids.shape[0], dtype=np.int64)
     mine = np.empty(widest, dtype=np.int64)
     held = np.zeros(k, dtype=np.bool_)
-    size = k + 2 * k * k  # items.stride
+    size = _stride(k)
     for r in range(types.shape[0]):
         t = types[r]
         if t < 0:

@@ -303,12 +303,12 @@ async def read_stalled_again(app: Any) -> None:
     if app.rebalancing:  # the rebalance places its partitions itself
         return
     for tp in list(LANES.expected):
-        offset = LANES.stalled(tp, known_position(app, tp), STALL_S)
+        position = known_position(app, tp)
+        offset = LANES.stalled(tp, position, STALL_S)
         if offset is None:
             continue
         log.warning("records fetched but never handed on: partition read again", extra={"metadata": {
-            "topic": tp.topic, "partition": tp.partition, "offset": offset,
-            "position": known_position(app, tp)}})
+            "topic": tp.topic, "partition": tp.partition, "offset": offset, "position": position}})
         try:
             await app.consumer.seek(tp, offset)
         except Exception:  # revoked meanwhile (aiokafka: no assignment for it): not a crash
