@@ -204,6 +204,27 @@ class Worker:
     def log_lines(self) -> list[str]:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
 
+    @property
+    def stderr_file(self) -> Path:
+        """What the process wrote outside the log: a traceback printed before (or instead of)
+        logging it, an interpreter abort."""
+        return self.log_file.with_suffix(".stderr")
+
+    def exit_report(self) -> str | None:
+        """None while running; else the exit code with the ends of its log and stderr."""
+        if self.proc.poll() is None:
+            return None
+        err = self.stderr_file.read_text(errors="replace").splitlines() if self.stderr_file.exists() else []
+        return (f"worker {self.log_file.name} exited with {self.proc.returncode}\n--- log:\n"
+                + "\n".join(self.log_lines()[-40:]) + "\n--- stderr:\n" + "\n".join(err[-30:]))
+
+
+def assert_running(*workers: Worker | None) -> None:
+    """Every worker still runs; the first that does not fails the test with why."""
+    for worker in workers:
+        if worker is not None and (report := worker.exit_report()):
+            raise AssertionError(report)
+
 
 def start_worker(services: Services, migrated: str, app_id: str, tag: str = "w",
                  extra_env: dict[str, str] | None = None) -> Worker:
@@ -212,8 +233,9 @@ def start_worker(services: Services, migrated: str, app_id: str, tag: str = "w",
     env = services.env(DATABASE_URL=migrated, OMNISTREAM_WEB_PORT=str(port),
                        OMNISTREAM_APP_ID=app_id, OMNISTREAM_LOG_FILE=str(log_file),
                        OMNISTREAM_LOG_LEVEL="INFO", **(extra_env or {}))
-    proc = subprocess.Popen([OMNISTREAM, "worker"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    with log_file.with_suffix(".stderr").open("ab") as stderr:  # kept across restarts
+        proc = subprocess.Popen([OMNISTREAM, "worker"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
     worker = Worker(proc, port, log_file, app_id)
     try:
         wait_http(f"{worker.base}/health", 120, proc)

@@ -22,7 +22,16 @@ from schemas.topics import ALL, CODEGEN_COMPLETED, METRICS_EVENTS
 from streams.infra.proc import free_port
 from streams.runtime.replica import topic_partitions
 from streams.runtime.topics import ensure_topics
-from tests.conftest import OMNISTREAM, Services, Worker, http_json, pg_fetch, pg_fetchval, stop_worker
+from tests.conftest import (
+    OMNISTREAM,
+    Services,
+    Worker,
+    assert_running,
+    http_json,
+    pg_fetch,
+    pg_fetchval,
+    stop_worker,
+)
 
 WINDOW_ENV = {"OMNISTREAM_METRIC_WINDOW_S": "10", "OMNISTREAM_METRIC_HOPPING_WINDOW_S": "0",
               "OMNISTREAM_METRIC_LATENESS_S": "2", "OMNISTREAM_METRIC_IDLE_CLOSE_S": "8",
@@ -55,20 +64,19 @@ def spawn(services: Services, db: str, app_id: str, tag: str, env: dict[str, str
     """A worker process in a session of its own (so SIGKILL takes all of it); not waited for."""
     port = free_port()
     log_file = services.home / f"{app_id}-{tag}.log"
-    proc = subprocess.Popen([OMNISTREAM, "worker"], env=services.env(
-        DATABASE_URL=db, OMNISTREAM_WEB_PORT=str(port), OMNISTREAM_APP_ID=app_id,
-        OMNISTREAM_LOG_FILE=str(log_file), OMNISTREAM_LOG_LEVEL="INFO",
-        OMNISTREAM_AUTO_OFFSET_RESET="earliest", OMNISTREAM_SESSION_TIMEOUT_S="10", **env),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with log_file.with_suffix(".stderr").open("ab") as stderr:  # kept across restarts
+        proc = subprocess.Popen([OMNISTREAM, "worker"], env=services.env(
+            DATABASE_URL=db, OMNISTREAM_WEB_PORT=str(port), OMNISTREAM_APP_ID=app_id,
+            OMNISTREAM_LOG_FILE=str(log_file), OMNISTREAM_LOG_LEVEL="INFO",
+            OMNISTREAM_AUTO_OFFSET_RESET="earliest", OMNISTREAM_SESSION_TIMEOUT_S="10", **env),
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     return Worker(proc, port, log_file, app_id)
 
 
 async def web_up(worker: Worker, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if worker.proc.poll() is not None:
-            raise AssertionError(f"worker exited ({worker.proc.returncode}):\n"
-                                 + "\n".join(worker.log_lines()[-20:]))
+        assert_running(worker)
         try:
             http_json(f"{worker.base}/health", any_status=True, timeout=2)
             return

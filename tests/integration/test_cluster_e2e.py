@@ -27,7 +27,7 @@ from schemas.codec import encode
 from schemas.topics import CODEGEN_COMPLETED, METRICS_EVENTS, PRD_REQUESTS
 from streams.infra.kafka import admin_call
 from streams.runtime.topics import describe
-from tests.conftest import OMNISTREAM, Services, Worker, http_json, make_home
+from tests.conftest import OMNISTREAM, Services, Worker, assert_running, http_json, make_home
 from tests.faults import (
     WINDOW_ENV,
     assert_one_row_per_node,
@@ -170,7 +170,7 @@ async def test_leader_of_a_metrics_partition_sigkilled_twice_during_20000_sample
             await cluster.restart()
         stall = await publishing
         figures = await exact_windows(migrated_db, name, expected, [worker], cluster.bootstrap)
-        assert worker.proc.poll() is None  # it carried on by itself
+        assert_running(worker)  # it carried on by itself
         report("leader killed twice", killed=killed, **figures, producer_stall_s=stall)
     finally:
         stop_all(worker)
@@ -201,7 +201,7 @@ async def test_two_of_three_nodes_sigkilled_for_20s_under_load(cluster, services
         back_after = time.monotonic() - down_at
         stall = await publishing
         figures = await exact_windows(migrated_db, name, expected, [worker], cluster.bootstrap)
-        assert worker.proc.poll() is None
+        assert_running(worker)
         report("two nodes down 20 s", killed=victims, **figures, producer_stall_s=stall,
                nodes_back_after_s=round(back_after, 1))
     finally:
@@ -289,7 +289,7 @@ async def test_three_workers_one_leaving_one_joining(cluster, services, migrated
         await web_up(joined)
         stall = await publishing
         figures = await exact_windows(migrated_db, name, expected, [*workers, joined], cluster.bootstrap)
-        assert all(w.proc.poll() is None for w in (workers[0], workers[1], joined))
+        assert_running(workers[0], workers[1], joined)
         report("three workers, one leaving, one joining", **figures, producer_stall_s=stall)
     finally:
         stop_all(*workers, joined)

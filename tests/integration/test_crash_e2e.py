@@ -23,7 +23,7 @@ from schemas.events import DeadLetter, GenerationResult
 from schemas.topics import CODEGEN_COMPLETED, CODEGEN_RESULTS, DLQ, METRICS_EVENTS, PRD_REQUESTS
 from streams.infra.proc import free_port
 from streams.runtime.topics import ensure_topics
-from tests.conftest import Services, http_json, pg_fetchval
+from tests.conftest import Services, assert_running, http_json, pg_fetchval
 from tests.faults import (
     WINDOW_ENV,
     assert_one_row_per_node,
@@ -135,7 +135,7 @@ async def test_two_workers_one_sigkilled_the_other_takes_over(services, migrated
         kill9(a)
         await publishing
         await assert_windows(migrated_db, name, expected, workers=(a, b))
-        assert b.proc.poll() is None
+        assert_running(b)
     finally:
         stop_all(a, b)
 
@@ -253,7 +253,7 @@ async def test_broker_stopped_20s_under_load_workers_carry_on(services, migrated
         await asyncio.to_thread(kafka.wait_ready, bootstrap, pid, folder)
         await publish_paced(bootstrap, METRICS_EVENTS.name, values[7000:], 6)
         await assert_windows(migrated_db, name, expected, timeout=300)
-        assert worker.proc.poll() is None  # it carried on by itself
+        assert_running(worker)  # it carried on by itself
     finally:
         stop_all(worker)
         await asyncio.to_thread(stop_pid, pid)
@@ -305,7 +305,7 @@ async def test_hostile_records_on_every_public_topic_are_dead_lettered(services,
 
         got = await settle(lettered, sent, timeout=120, quiet_s=2)
         assert got == sent, f"{len(sent - got)} hostile records not dead-lettered: {sorted(sent - got)[:5]}"
-        assert worker.proc.poll() is None
+        assert_running(worker)
         status = http_json(f"{worker.base}/health", any_status=True)
         assert all(state == "running" for state in status["agents"].values())
         big = [decode(DeadLetter, r.value) for r in await read_topic(services.bootstrap, DLQ.name, dlq_start)]
