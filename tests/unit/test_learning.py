@@ -177,6 +177,26 @@ def test_conflicts_are_the_worlds_pairs_that_fail_together(seed):
     assert found and truth_hits >= 0.85 * truth_all  # recall on the pairs seen often enough
 
 
+def test_a_confounded_pair_is_told_by_its_free_sightings():
+    """bench/worlds.py counts a false conflict met almost only beside a real cause apart: its
+    free sightings are the results where dropping either member leaves a combination that
+    succeeds."""
+    from bench.worlds import WorldRules, free_sightings
+
+    rules = WorldRules(forbidden={frozenset({"MixinCaching", "MixinAuth"})},
+                       requires={"MixinCaching": "MixinHealthCheck"})
+    combos = [frozenset(c) for c in (
+        {"MixinCaching", "MixinHealthCheck", "MixinAuth"},   # the real cause is there
+        {"MixinCaching", "MixinHealthCheck", "MixinAuth", "MixinRetry"},
+        {"MixinHealthCheck", "MixinAuth"},                   # free
+        {"MixinHealthCheck", "MixinAuth", "MixinRetry"},     # free
+        {"MixinCaching", "MixinAuth"})]                      # Caching without its need as well
+    assert free_sightings(rules, frozenset({"MixinHealthCheck", "MixinAuth"}), combos) == 2
+    # the real conflict: its first two sightings are free of anything else, the last is not
+    assert free_sightings(rules, frozenset({"MixinCaching", "MixinAuth"}), combos) == 2
+    assert not rules.ok(combos[0]) and rules.ok(combos[2])
+
+
 def test_prediction_confidence_grows_with_evidence_and_unseen_names_are_reported(trained):
     fresh = HierarchicalModel()
     for _ in range(3):
