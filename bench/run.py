@@ -54,6 +54,14 @@ def main(quick: bool = False, only: str | None = None, minutes: float = 30) -> i
                 le = asyncio.run(learner_e2e.run(10_000 if quick else 30_000))
                 learner_e2e.print_report(le)
                 print(f"  -> {write_result('learner', le)}")
+                from bench import drift_burst
+
+                print("== a drifting world's burst from kcat, served (issue 25's outside check): held-out "
+                      "accuracy on the world after the drift, through /api/predict")
+                seeds = drift_burst.SEEDS[:1] if quick else drift_burst.SEEDS
+                db = asyncio.run(drift_burst.run(30_000, seeds))
+                drift_burst.print_report(db)
+                print(f"  -> {write_result('drift_burst', db)}")
             if only in (None, "learning"):
                 print("== mixin model (4): drifting synthetic stream, baseline = best plain config")
                 lr = learning.run(quick)
