@@ -226,6 +226,14 @@ def assert_running(*workers: Worker | None) -> None:
             raise AssertionError(report)
 
 
+def popen_worker(env: dict[str, str], log_file: Path) -> subprocess.Popen:
+    """`omnistream worker` in a session of its own (so SIGKILL takes all of it), its stderr
+    appended to the file beside its log (`Worker.stderr_file`, kept across restarts)."""
+    with log_file.with_suffix(".stderr").open("ab") as stderr:
+        return subprocess.Popen([OMNISTREAM, "worker"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+
+
 def start_worker(services: Services, migrated: str, app_id: str, tag: str = "w",
                  extra_env: dict[str, str] | None = None) -> Worker:
     port = free_port()
@@ -233,12 +241,9 @@ def start_worker(services: Services, migrated: str, app_id: str, tag: str = "w",
     env = services.env(DATABASE_URL=migrated, OMNISTREAM_WEB_PORT=str(port),
                        OMNISTREAM_APP_ID=app_id, OMNISTREAM_LOG_FILE=str(log_file),
                        OMNISTREAM_LOG_LEVEL="INFO", **(extra_env or {}))
-    with log_file.with_suffix(".stderr").open("ab") as stderr:  # kept across restarts
-        proc = subprocess.Popen([OMNISTREAM, "worker"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
-    worker = Worker(proc, port, log_file, app_id)
+    worker = Worker(popen_worker(env, log_file), port, log_file, app_id)
     try:
-        wait_http(f"{worker.base}/health", 120, proc)
+        wait_http(f"{worker.base}/health", 120, worker.proc)
     except Exception as exc:
         stop_worker(worker)
         tail = "\n".join(worker.log_lines()[-30:])

@@ -8,7 +8,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,13 +22,13 @@ from streams.infra.proc import free_port
 from streams.runtime.replica import topic_partitions
 from streams.runtime.topics import ensure_topics
 from tests.conftest import (
-    OMNISTREAM,
     Services,
     Worker,
     assert_running,
     http_json,
     pg_fetch,
     pg_fetchval,
+    popen_worker,
     stop_worker,
 )
 
@@ -64,12 +63,10 @@ def spawn(services: Services, db: str, app_id: str, tag: str, env: dict[str, str
     """A worker process in a session of its own (so SIGKILL takes all of it); not waited for."""
     port = free_port()
     log_file = services.home / f"{app_id}-{tag}.log"
-    with log_file.with_suffix(".stderr").open("ab") as stderr:  # kept across restarts
-        proc = subprocess.Popen([OMNISTREAM, "worker"], env=services.env(
-            DATABASE_URL=db, OMNISTREAM_WEB_PORT=str(port), OMNISTREAM_APP_ID=app_id,
-            OMNISTREAM_LOG_FILE=str(log_file), OMNISTREAM_LOG_LEVEL="INFO",
-            OMNISTREAM_AUTO_OFFSET_RESET="earliest", OMNISTREAM_SESSION_TIMEOUT_S="10", **env),
-            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    proc = popen_worker(services.env(
+        DATABASE_URL=db, OMNISTREAM_WEB_PORT=str(port), OMNISTREAM_APP_ID=app_id,
+        OMNISTREAM_LOG_FILE=str(log_file), OMNISTREAM_LOG_LEVEL="INFO",
+        OMNISTREAM_AUTO_OFFSET_RESET="earliest", OMNISTREAM_SESSION_TIMEOUT_S="10", **env), log_file)
     return Worker(proc, port, log_file, app_id)
 
 

@@ -397,9 +397,10 @@ class Lanes:
         want = self.expected.get(tp)
         if want is None or position is None or position <= want:
             return None
-        if time.monotonic() - self.arrived.get(tp, 0.0) < quiet_s:
+        now = time.monotonic()
+        if now - self.arrived.get(tp, 0.0) < quiet_s:
             return None
-        self.arrived[tp] = time.monotonic()  # one seek per quiet period
+        self.arrived[tp] = now  # one seek per quiet period
         self._holes.pop(tp, None)
         return want
 
