@@ -87,7 +87,9 @@ async def results_intake(stream: StreamT) -> None:
             **correlation_headers(result.correlation_id), KIND_HEADER: ControlKind.RESULT.header,
             **source_headers(event)})
 
-    await run_intake(stream, GenerationResult, "results-intake", handle)
+    # In timestamp order across the source partitions: the learner learns a drift the way the
+    # results were published, whatever partitions an outside producer spread them over.
+    await run_intake(stream, GenerationResult, "results-intake", handle, time_ordered=True)
 
 
 @app.agent(pattern_feedback, name="feedback-intake")

@@ -223,22 +223,24 @@ async def handle_event(event: Record, model: type[M], agent: str, handler: Handl
 Batch = Callable[[Sequence[Any]], Awaitable[None]]
 
 
-def _reader(stream: StreamT, agent: str, capacity: int) -> Reader:
+def _reader(stream: StreamT, agent: str, capacity: int, time_ordered: bool = False) -> Reader:
     """The agent's lane reader for the topics its faust stream subscribes."""
-    return faust_runtime.LANES.reader(agent, faust_runtime.channel_topics(stream.channel), capacity)
+    return faust_runtime.LANES.reader(agent, faust_runtime.channel_topics(stream.channel), capacity,
+                                      time_ordered=time_ordered)
 
 
 async def run_batches(stream: StreamT, agent: str, on_batch: Batch, *, max_events: int | None = None,
-                      within_s: float | None = None) -> None:
+                      within_s: float | None = None, time_ordered: bool = False) -> None:
     """Feed the agent's records to `on_batch` in batches; a batch counts as done (its offsets
     may be committed) once `on_batch` has returned.
 
     Records come from the agent's lane (streams.runtime.faust): whole fetches, in offset order
     per partition, without faust's per-record path. A batch is up to `max_events` records, or
-    what arrived within `within_s` of its first."""
+    what arrived within `within_s` of its first. `time_ordered`: the partitions' records are
+    merged by timestamp (lanes.TimeOrderedReader), not handed on one fetched list after another."""
     max_events = max_events or BATCH_EVENTS
     within = BATCH_WITHIN_S if within_s is None else within_s
-    reader = _reader(stream, agent, capacity=max(4 * max_events, 10_000))
+    reader = _reader(stream, agent, capacity=max(4 * max_events, 10_000), time_ordered=time_ordered)
     try:
         while True:
             batch = await reader.take(max_events, within)
@@ -315,10 +317,11 @@ def _stop_hard(agent: str, events: int, why: str) -> None:
 
 
 async def run_intake(stream: StreamT, model: type[M], agent: str, handler: Handler, *,
-                     concurrency: int = 1) -> None:
+                     concurrency: int = 1, time_ordered: bool = False) -> None:
     """A stateless agent: each event decoded and handled, the batch marked done after. A batch
     is whatever has arrived (no waiting to fill it: latency first). With `concurrency` > 1 the
-    events are handled side by side instead (see run_concurrent)."""
+    events are handled side by side instead (see run_concurrent). `time_ordered`: handled in
+    timestamp order across partitions (see run_batches)."""
     if concurrency > 1:
         await run_concurrent(stream, model, agent, handler, concurrency)
         return
@@ -327,7 +330,7 @@ async def run_intake(stream: StreamT, model: type[M], agent: str, handler: Handl
         for event in events:
             await handle_event(event, model, agent, handler)
 
-    await run_batches(stream, agent, on_batch, within_s=0.0)
+    await run_batches(stream, agent, on_batch, within_s=0.0, time_ordered=time_ordered)
 
 
 @dataclass(slots=True)

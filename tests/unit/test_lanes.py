@@ -167,6 +167,81 @@ async def test_take_waits_within_the_window_for_a_fuller_batch():
     assert [r.offset for r in batch] == [0, 1, 2]
 
 
+
+def stamped(*pairs: tuple[int, int]) -> list[Fetched]:
+    """(offset, timestamp in ms) records."""
+    return [Fetched(o, ts) for o, ts in pairs]
+
+
+def order(batch) -> list[tuple[int, int]]:
+    return [(r.partition, r.offset) for r in batch]
+
+
+async def test_a_time_ordered_reader_merges_its_partitions_by_timestamp():
+    """A producer's sticky batches put whole blocks of a stream in one partition: the reader
+    hands them on in publish order, each partition's records still in offset order."""
+    lanes = Lanes()
+    reader = lanes.reader("x", ["a"], 100, time_ordered=True)
+    sought(lanes)
+    # A1 holds the earlier block, fetched after A0's
+    await lanes.deliver({A0: stamped((0, 30), (1, 31), (2, 40)), A1: stamped((0, 10), (1, 35))},
+                        current, Seeks())
+    assert order(await reader.take(3, 0.0)) == [(1, 0), (0, 0), (0, 1)]
+    assert order(await reader.take(10, 0.0)) == [(1, 1), (0, 2)]
+    # a timestamp going back within a partition does not reorder it
+    await lanes.deliver({A0: stamped((3, 50), (4, 5)), A1: stamped((2, 45))}, current, Seeks())
+    batch = await reader.take(10, 0.0)
+    assert order(batch) == [(1, 2), (0, 3), (0, 4)]
+    reader.done(batch)
+    assert lanes.committable(A0) == 5 and lanes.committable(A1) == 3
+
+
+async def test_a_time_ordered_batch_waits_for_a_partition_that_has_more(monkeypatch):
+    """Kafka Streams' timestamp synchronisation: a partition with records on the broker and
+    none queued may hold the earliest ones, so a batch waits for it — for IDLE_WAIT_S at most."""
+    import streams.runtime.faust.lanes as lanes_module
+
+    lanes = Lanes()
+    highwater = {A0: 3, A1: 2}
+    lanes.highwater = highwater.get
+    reader = lanes.reader("x", ["a"], 100, time_ordered=True)
+    sought(lanes)
+    lanes.reset({A0: 0, A1: 0})
+    await lanes.deliver({A0: stamped((0, 20), (1, 21), (2, 22))}, current, Seeks())
+    taking = asyncio.ensure_future(reader.take(10, 0.0))
+    await asyncio.sleep(0.05)
+    assert not taking.done()  # A1 has two records on the broker, none here
+    await lanes.deliver({A1: stamped((0, 10), (1, 30))}, current, Seeks())
+    # A1 is caught up now (its highwater is handed on): nothing holds the rest back
+    assert order(await asyncio.wait_for(taking, 1)) == [(1, 0), (0, 0), (0, 1), (0, 2), (1, 1)]
+
+    # A1 runs dry inside a batch while it has more: the batch stops there
+    highwater[A1] = 5
+    await lanes.deliver({A0: stamped((3, 40), (4, 60)), A1: stamped((2, 50))}, current, Seeks())
+    monkeypatch.setattr(lanes_module, "IDLE_WAIT_S", 0.2)
+    assert order(await reader.take(10, 0.0)) == [(0, 3), (1, 2)]
+    # ... and the next waits for it, then goes on without it (a leader away stops no one)
+    began = asyncio.get_running_loop().time()
+    assert order(await reader.take(10, 0.0)) == [(0, 4)]
+    assert asyncio.get_running_loop().time() - began >= 0.19
+
+
+async def test_a_partition_the_reader_has_room_for_is_put_before_one_that_waits_for_room():
+    lanes = Lanes()
+    lanes.highwater = {A0: 100, A1: 1}.get
+    reader = lanes.reader("x", ["a"], 2, time_ordered=True)
+    sought(lanes)
+    lanes.reset({A0: 0, A1: 0})
+    await lanes.deliver({A0: stamped((0, 50), (1, 51))}, current, Seeks())  # A0 is full
+    # A1 is behind A0's list in the fetch, and the reader waits for A1: it is put first
+    delivering = asyncio.ensure_future(lanes.deliver(
+        {A0: stamped((2, 52)), A1: stamped((0, 10))}, current, Seeks()))
+    await asyncio.sleep(0.05)
+    assert reader.queued == 3 and not delivering.done()
+    assert order(await asyncio.wait_for(reader.take(2, 0.0), 1)) == [(1, 0), (0, 0)]
+    await asyncio.wait_for(delivering, 1)
+
+
 async def test_records_wait_for_every_agent_of_their_topic_to_register():
     lanes = Lanes()
     lanes.wanted = {"a": 2}

@@ -124,6 +124,7 @@ def _lanes_for(consumer: Consumer) -> Lanes:
     if not LANES.wanted:
         LANES.wanted = lane_topics(consumer.app)
         LANES.touch = lambda tps: _touch(consumer, tps)
+        LANES.highwater = lambda tp: known_highwater(consumer.app, tp)
     return LANES
 
 
@@ -292,6 +293,18 @@ def known_position(app: Any, tp: TP) -> int | None:
     if state is None or not state.has_valid_position:
         return None
     return int(state.position)
+
+
+def known_highwater(app: Any, tp: TP) -> int | None:
+    """The highwater of `tp` as its last fetch answered, without waiting (None: not fetched
+    yet, or not assigned)."""
+    try:
+        consumer = _aiokafka_consumer(app)
+        state = consumer._subscription.subscription.assignment.state_value(
+            TopicPartition(tp.topic, tp.partition))
+    except (AssertionError, AttributeError):  # not started, or no assignment (a rebalance)
+        return None
+    return None if state is None else state.highwater
 
 
 STALL_S = 15.0  # a partition's records fetched, none handed on, nothing fetched since: read again

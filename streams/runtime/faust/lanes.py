@@ -28,6 +28,7 @@ the seek reads again.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import deque
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HOLE_SEEKS = 3  # a hole still open after this many seeks holds no record
 HOLE_RETRY_S = 2.0  # a hole sought back is sought again only after this long
+IDLE_WAIT_S = 2.0  # a time-ordered reader waits this long for a partition that has more
 
 
 class Record:
@@ -106,11 +108,12 @@ class Reader:
         self._idle.set()
 
     # ---------------------------------------------------------------- the lane's side
-    def has_room(self) -> bool:
+    def has_room(self, tp: TP | None = None) -> bool:
+        """Room for another list (of `tp`): a list is put when there is room, whatever its size."""
         return self.queued < self.capacity
 
-    async def wait_room(self) -> None:
-        while not self.has_room():
+    async def wait_room(self, tp: TP | None = None) -> None:
+        while not self.has_room(tp):
             self._room.clear()
             await self._room.wait()
 
@@ -135,7 +138,7 @@ class Reader:
     async def take(self, max_records: int, within_s: float) -> list[Record]:
         """Up to `max_records` records, waiting for the first as long as it takes and then up to
         `within_s` for more. The records are in hand until `done`."""
-        while not self._queue:
+        while not self.queued:
             self._arrived.clear()
             await self._arrived.wait()
         if within_s > 0 and self.queued < max_records:
@@ -150,8 +153,22 @@ class Reader:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
-            if not self._queue:  # cleared by a rebalance meanwhile
-                return await self.take(max_records, within_s)
+        await self._ready()
+        if not self.queued:  # cleared by a rebalance meanwhile
+            return await self.take(max_records, within_s)
+        batch = self._pop(max_records)
+        self.queued -= len(batch)
+        self.in_hand += len(batch)
+        self._idle.clear()
+        self._room.set()  # the lane's waiters look again
+        return batch
+
+    async def _ready(self) -> None:
+        """Wait, if need be, before a batch is taken from what is queued (a time-ordered
+        reader waits for partitions that have more)."""
+
+    def _pop(self, max_records: int) -> list[Record]:
+        """The queued records a batch takes: whole lists in the order they came."""
         batch: list[Record] = []
         queue = self._queue
         while queue and len(batch) < max_records:
@@ -162,11 +179,6 @@ class Reader:
             else:
                 batch.extend(head[:room])
                 queue[0] = head[room:]
-        self.queued -= len(batch)
-        self.in_hand += len(batch)
-        self._idle.clear()
-        if self.has_room():
-            self._room.set()
         return batch
 
     def done(self, records: Sequence[Record], *, handed_back: bool = False) -> None:
@@ -198,6 +210,101 @@ class Reader:
         self.lanes.unregister(self)
 
 
+class TimeOrderedReader(Reader):
+    """A reader that takes its partitions' records in timestamp order: Kafka Streams' timestamp
+    synchronisation (`max.task.idle.ms`), for an agent whose output is a single ordered stream
+    and whose consumer is order-sensitive (the mixin learner: a model learns a drift the way
+    the results came).
+
+    Lists are queued per partition; a batch merges their heads, always taking the record with
+    the lowest timestamp next (each partition's own records stay in offset order). A partition
+    that has more records on the broker (`Lanes.lagging`) but none queued here could hold the
+    earliest ones: the batch stops before it, and the next waits for its records up to
+    `IDLE_WAIT_S`, then goes on without it (a leader away must not stop the others). Without
+    this, an unkeyed burst (a producer's sticky batches: whole blocks of the stream in one
+    partition) reached the learner one partition after another, a block from before a drift
+    last, and the served model answered for the old world (issue 25: 0.8255 held-out).
+
+    Room is per partition, so the list a waiting batch needs can always be put."""
+
+    def __init__(self, lanes: Lanes, agent: str, topics: Iterable[str], capacity: int) -> None:
+        super().__init__(lanes, agent, topics, capacity)
+        self._parts: dict[TP, deque[list[Record]]] = {}
+        self._part_queued: dict[TP, int] = {}
+        self._waiting_since: dict[TP, float] = {}  # tp → since when a batch waits for it
+
+    def has_room(self, tp: TP | None = None) -> bool:
+        if tp is None:
+            return True
+        return self._part_queued.get(tp, 0) < self.capacity
+
+    def put(self, records: list[Record]) -> None:
+        tp = records[0].tp
+        self._parts.setdefault(tp, deque()).append(records)
+        self._part_queued[tp] = self._part_queued.get(tp, 0) + len(records)
+        self.queued += len(records)
+        self._arrived.set()
+
+    def clear(self) -> dict[TP, int]:
+        dropped = {tp: lists[0][0].offset for tp, lists in self._parts.items() if lists}
+        self._parts.clear()
+        self._part_queued.clear()
+        self._waiting_since.clear()
+        self.queued = 0
+        self._arrived.clear()
+        self._room.set()
+        return dropped
+
+    def _waits_for(self, now: float) -> float:
+        """Seconds left to wait for a partition that has more but none queued (0: none)."""
+        self._waiting_since = {tp: self._waiting_since.get(tp, now) for tp in self.lanes.lagging(self.topics)
+                               if not self._part_queued.get(tp)}
+        return max((IDLE_WAIT_S - (now - since) for since in self._waiting_since.values()), default=0.0)
+
+    async def _ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.queued and (left := self._waits_for(loop.time())) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                pass
+
+    def _pop(self, max_records: int) -> list[Record]:
+        now = asyncio.get_running_loop().time()
+        stale = {tp for tp, since in self._waiting_since.items() if now - since >= IDLE_WAIT_S}
+        heads = [(_stamp(lists[0][0]), tp) for tp, lists in self._parts.items() if lists]
+        heapq.heapify(heads)
+        batch: list[Record] = []
+        while heads and len(batch) < max_records:
+            _, tp = heapq.heappop(heads)
+            bound = heads[0][0] if heads else float("inf")
+            lists = self._parts[tp]
+            taken = 0
+            while lists and len(batch) < max_records:
+                head = lists[0]
+                i, n, room = 0, len(head), max_records - len(batch)
+                while i < n and i < room and (i == 0 and taken == 0 or _stamp(head[i]) <= bound):
+                    i += 1
+                batch.extend(head[:i])
+                taken += i
+                if i < n:
+                    lists[0] = head[i:]
+                    break
+                lists.popleft()
+            self._part_queued[tp] -= taken
+            if lists:
+                if len(batch) < max_records:
+                    heapq.heappush(heads, (_stamp(lists[0][0]), tp))
+            elif tp not in stale and self.lanes.is_lagging(tp):
+                break  # its next records may be earlier than the others' queued ones
+        return batch
+
+
+def _stamp(record: Record) -> float:
+    return record.timestamp if record.timestamp is not None else 0.0
+
+
 class Lanes:
     """Every reader of every lane topic, and the order each partition is handed on in.
 
@@ -213,10 +320,13 @@ class Lanes:
         self._registered = asyncio.Event()
         self.wanted: Mapping[str, int] = {}  # topic → readers it must have before records flow
         self.touch: Callable[[Iterable[TP]], None] = lambda tps: None
+        # tp → the highwater of its last fetch, without waiting (None: not known)
+        self.highwater: Callable[[TP], int | None] = lambda tp: None
 
     # ---------------------------------------------------------------- readers
-    def reader(self, agent: str, topics: Iterable[str], capacity: int) -> Reader:
-        reader = Reader(self, agent, topics, capacity)
+    def reader(self, agent: str, topics: Iterable[str], capacity: int, *,
+               time_ordered: bool = False) -> Reader:
+        reader = (TimeOrderedReader if time_ordered else Reader)(self, agent, topics, capacity)
         for topic in reader.topics:
             self.readers.setdefault(topic, []).append(reader)
         self._registered.set()
@@ -227,6 +337,18 @@ class Lanes:
             listed = self.readers.get(topic, [])
             if reader in listed:
                 listed.remove(reader)
+
+    def is_lagging(self, tp: TP) -> bool:
+        """The broker holds records of `tp` past the next one to hand on (as of its last fetch)."""
+        want = self.expected.get(tp)
+        if want is None:
+            return False
+        high = self.highwater(tp)
+        return high is not None and high > want
+
+    def lagging(self, topics: Iterable[str]) -> list[TP]:
+        """The placed partitions of `topics` that are lagging (`is_lagging`)."""
+        return [tp for tp in self.expected if tp.topic in topics and self.is_lagging(tp)]
 
     def ready(self, topic: str) -> bool:
         return len(self.readers.get(topic, ())) >= self.wanted.get(topic, 1)
@@ -240,7 +362,9 @@ class Lanes:
         now = time.monotonic()
         for tp in fetched:
             self.arrived[tp] = now
-        for tp, fetched_records in fetched.items():
+        # Partitions every reader has room for first: a time-ordered reader may be waiting
+        # for one of them while another's list waits for room behind it.
+        for tp, fetched_records in sorted(fetched.items(), key=lambda item: not self._has_room(item[0])):
             if not fetched_records:
                 continue
             while not self.ready(tp.topic):
@@ -253,7 +377,7 @@ class Lanes:
                                                   self.wanted.get(tp.topic, 1)}})
             readers = self.readers[tp.topic]
             for reader in readers:
-                await reader.wait_room()
+                await reader.wait_room(tp)
             if not still_current():
                 return
             if tp not in self.expected:
@@ -281,6 +405,9 @@ class Lanes:
                 reader.put(records)
             self.expected[tp] = records[-1].offset + 1
             self._holes.pop(tp, None)
+
+    def _has_room(self, tp: TP) -> bool:
+        return all(reader.has_room(tp) for reader in self.readers.get(tp.topic, ()))
 
     async def _pass_hole(self, tp: TP, want: int, got: int,
                          seek: Callable[[TP, int], Awaitable[Any]]) -> bool:
