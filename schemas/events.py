@@ -393,6 +393,8 @@ class MixinConflict(Model):
     pair_weight: StrictFloat | StrictInt
     observations: StrictInt = Field(ge=0)
     context: Annotated[list[MixinName], Field(max_length=4)] = Field(default_factory=list)
+    # P(the pair fails beyond its members' own rates), from the aged evidence
+    posterior: Score | None = None
 
 
 class Compatibility(Model):

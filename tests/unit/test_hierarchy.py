@@ -7,6 +7,7 @@ import pickle
 import random
 
 from agents.learning.hierarchy import HierarchicalModel, HierarchyConfig
+from schemas.events import Compatibility
 
 TYPES = ("effect", "compute", "reducer", "orchestrator")
 MIXINS = [f"Mixin{c}" for c in "ABCDEFGHIJ"]
@@ -50,7 +51,13 @@ def test_conflicts_need_evidence_and_the_model_and_carry_their_posterior():
         assert [c.pair for c in found] == [("MixinA", "MixinB")], (t, found)
         assert found[0].posterior is not None and found[0].posterior >= 0.95
         assert found[0].observations >= 3 and found[0].as_dict()["posterior"] >= 0.95
-    assert model.predict("effect", ["MixinB", "MixinA"]).conflicts[0]["pair"] == ["MixinA", "MixinB"]
+    prediction = model.predict("effect", ["MixinB", "MixinA"])
+    assert prediction.conflicts[0]["pair"] == ["MixinA", "MixinB"]
+    # what codegen-render puts on the generated node (a field the schema lacked failed every
+    # node whose combination holds a known conflict: CI, a worker that had learnt one)
+    compatibility = Compatibility(**prediction.compatibility())
+    assert compatibility.risky
+    assert compatibility.conflicts[0].posterior == prediction.conflicts[0]["posterior"]
 
 
 def test_a_conflict_that_stops_holding_is_withdrawn():
