@@ -242,6 +242,25 @@ async def test_a_partition_the_reader_has_room_for_is_put_before_one_that_waits_
     await asyncio.wait_for(delivering, 1)
 
 
+
+async def test_while_a_batch_waits_for_a_partition_a_full_one_does_not_hold_the_fetches_back():
+    """The list a batch waits for comes with the next fetch, which waits for the lane: a full
+    partition must not keep the lane (and every other agent's topic) waiting on the batch."""
+    lanes = Lanes()
+    lanes.highwater = {A0: 100, A1: 5}.get
+    reader = lanes.reader("x", ["a"], 2, time_ordered=True)
+    sought(lanes)
+    lanes.reset({A0: 0, A1: 0})
+    await lanes.deliver({A0: stamped((0, 50), (1, 51))}, current, Seeks())  # A0 is full
+    taking = asyncio.ensure_future(reader.take(10, 0.0))  # waits for A1
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(lanes.deliver({A0: stamped((2, 52))}, current, Seeks()), 0.5)
+    assert not taking.done()
+    await lanes.deliver({A1: stamped((0, 10), (4, 60))}, current, Seeks())
+    # A0 has more on the broker: the batch stops when its records run out, before A1's later one
+    assert order(await asyncio.wait_for(taking, 0.5)) == [(1, 0), (0, 0), (0, 1), (0, 2)]
+
+
 async def test_records_wait_for_every_agent_of_their_topic_to_register():
     lanes = Lanes()
     lanes.wanted = {"a": 2}

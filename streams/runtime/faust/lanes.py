@@ -225,18 +225,21 @@ class TimeOrderedReader(Reader):
     partition) reached the learner one partition after another, a block from before a drift
     last, and the served model answered for the old world (issue 25: 0.8255 held-out).
 
-    Room is per partition, so the list a waiting batch needs can always be put."""
+    Room is per partition, and while a batch waits every partition has room: the list it waits
+    for comes with the consumer's next fetch, which waits for the lane to put the lists it
+    already holds (a full partition here would hold it back, and every batch waited its
+    `IDLE_WAIT_S` out: a worker reading a backlog handed on one list per 2 s, and stalled its
+    other agents' topics with it)."""
 
     def __init__(self, lanes: Lanes, agent: str, topics: Iterable[str], capacity: int) -> None:
         super().__init__(lanes, agent, topics, capacity)
         self._parts: dict[TP, deque[list[Record]]] = {}
         self._part_queued: dict[TP, int] = {}
         self._waiting_since: dict[TP, float] = {}  # tp → since when a batch waits for it
+        self._waiting = False  # a batch waits for a partition: every partition has room
 
     def has_room(self, tp: TP | None = None) -> bool:
-        if tp is None:
-            return True
-        return self._part_queued.get(tp, 0) < self.capacity
+        return tp is None or self._waiting or self._part_queued.get(tp, 0) < self.capacity
 
     def put(self, records: list[Record]) -> None:
         tp = records[0].tp
@@ -263,12 +266,17 @@ class TimeOrderedReader(Reader):
 
     async def _ready(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.queued and (left := self._waits_for(loop.time())) > 0:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                pass
+        try:
+            while self.queued and (left := self._waits_for(loop.time())) > 0:
+                self._waiting = True
+                self._room.set()
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except TimeoutError:
+                    pass
+        finally:
+            self._waiting = False
 
     def _pop(self, max_records: int) -> list[Record]:
         now = asyncio.get_running_loop().time()
