@@ -203,7 +203,7 @@ async def test_a_time_ordered_batch_waits_for_a_partition_that_has_more(monkeypa
 
     lanes = Lanes()
     highwater = {A0: 3, A1: 2}
-    lanes.highwater = highwater.get
+    lanes.has_more = lambda tp: highwater[tp] > lanes.expected[tp]  # the consumer's position: handed on
     reader = lanes.reader("x", ["a"], 100, time_ordered=True)
     sought(lanes)
     lanes.reset({A0: 0, A1: 0})
@@ -228,7 +228,7 @@ async def test_a_time_ordered_batch_waits_for_a_partition_that_has_more(monkeypa
 
 async def test_a_partition_the_reader_has_room_for_is_put_before_one_that_waits_for_room():
     lanes = Lanes()
-    lanes.highwater = {A0: 100, A1: 1}.get
+    lanes.has_more = lambda tp: {A0: 100, A1: 1}[tp] > lanes.expected[tp]
     reader = lanes.reader("x", ["a"], 2, time_ordered=True)
     sought(lanes)
     lanes.reset({A0: 0, A1: 0})
@@ -247,7 +247,7 @@ async def test_while_a_batch_waits_for_a_partition_a_full_one_does_not_hold_the_
     """The list a batch waits for comes with the next fetch, which waits for the lane: a full
     partition must not keep the lane (and every other agent's topic) waiting on the batch."""
     lanes = Lanes()
-    lanes.highwater = {A0: 100, A1: 5}.get
+    lanes.has_more = lambda tp: {A0: 100, A1: 5}[tp] > lanes.expected[tp]
     reader = lanes.reader("x", ["a"], 2, time_ordered=True)
     sought(lanes)
     lanes.reset({A0: 0, A1: 0})
@@ -532,6 +532,28 @@ def test_the_position_is_read_without_waiting_for_one():
     assert known_position(app, TP("b", 0)) is None
     kafka._subscription.subscription = None  # between assignments
     assert known_position(app, A0) is None
+
+
+def test_a_partition_has_more_while_its_highwater_is_past_the_position():
+    """What a time-ordered reader waits for; a transaction's commit marker after the last
+    record is passed by the position, so it is not waited for."""
+    import types
+
+    from streams.runtime.faust import has_more
+
+    state = types.SimpleNamespace(has_valid_position=True, position=41, highwater=50)
+    assignment = types.SimpleNamespace(state_value={TopicPartition("a", 0): state}.get)
+    kafka = types.SimpleNamespace(_subscription=types.SimpleNamespace(
+        subscription=types.SimpleNamespace(assignment=assignment)))
+    app = types.SimpleNamespace(consumer=types.SimpleNamespace(
+        _thread=types.SimpleNamespace(_ensure_consumer=lambda: kafka)))
+    assert has_more(app, A0)
+    state.position = 50  # the last record at 48, the commit marker at 49
+    assert not has_more(app, A0)
+    state.highwater = None  # not fetched yet
+    assert not has_more(app, A0) and not has_more(app, A1)
+    kafka._subscription.subscription = None  # between assignments
+    assert not has_more(app, A0)
 
 
 async def test_records_fetched_but_never_handed_on_are_read_again_once_nothing_more_comes(monkeypatch):

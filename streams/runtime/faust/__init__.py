@@ -124,7 +124,7 @@ def _lanes_for(consumer: Consumer) -> Lanes:
     if not LANES.wanted:
         LANES.wanted = lane_topics(consumer.app)
         LANES.touch = lambda tps: _touch(consumer, tps)
-        LANES.highwater = lambda tp: known_highwater(consumer.app, tp)
+        LANES.has_more = lambda tp: has_more(consumer.app, tp)
     return LANES
 
 
@@ -295,16 +295,18 @@ def known_position(app: Any, tp: TP) -> int | None:
     return int(state.position)
 
 
-def known_highwater(app: Any, tp: TP) -> int | None:
-    """The highwater of `tp` as its last fetch answered, without waiting (None: not fetched
-    yet, or not assigned)."""
+def has_more(app: Any, tp: TP) -> bool:
+    """The broker held records of `tp` past the consumer's position when its last fetch was
+    answered (fetched and not handed over yet, or not fetched yet), read without waiting."""
     try:
         consumer = _aiokafka_consumer(app)
         state = consumer._subscription.subscription.assignment.state_value(
             TopicPartition(tp.topic, tp.partition))
     except (AssertionError, AttributeError):  # not started, or no assignment (a rebalance)
-        return None
-    return None if state is None else state.highwater
+        return False
+    if state is None or not state.has_valid_position or state.highwater is None:
+        return False
+    return int(state.highwater) > int(state.position)
 
 
 STALL_S = 15.0  # a partition's records fetched, none handed on, nothing fetched since: read again
