@@ -421,3 +421,49 @@ async def test_07_model_survives_a_restart_of_every_worker(trained):
             await client.publish(CODEGEN_RESULTS, GenerationResult(node_type=node_type, mixins=mixins,
                                                                    success=label))
     await _until(lambda: _updates(cluster, w) == sum(counts.values()) + 40, 60, "resumed learning")
+
+
+async def test_08_results_reach_the_learner_in_timestamp_order_across_partitions(trained):
+    """A sticky producer puts whole blocks of a stream in one partition: the block published
+    later in time sits in partition 0, the earlier one in partition 1, and a worker reading
+    both as a backlog hands the earlier block on first (issue 25: a drift's old block learnt
+    last left the served model answering for the old world)."""
+    cluster = trained
+    counts = sum(m["updates"] for m in cluster.models(cluster.workers[0])["models"].values())
+    cluster.stop()  # one worker holds every partition after this, and both blocks wait for it
+    inbox = tables.results_inbox(cluster.app_id)
+    ends = {tp: end for tp, end in (await _end_offsets(cluster.services.bootstrap, inbox)).items()}
+    marker, n = f"order-{uuid.uuid4().hex[:8]}", 300
+    start_ms = int(time.time() * 1000) - 60_000
+    producer = AIOKafkaProducer(bootstrap_servers=cluster.services.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for block, partition, first_ms in (("late", 0, start_ms + 30_000), ("early", 1, start_ms)):
+            for i in range(n):
+                result = GenerationResult(node_type="effect", mixins=["MixinRetry"], success=True,
+                                          source=f"{marker}-{block}")
+                await producer.send(CODEGEN_RESULTS.name, encode(result), partition=partition,
+                                    timestamp_ms=first_ms + i)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    cluster.start("d")
+    w = cluster.workers[0]
+    await _until(lambda: _updates(cluster, w) >= counts + 2 * n, 90, f"{2 * n} more updates")
+    blocks = [orjson.loads(r.value)["source"].rsplit("-", 1)[1]
+              for r in await read_topic(cluster.services.bootstrap, inbox, ends)
+              if r.value and marker.encode() in r.value]
+    assert blocks == ["early"] * n + ["late"] * n, (blocks.count("early"), blocks.index("late"))
+
+
+async def _end_offsets(bootstrap: str, topic: str) -> dict:
+    from aiokafka import AIOKafkaConsumer
+
+    from tests.faults import topic_partitions
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets(await topic_partitions(bootstrap, topic))
+    finally:
+        await consumer.stop()
