@@ -122,6 +122,16 @@ async def settle(read: Callable[[], Awaitable[object]], want: object, timeout: f
     return value
 
 
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    """The current end of every partition of the topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets(await topic_partitions(bootstrap, topic))
+    finally:
+        await consumer.stop()
+
+
 async def read_topic(bootstrap: str, topic: str, start: dict[TopicPartition, int] | None = None) -> list:
     """Every record of the topic from `start` (default: the beginning) to its current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)

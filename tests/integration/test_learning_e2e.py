@@ -35,7 +35,7 @@ from tests.conftest import (
     stop_worker,
     wait_split,
 )
-from tests.faults import read_topic
+from tests.faults import end_offsets, read_topic
 
 pytestmark = pytest.mark.slow
 
@@ -432,7 +432,7 @@ async def test_08_results_reach_the_learner_in_timestamp_order_across_partitions
     counts = sum(m["updates"] for m in cluster.models(cluster.workers[0])["models"].values())
     cluster.stop()  # one worker holds every partition after this, and both blocks wait for it
     inbox = tables.results_inbox(cluster.app_id)
-    ends = {tp: end for tp, end in (await _end_offsets(cluster.services.bootstrap, inbox)).items()}
+    ends = await end_offsets(cluster.services.bootstrap, inbox)
     marker, n = f"order-{uuid.uuid4().hex[:8]}", 300
     start_ms = int(time.time() * 1000) - 60_000
     producer = AIOKafkaProducer(bootstrap_servers=cluster.services.bootstrap, linger_ms=5)
@@ -455,15 +455,3 @@ async def test_08_results_reach_the_learner_in_timestamp_order_across_partitions
               if r.value and marker.encode() in r.value]
     assert blocks == ["early"] * n + ["late"] * n, (blocks.count("early"), blocks.index("late"))
 
-
-async def _end_offsets(bootstrap: str, topic: str) -> dict:
-    from aiokafka import AIOKafkaConsumer
-
-    from tests.faults import topic_partitions
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await consumer.end_offsets(await topic_partitions(bootstrap, topic))
-    finally:
-        await consumer.stop()

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from streams.runtime.faust.lanes import HOLE_SEEKS, Lanes
+from streams.runtime.faust.lanes import HOLE_SEEKS, Lanes, Reader
 
 
 @dataclass
@@ -226,13 +226,19 @@ async def test_a_time_ordered_batch_waits_for_a_partition_that_has_more(monkeypa
     assert asyncio.get_running_loop().time() - began >= 0.19
 
 
-async def test_a_partition_the_reader_has_room_for_is_put_before_one_that_waits_for_room():
+async def a0_full(highwater: dict[TP, int]) -> tuple[Lanes, Reader]:
+    """A time-ordered reader of room 2 holding two records of A0; the consumer's position in
+    each partition is what was handed on, the broker's end `highwater`."""
     lanes = Lanes()
-    lanes.has_more = lambda tp: {A0: 100, A1: 1}[tp] > lanes.expected[tp]
+    lanes.has_more = lambda tp: highwater[tp] > lanes.expected[tp]
     reader = lanes.reader("x", ["a"], 2, time_ordered=True)
-    sought(lanes)
     lanes.reset({A0: 0, A1: 0})
-    await lanes.deliver({A0: stamped((0, 50), (1, 51))}, current, Seeks())  # A0 is full
+    await lanes.deliver({A0: stamped((0, 50), (1, 51))}, current, Seeks())
+    return lanes, reader
+
+
+async def test_a_partition_the_reader_has_room_for_is_put_before_one_that_waits_for_room():
+    lanes, reader = await a0_full({A0: 100, A1: 1})
     # A1 is behind A0's list in the fetch, and the reader waits for A1: it is put first
     delivering = asyncio.ensure_future(lanes.deliver(
         {A0: stamped((2, 52)), A1: stamped((0, 10))}, current, Seeks()))
@@ -242,16 +248,10 @@ async def test_a_partition_the_reader_has_room_for_is_put_before_one_that_waits_
     await asyncio.wait_for(delivering, 1)
 
 
-
 async def test_while_a_batch_waits_for_a_partition_a_full_one_does_not_hold_the_fetches_back():
     """The list a batch waits for comes with the next fetch, which waits for the lane: a full
     partition must not keep the lane (and every other agent's topic) waiting on the batch."""
-    lanes = Lanes()
-    lanes.has_more = lambda tp: {A0: 100, A1: 5}[tp] > lanes.expected[tp]
-    reader = lanes.reader("x", ["a"], 2, time_ordered=True)
-    sought(lanes)
-    lanes.reset({A0: 0, A1: 0})
-    await lanes.deliver({A0: stamped((0, 50), (1, 51))}, current, Seeks())  # A0 is full
+    lanes, reader = await a0_full({A0: 100, A1: 5})
     taking = asyncio.ensure_future(reader.take(10, 0.0))  # waits for A1
     await asyncio.sleep(0.01)
     await asyncio.wait_for(lanes.deliver({A0: stamped((2, 52))}, current, Seeks()), 0.5)
