@@ -277,6 +277,17 @@ def fetch_is_stale(app: Any, tp: TP, fresh_s: float) -> bool:
     return stamp is not None and time.time() - stamp / 1000 > fresh_s
 
 
+def _partition_state(app: Any, tp: TP) -> Any:
+    """aiokafka's state of `tp` (position, highwater) as it is now, without waiting; None when
+    the consumer is not started, has no assignment (a rebalance) or does not hold `tp`."""
+    try:
+        consumer = _aiokafka_consumer(app)
+        assignment = consumer._subscription.subscription.assignment
+        return assignment.state_value(TopicPartition(tp.topic, tp.partition))
+    except (AssertionError, AttributeError):
+        return None
+
+
 def known_position(app: Any, tp: TP) -> int | None:
     """The consumer's position in `tp` if it has one now, without waiting. aiokafka's
     `position()` waits, inside faust's consumer thread, until a position is known, and every
@@ -284,12 +295,7 @@ def known_position(app: Any, tp: TP) -> int | None:
     during table recovery may get none until recovery ends, which needs the fetch loop. A timer
     asking for it could starve the recovery it waits for (CI: a worker's recovery received no
     changelog record for two minutes)."""
-    try:
-        consumer = _aiokafka_consumer(app)
-        assignment = consumer._subscription.subscription.assignment
-        state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
-    except (AssertionError, AttributeError):  # not started, or no assignment (a rebalance)
-        return None
+    state = _partition_state(app, tp)
     if state is None or not state.has_valid_position:
         return None
     return int(state.position)
@@ -298,12 +304,7 @@ def known_position(app: Any, tp: TP) -> int | None:
 def has_more(app: Any, tp: TP) -> bool:
     """The broker held records of `tp` past the consumer's position when its last fetch was
     answered (fetched and not handed over yet, or not fetched yet), read without waiting."""
-    try:
-        consumer = _aiokafka_consumer(app)
-        state = consumer._subscription.subscription.assignment.state_value(
-            TopicPartition(tp.topic, tp.partition))
-    except (AssertionError, AttributeError):  # not started, or no assignment (a rebalance)
-        return False
+    state = _partition_state(app, tp)
     if state is None or not state.has_valid_position or state.highwater is None:
         return False
     return int(state.highwater) > int(state.position)

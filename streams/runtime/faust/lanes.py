@@ -253,9 +253,7 @@ class TimeOrderedReader(Reader):
         self._parts.clear()
         self._part_queued.clear()
         self._waiting_since.clear()
-        self.queued = 0
-        self._arrived.clear()
-        self._room.set()
+        super().clear()  # the counts and events (its own queue is never used here)
         return dropped
 
     def _waits_for(self, now: float) -> float:
