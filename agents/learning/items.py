@@ -44,38 +44,56 @@ def stride(k: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _judge(n: np.ndarray, s: np.ndarray, x: int, min_weight: float, bad_rate: float, worst: float) -> float:
+def _rate(n: np.ndarray, s: np.ndarray, x: int, min_weight: float, bad_rate: float) -> float:
+    """Item x's smoothed rate if it is failing, else -1."""
     weight = n[x]
     if weight >= min_weight:
         rate = (s[x] + 0.5) / (weight + 1.0)
-        if rate < bad_rate and (worst < 0.0 or rate < worst):
+        if rate < bad_rate:
             return rate
-    return worst
+    return -1.0
 
 
 @njit(cache=True, inline="always")
 def verdict(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int,
-            min_weight: float, bad_rate: float, held: np.ndarray) -> float:
+            min_weight: float, bad_rate: float, held: np.ndarray, tally: np.ndarray) -> float:
     """The smoothed rate of the combination's worst failing item; -1: none fails, and each of
     its mixins and pairs holds `min_weight` of results; NaN: none fails, but some mixin or
     pair has too few results to say (an empty combination too). `mixins[:m]`: its sorted,
-    distinct mixin numbers; `held`: k booleans, all False (scratch)."""
+    distinct mixin numbers; `held`: k booleans, all False (scratch). Counts the failing items
+    into `tally` (m + 1 numbers, overwritten): `tally[i]` those naming `mixins[i]`, `tally[m]`
+    all of them (what free_mask reads)."""
     worst = -1.0
     known = m > 0
+    for i in range(m + 1):
+        tally[i] = 0
     for i in range(m):
         held[mixins[i]] = True
     for i in range(m):
         a = mixins[i]
         known = known and n[off + a] >= min_weight
-        worst = _judge(n, s, off + a, min_weight, bad_rate, worst)
+        rate = _rate(n, s, off + a, min_weight, bad_rate)
+        if rate >= 0.0:
+            tally[i] += 1
+            tally[m] += 1
+            worst = rate if worst < 0.0 else min(worst, rate)
         for j in range(i + 1, m):
             pair = off + k + a * k + mixins[j]
             known = known and n[pair] >= min_weight
-            worst = _judge(n, s, pair, min_weight, bad_rate, worst)
+            rate = _rate(n, s, pair, min_weight, bad_rate)
+            if rate >= 0.0:
+                tally[i] += 1
+                tally[j] += 1
+                tally[m] += 1
+                worst = rate if worst < 0.0 else min(worst, rate)
         without = off + k + k * k + a * k
         for b in range(k):
             if not held[b]:
-                worst = _judge(n, s, without + b, min_weight, bad_rate, worst)
+                rate = _rate(n, s, without + b, min_weight, bad_rate)
+                if rate >= 0.0:
+                    tally[i] += 1
+                    tally[m] += 1
+                    worst = rate if worst < 0.0 else min(worst, rate)
     for i in range(m):
         held[mixins[i]] = False
     return worst if worst >= 0.0 or known else np.nan
@@ -119,22 +137,52 @@ def learn(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k:
         held[mixins[i]] = False
 
 
+@njit(cache=True, inline="always")
+def free_mask(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int,
+              min_weight: float, bad_rate: float, tally: np.ndarray) -> int:
+    """Which of the combination's mixins can be dropped to leave nothing failing: bit i is set
+    when the sorted, distinct `mixins[:m]` without `mixins[i]` hold no failing item. A pair
+    whose two bits are set is *free* in this result: no other item the rates know of explains
+    what it did (the combination without either member would be judged clean). Every failing
+    item must name the dropped mixin (`tally`, as `verdict` left it for this combination),
+    and no other mixin may fail without it. 0 for more than 62 mixins."""
+    if m > 62:
+        return 0
+    mask = 0
+    for i in range(m):
+        if tally[i] != tally[m]:
+            continue
+        dropped = mixins[i]
+        clean = True
+        for j in range(m):  # the others without the dropped one: items the result did not hold
+            if j != i and _rate(n, s, off + k + k * k + mixins[j] * k + dropped, min_weight, bad_rate) >= 0.0:
+                clean = False
+                break
+        if clean:
+            mask |= 1 << i
+    return mask
+
+
 @njit(cache=True)
 def learn_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int, keep: float, y: bool,
-              min_weight: float, bad_rate: float) -> float:
-    """The verdict on one result's combination before it is learnt, then learn it."""
+              min_weight: float, bad_rate: float) -> tuple[float, int]:
+    """The verdict on one result's combination and its free mask (`free_mask`), both before
+    it is learnt, then learn it."""
     held = np.zeros(k, dtype=np.bool_)
     m = mixins.shape[0]
-    worst = verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held)
+    tally = np.empty(m + 1, dtype=np.int64)
+    worst = verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held, tally)
+    free = free_mask(n, s, off, mixins, m, k, min_weight, bad_rate, tally)
     learn(n, s, off, mixins, m, k, keep, y, worst, min_weight, bad_rate, held)
-    return worst
+    return worst, free
 
 
 @njit(cache=True)
 def judge_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int, min_weight: float,
               bad_rate: float) -> float:
     held = np.zeros(k, dtype=np.bool_)
-    return verdict(n, s, off, mixins, mixins.shape[0], k, min_weight, bad_rate, held)
+    m = mixins.shape[0]
+    return verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held, np.empty(m + 1, dtype=np.int64))
 
 
 def overlay(p: float, worst: float, clean_odds: float) -> float:

@@ -80,17 +80,19 @@ def _features(mixins: np.ndarray, m: int, k: int, t: int, block: int,
 
 @njit(cache=True)
 def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.ndarray,
-               succ: np.ndarray, fail: np.ndarray, ic: np.ndarray, aic: np.ndarray,
-               types: np.ndarray, ys: np.ndarray, indptr: np.ndarray, ids: np.ndarray,
-               start: int, stop: int, n: int, since: int, weight: float, drift_first: bool,
+               succ: np.ndarray, fail: np.ndarray, free_succ: np.ndarray, free_fail: np.ndarray,
+               ic: np.ndarray, aic: np.ndarray, types: np.ndarray, ys: np.ndarray, indptr: np.ndarray,
+               ids: np.ndarray, free: np.ndarray, start: int, stop: int, n: int, since: int,
+               weight: float, drift_first: bool,
                k: int, block: int, lr: float, deviation_lr: float, boost: float, boost_tau: float,
                avg_rate: float, growth: float, shrink: float, evidence_keep: float, decay: np.ndarray,
                p_out: np.ndarray, err_out: np.ndarray) -> tuple[int, int, float]:
     """`HierarchicalModel.learn_one` for rows start..stop-1 in order; the drift watch is the
     caller's (it sees `err_out`). `drift_first`: a drift was detected at the first row, whose
     weights are halved after it is predicted and before it is learnt, as in learn_one.
-    `decay[a]` is (1 - avg_rate) ** a for the ages it holds. Returns (updates, since, weight)
-    after the rows."""
+    `decay[a]` is (1 - avg_rate) ** a for the ages it holds; `free[r]` is the row's free mask
+    (items.free_mask over its sorted distinct mixins). Returns (updates, since, weight) after
+    the rows."""
     keep = 1.0 - avg_rate
     widest = 0
     for r in range(start, stop):
@@ -132,6 +134,8 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
             for i in range(succ.shape[0]):
                 succ[i] *= evidence_keep
                 fail[i] *= evidence_keep
+                free_succ[i] *= evidence_keep
+                free_fail[i] *= evidence_keep
         g = _gradient(y, z) * (1.0 + boost * math.exp(-(n - since) / boost_tau))
         step = lr * g
         ic[0] -= step
@@ -150,6 +154,17 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
                     succ[f] += weight
                 else:
                     fail[f] += weight
+            mask = free[r]
+            if mask:
+                pairs = block * (1 + t) + k
+                for i in range(m):
+                    if mask >> i & 1:
+                        for j in range(i + 1, m):
+                            if mask >> j & 1:
+                                if y:
+                                    free_succ[pairs + mixins[i] * k + mixins[j]] += weight
+                                else:
+                                    free_fail[pairs + mixins[i] * k + mixins[j]] += weight
         n += 1
         for i in range(total):
             f = feats[i]
@@ -161,6 +176,8 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
             for i in range(succ.shape[0]):
                 succ[i] *= scale
                 fail[i] *= scale
+                free_succ[i] *= scale
+                free_fail[i] *= scale
             weight = 1.0
     return n, since, weight
 
@@ -196,9 +213,10 @@ def served_probabilities(served: np.ndarray, intercepts: np.ndarray, k: int, blo
 @njit(cache=True)
 def item_rows(n: np.ndarray, s: np.ndarray, k: int, mixin_map: np.ndarray, types: np.ndarray,
               y: np.ndarray, indptr: np.ndarray, ids: np.ndarray, keep: float, min_weight: float,
-              bad_rate: float, learn: bool, out: np.ndarray) -> None:
+              bad_rate: float, learn: bool, out: np.ndarray, free_out: np.ndarray) -> None:
     """Per row, the verdict of its combination's item rates (items.py; -1: no item fails)
-    before the row, then (`learn`) the row learnt into them, as `learn_one` does result after
+    before the row, then (`learn`) its free mask (items.free_mask, over its sorted distinct
+    mixins; 0 without `learn`) and the row learnt into them, as `learn_one` does result after
     result. `mixin_map` takes the rows' mixin numbers to the rates' (-1: unknown there)."""
     widest = 0
     for r in range(types.shape[0]):
@@ -206,9 +224,11 @@ def item_rows(n: np.ndarray, s: np.ndarray, k: int, mixin_map: np.ndarray, types
     mapped = np.empty(ids.shape[0], dtype=np.int64)
     mine = np.empty(widest, dtype=np.int64)
     held = np.zeros(k, dtype=np.bool_)
+    tally = np.empty(widest + 1, dtype=np.int64)
     size = _stride(k)
     for r in range(types.shape[0]):
         t = types[r]
+        free_out[r] = 0
         if t < 0:
             out[r] = np.nan  # no rates for a node type beyond the model's room
             continue
@@ -216,8 +236,9 @@ def item_rows(n: np.ndarray, s: np.ndarray, k: int, mixin_map: np.ndarray, types
         for i in range(lo, hi):
             mapped[i] = mixin_map[ids[i]] if ids[i] >= 0 else -1
         m = _distinct(mapped, lo, hi, mine)
-        out[r] = items.verdict(n, s, size * t, mine, m, k, min_weight, bad_rate, held)
+        out[r] = items.verdict(n, s, size * t, mine, m, k, min_weight, bad_rate, held, tally)
         if learn:
+            free_out[r] = items.free_mask(n, s, size * t, mine, m, k, min_weight, bad_rate, tally)
             items.learn(n, s, size * t, mine, m, k, keep, y[r], out[r], min_weight, bad_rate, held)
 
 

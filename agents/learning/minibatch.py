@@ -31,7 +31,7 @@ Mixins = list[str] | tuple[str, ...]
 Example = tuple[str, Mixins, bool]
 
 DECAY_TABLE = 4096
-_ARRAYS = ("w", "avg", "stamp", "counts", "succ", "fail", "ic", "aic")
+_ARRAYS = ("w", "avg", "stamp", "counts", "succ", "fail", "free_succ", "free_fail", "ic", "aic")
 
 
 @dataclass
@@ -98,6 +98,8 @@ class MiniBatch:
         self.counts = np.array(model.counts, dtype=np.int64)
         self.succ = np.array(model.succ, dtype=float)
         self.fail = np.array(model.fail, dtype=float)
+        self.free_succ = np.array(model.free_succ, dtype=float)
+        self.free_fail = np.array(model.free_fail, dtype=float)
         self.ic = np.array(model.intercepts, dtype=float)
         self.aic = np.array(model.avg_intercepts, dtype=float)
         self.growth = 2.0 ** (1.0 / model.cfg.half_life)
@@ -105,7 +107,7 @@ class MiniBatch:
         # learn_one computes them (Python's float power), so both give the same averages
         self.decay = _decay_table(1.0 - model.cfg.avg_rate)
         # compile the loop (or load it from numba's cache) now, not in the first result's time
-        self._run(_no_rows(), 0, 0, False, np.empty(0), np.empty(0, dtype=bool))
+        self._run(_no_rows(), np.empty(0, dtype=np.int64), 0, 0, False, np.empty(0), np.empty(0, dtype=bool))
 
     def learn(self, examples: Sequence[Example]) -> tuple[Rows, np.ndarray]:
         """Number and learn the examples; returns the rows and `learn_many`'s probabilities."""
@@ -118,17 +120,18 @@ class MiniBatch:
         learnt (progressive validation), and scores the model's `progressive` and `by_type`."""
         model = self.model
         cfg = model.cfg
-        # the item rates' verdicts, each before its row is learnt (a drift does not touch them)
-        worst = np.empty(len(rows))
+        # the item rates' verdicts and free masks, each before its row is learnt (a drift does
+        # not touch the rates)
+        worst, free = np.empty(len(rows)), np.empty(len(rows), dtype=np.int64)
         item_rows(model.item_n, model.item_s, model.max_mixins, _identity(model.max_mixins), rows.types,
                   rows.y, rows.indptr, rows.ids, items.keep_of(cfg.item_memory), cfg.item_min_weight,
-                  cfg.item_bad_rate, True, worst)
+                  cfg.item_bad_rate, True, worst, free)
         p = np.empty(len(rows))
         errors = np.zeros(len(rows), dtype=bool)
         start, drift_first = 0, False
         while start < len(rows):
             saved = self._save()
-            self._run(rows, start, len(rows), drift_first, p, errors)
+            self._run(rows, free, start, len(rows), drift_first, p, errors)
             watched = start + 1 if drift_first else start  # a drift row's error was watched
             found = self._watch(errors[watched:])
             if found is None:
@@ -136,7 +139,7 @@ class MiniBatch:
             # Rules changed at row `at`: learn again from there, weights halved at that row.
             at = watched + found
             self._restore(saved)
-            self._run(rows, start, at, drift_first, p, errors)
+            self._run(rows, free, start, at, drift_first, p, errors)
             model.drifts.append(model.updates)
             start, drift_first = at, True
         overlay_rows(p, worst, cfg.clean_odds)
@@ -147,15 +150,16 @@ class MiniBatch:
         m = self.model
         m.weights, m.avg, m.stamp = self.w.tolist(), self.avg.tolist(), self.stamp.tolist()
         m.counts, m.succ, m.fail = self.counts.tolist(), self.succ.tolist(), self.fail.tolist()
+        m.free_succ, m.free_fail = self.free_succ.tolist(), self.free_fail.tolist()
         m.intercepts, m.avg_intercepts = self.ic.tolist(), self.aic.tolist()
         return m
 
-    def _run(self, rows: Rows, start: int, stop: int, drift_first: bool, p: np.ndarray,
-             errors: np.ndarray) -> None:
+    def _run(self, rows: Rows, free: np.ndarray, start: int, stop: int, drift_first: bool,
+             p: np.ndarray, errors: np.ndarray) -> None:
         model, cfg = self.model, self.model.cfg
         model.updates, model.since, model.weight = learn_rows(
-            self.w, self.avg, self.stamp, self.counts, self.succ, self.fail, self.ic, self.aic,
-            rows.types, rows.y, rows.indptr, rows.ids, start, stop,
+            self.w, self.avg, self.stamp, self.counts, self.succ, self.fail, self.free_succ,
+            self.free_fail, self.ic, self.aic, rows.types, rows.y, rows.indptr, rows.ids, free, start, stop,
             model.updates, model.since, model.weight, drift_first,
             model.max_mixins, model.block, cfg.lr, cfg.deviation_lr, cfg.boost, cfg.boost_tau,
             cfg.avg_rate, self.growth, cfg.drift_shrink, cfg.drift_evidence_keep, self.decay, p, errors)
@@ -221,6 +225,7 @@ class FrozenScorer:
                              types, rows.indptr, rows.ids, p)
         cfg, worst = model.cfg, np.empty(len(rows))
         item_rows(self.item_n, self.item_s, model.max_mixins, self._map, types, rows.y, rows.indptr,
-                  rows.ids, 1.0, cfg.item_min_weight, cfg.item_bad_rate, False, worst)
+                  rows.ids, 1.0, cfg.item_min_weight, cfg.item_bad_rate, False, worst,
+                  np.empty(len(rows), dtype=np.int64))
         overlay_rows(p, worst, cfg.clean_odds)
         return p

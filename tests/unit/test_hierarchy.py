@@ -91,3 +91,24 @@ def test_unknown_node_type_and_mixins_are_scored_by_what_is_shared():
     model = _trained(4000)
     p = model.predict("a-new-type", ["MixinA", "MixinB", "MixinZ"])
     assert p.unseen == ["MixinZ"] and p.evidence == 0 and p.score < 0.5
+
+
+def test_a_pair_met_almost_only_beside_a_conflict_is_no_conflict_where_it_is_free():
+    # A with B fails. C is added to nine in ten combinations holding A and B, and to three in
+    # a hundred others: (A, C) and (B, C) fail together nearly every time they are seen, but
+    # where nothing else fails (C without A or without B) they succeed.
+    rng = random.Random(4)
+    model = HierarchicalModel()
+    for _ in range(6000):
+        combo = set(rng.sample(["MixinD", "MixinE", "MixinF", "MixinG", "MixinH"], 2))
+        combo |= {m for m in ("MixinA", "MixinB") if rng.random() < 0.5}
+        if rng.random() < (0.9 if {"MixinA", "MixinB"} <= combo else 0.03):
+            combo.add("MixinC")
+        model.learn_one("effect", sorted(combo), not {"MixinA", "MixinB"} <= combo)
+    credible = {pair for pair, (p, _) in model.posteriors("effect").items() if p >= model.cfg.credibility}
+    assert {("MixinA", "MixinC"), ("MixinB", "MixinC")} <= credible  # the counts alone accuse C
+    assert [c.pair for c in model.find_conflicts("effect")] == [("MixinA", "MixinB")]
+    t, f = model.type_index["effect"], model.pair_feature("MixinA", "MixinC")
+    assert f is not None and model.works_where_free(t, f)
+    model.works_where_free = lambda t, f: False  # without the free evidence, C is accused
+    assert {c.pair for c in model.find_conflicts("effect")} > {("MixinA", "MixinB")}

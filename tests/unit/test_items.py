@@ -64,17 +64,20 @@ def test_a_need_and_a_ban_are_items_of_their_own():
     assert prediction.risky and prediction.score < 0.2
 
 
-def test_rates_go_through_a_snapshot_and_an_older_snapshot_starts_them_empty():
+def test_rates_and_free_evidence_go_through_a_snapshot_and_an_older_snapshot_starts_them_empty():
     model = HierarchicalModel()
     _learn(model, lambda c: not {"MixinA", "MixinB"} <= c, 800, 5)
     again = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(again.item_n, model.item_n)
     np.testing.assert_array_equal(again.item_s, model.item_s)
+    assert any(model.free_fail) and again.free_fail == model.free_fail and again.free_succ == model.free_succ
     state = model.__getstate__()
-    del state["item_n"], state["item_s"]  # as a model pickled before the rates existed
+    # as a model pickled before the rates and the free evidence existed
+    del state["item_n"], state["item_s"], state["free_succ"], state["free_fail"]
     older = HierarchicalModel.__new__(HierarchicalModel)
     older.__setstate__(state)
     assert not older.item_n.any() and older.item_n.shape == model.item_n.shape
+    assert older.free_succ == older.free_fail == [0.0] * len(model.succ)
     # no rates yet: served as the weights say, until the combination has been seen 4 times
     weights_only = HierarchicalModel.__new__(HierarchicalModel)
     weights_only.__setstate__(model.__getstate__())
@@ -105,3 +108,32 @@ def test_a_mixin_met_mostly_beside_a_banned_one_does_not_look_failing_itself():
             wrong += model.predict_proba("compute", ["MixinC"]) < 0.5
     assert wrong <= checks // 50, (wrong, checks)  # counted whole: 64 of 250
     assert model.predict_proba("compute", ["MixinC", "MixinE"]) < 0.2
+
+
+def _failing(n: np.ndarray, x: int) -> None:
+    n[x] = 10.0  # ten recent results, none a success: rate 0.5 / 11
+
+
+def test_free_mask_sets_the_mixins_whose_removal_leaves_nothing_failing():
+    k = 8
+    n, s = items.empty(k, 1)
+    held = np.zeros(k, dtype=np.bool_)
+
+    def mask(combo: list[int]) -> int:
+        mixins, tally = np.array(combo, dtype=np.int64), np.empty(len(combo) + 1, dtype=np.int64)
+        items.verdict(n, s, 0, mixins, len(combo), k, 4.0, 0.15, held, tally)
+        return items.free_mask(n, s, 0, mixins, len(combo), k, 4.0, 0.15, tally)
+
+    assert mask([0, 1, 2]) == 0b111                  # nothing fails: every pair is free
+    _failing(n, k + 0 * k + 1)                         # the pair (0, 1) fails
+    # Dropping 0 or 1 clears it, dropping 2 does not: (0, 1) is free, (0, 2) and (1, 2) met
+    # it beside the failing pair and are not.
+    assert mask([0, 1, 2]) == 0b011
+    assert mask([1, 2, 3]) == 0b111                  # the failing pair is not in this one
+    _failing(n, k + k * k + 2 * k + 3)                 # 2 without 3 fails: 2 needs 3
+    # Dropping 3 from (2, 3, 4) leaves 2 without 3: only the pair (2, 4) is free.
+    assert mask([2, 3, 4]) == 0b101
+    _failing(n, 5)                                     # 5 is banned
+    assert mask([4, 5, 6]) == 0b010                  # only 5 may go: no pair is free
+    assert mask([0, 1, 5]) == 0                      # two failing items, no mixin names both
+    assert not held.any()                              # the scratch is left clean

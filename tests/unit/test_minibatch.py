@@ -13,7 +13,8 @@ from agents.learning.hierarchy import HierarchicalModel
 from agents.learning.minibatch import FrozenScorer, MiniBatch, number_rows
 from bench.mixin_stream import MixinStream
 
-STATE = ("weights", "avg", "stamp", "counts", "succ", "fail", "intercepts", "avg_intercepts")
+STATE = ("weights", "avg", "stamp", "counts", "succ", "fail", "free_succ", "free_fail", "intercepts",
+         "avg_intercepts")
 
 
 def _examples(n: int, **kw) -> list[tuple[str, list[str], bool]]:
