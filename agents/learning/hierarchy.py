@@ -46,12 +46,13 @@ evidence at a drift took the worst recall from 0.35 to 0.81 on the held-out seed
 reported on others; a conflict that stops holding after a drift is withdrawn with the
 evidence it stood on.
 
-A pair met almost only beside a real conflict fails together as one does, so it passes both
-sources (a confound). Each pair therefore also keeps the same aged counts over the results
-where it was free (items.free_mask: the combination without either member holds nothing the
-item rates judge failing), and a pair that succeeds more than it fails there is not reported
-(`works_where_free`). Held-out worlds: worst precision 0.923 -> 0.969, recall 0.846 -> 0.839
-(one true pair of 560 lost).
+Each pair also keeps the same aged counts over the results where it was free
+(items.free_mask: the combination without either member holds nothing the item rates judge
+failing). A pair met almost only beside a real conflict fails together as one does, so it
+passes both sources (a confound): a pair that succeeds more than it fails where it is free is
+not reported (`works_where_free`). A pair whose members mostly fail for other reasons cannot
+be credibly below half their rates: it is credible too when it is credibly under `free_bar`
+where it is free. Held-out worlds: worst precision 0.923 -> 0.966, recall 0.846 -> 0.862.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class HierarchyConfig:
     min_evidence: float = 10.0   # ... and this much aged evidence of the pair since the last drift
     probe_threshold: float = 0.7  # the model's probe: members above it, the pair below it
     drift_evidence_keep: float = 0.0  # evidence kept at a drift (0: conflicts from what follows)
+    free_bar: float = 0.5        # ... or: the pair succeeds under this rate where it is free
     confidence_k: float = 10.0   # evidence at which a prediction's support reaches 1/2
     # The item rates (items.py), chosen on bench/worlds.py's seeds 1-12:
     item_memory: float = 10.0    # an item's rate is over about its last this many results
@@ -418,7 +420,9 @@ class HierarchicalModel:
 
     def posteriors(self, node_type: str) -> dict[tuple[str, str], tuple[float, int]]:
         """Per observed pair of this node type: (posterior probability that the pair succeeds
-        at under `ratio` × the rate of either member without the other, observations)."""
+        at under `ratio` × the rate of either member without the other, observations); or, if
+        higher, that it succeeds at under `free_bar` where it is free (uniform prior): a pair
+        whose members often fail for other reasons is judged where they do not."""
         t = self._type(node_type, learn=False)
         if t is None:
             return {}
@@ -444,14 +448,17 @@ class HierarchicalModel:
                 s_x, n_x = succ[off + x] - s_ab, succ[off + x] + fail[off + x] - s_ab - f_ab
                 members.append((max(s_x, 0.0) + 1) / (max(n_x, 0.0) + 2))
             pairs.append((a, b, n_obs))
-            rows.append((s_ab, f_ab, (pooled_s + 1) / (pooled_n + 2), min(members)))
+            rows.append((s_ab, f_ab, self.free_succ[off + f], self.free_fail[off + f],
+                         (pooled_s + 1) / (pooled_n + 2), min(members)))
         if not rows:
             return {}
-        data = np.asarray(rows, dtype=float) / np.array([self.weight, self.weight, 1, 1])
-        s, f, centre, member = data.T
+        weight = self.weight
+        data = np.asarray(rows, dtype=float) / np.array([weight, weight, weight, weight, 1, 1])
+        s, f, free_s, free_f, centre, member = data.T
         alpha = 1 + cfg.prior_strength * centre + s
         beta = 1 + cfg.prior_strength * (1 - centre) + f
-        posterior = betainc(alpha, beta, np.clip(cfg.ratio * member, 0.0, 1.0))
+        posterior = np.maximum(betainc(alpha, beta, np.clip(cfg.ratio * member, 0.0, 1.0)),
+                               betainc(1 + free_s, 1 + free_f, cfg.free_bar))
         return {(a, b): (float(p), n) for (a, b, n), p in zip(pairs, posterior, strict=True)}
 
     def find_conflicts(self, node_type: str, threshold: float | None = None) -> list[Conflict]:

@@ -112,3 +112,33 @@ def test_a_pair_met_almost_only_beside_a_conflict_is_no_conflict_where_it_is_fre
     assert f is not None and model.works_where_free(t, f)
     model.works_where_free = lambda t, f: False  # without the free evidence, C is accused
     assert {c.pair for c in model.find_conflicts("effect")} > {("MixinA", "MixinB")}
+
+
+def _pair_beside_a_ban(cfg: HierarchyConfig, seed: int) -> tuple[float, list[tuple[str, str]]]:
+    """A with B fails for effect, not for compute; Z, banned everywhere, is in 85 % of effect
+    results, so A and B fail for effect most of the time without each other too; 5 % noise."""
+    rng = random.Random(seed)
+    model = HierarchicalModel(cfg=cfg)
+    for _ in range(1200):
+        node_type = rng.choice(["effect", "compute"])
+        combo = {rng.choice(["MixinC", "MixinD", "MixinE", "MixinF"])}
+        combo |= {m for m in ("MixinA", "MixinB") if rng.random() < 0.5}
+        if node_type == "effect" and rng.random() < 0.85:
+            combo.add("MixinZ")
+        ok = "MixinZ" not in combo and not (node_type == "effect" and {"MixinA", "MixinB"} <= combo)
+        model.learn_one(node_type, sorted(combo), ok if rng.random() > 0.05 else not ok)
+    found = [c.pair for c in model.find_conflicts("effect")]
+    return model.posteriors("effect")[("MixinA", "MixinB")][0], found
+
+
+def test_a_pair_whose_members_mostly_fail_for_another_reason_is_judged_where_it_is_free():
+    # Against its members' low rates (half of about 0.15) the pair's few successes, pulled up
+    # by the prior from compute where it works, are not credibly lower; where it is free
+    # (without Z) it fails nearly every time.
+    with_free, counts_only = [], []
+    for seed in range(1, 6):
+        with_free.append(_pair_beside_a_ban(HierarchyConfig(), seed))
+        counts_only.append(_pair_beside_a_ban(HierarchyConfig(free_bar=0.0), seed))
+    assert all(found == [("MixinA", "MixinB")] for _, found in with_free)
+    assert all(a >= b for (a, _), (b, _) in zip(with_free, counts_only, strict=True))
+    assert any(found == [] for _, found in counts_only)
