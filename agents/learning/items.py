@@ -22,7 +22,7 @@ failure of a combination that already holds a failing item counts `EXPLAINED` fo
 items. The logistic model learns slowly (its weights move by small steps so that noisy labels
 do not shake them); the item rates follow a drift within a few results of each item
 (bench/worlds.py, held-out seeds 13-24: back to 0.97 held-out accuracy within 5,000 results
-after 33 of 34 drifts, against 8 with the logistic model alone).
+after 34 of 34 drifts, against 8 with the logistic model alone).
 
 The functions are compiled (numba) and shared by `HierarchicalModel.learn_one` and the
 compiled rows of kernels.py, so both compute the same rates.
@@ -60,18 +60,23 @@ def verdict(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, 
     """The smoothed rate of the combination's worst failing item; -1: none fails, and each of
     its mixins and pairs holds `min_weight` of results; NaN: none fails, but some mixin or
     pair has too few results to say (an empty combination too). `mixins[:m]`: its sorted,
-    distinct mixin numbers; `held`: k booleans, all False (scratch). Counts the failing items
-    into `tally` (m + 1 numbers, overwritten): `tally[i]` those naming `mixins[i]`, `tally[m]`
-    all of them (what free_mask reads)."""
+    distinct mixin numbers; `held`: k booleans, all False (scratch). Counts into `tally`
+    (2m + 2 numbers, overwritten; what free_mask reads) the failing items, `tally[i]` those
+    naming `mixins[i]` and `tally[m]` all of them, and the mixins and pairs with too few
+    results to judge, `tally[m + 1 + i]` and `tally[2m + 1]` the same way."""
     worst = -1.0
     known = m > 0
-    for i in range(m + 1):
+    unknown = m + 1
+    for i in range(2 * m + 2):
         tally[i] = 0
     for i in range(m):
         held[mixins[i]] = True
     for i in range(m):
         a = mixins[i]
-        known = known and n[off + a] >= min_weight
+        if n[off + a] < min_weight:
+            known = False
+            tally[unknown + i] += 1
+            tally[unknown + m] += 1
         rate = _rate(n, s, off + a, min_weight, bad_rate)
         if rate >= 0.0:
             tally[i] += 1
@@ -79,7 +84,11 @@ def verdict(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, 
             worst = rate if worst < 0.0 else min(worst, rate)
         for j in range(i + 1, m):
             pair = off + k + a * k + mixins[j]
-            known = known and n[pair] >= min_weight
+            if n[pair] < min_weight:
+                known = False
+                tally[unknown + i] += 1
+                tally[unknown + j] += 1
+                tally[unknown + m] += 1
             rate = _rate(n, s, pair, min_weight, bad_rate)
             if rate >= 0.0:
                 tally[i] += 1
@@ -140,17 +149,18 @@ def learn(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k:
 @njit(cache=True, inline="always")
 def free_mask(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int,
               min_weight: float, bad_rate: float, tally: np.ndarray) -> int:
-    """Which of the combination's mixins can be dropped to leave nothing failing: bit i is set
-    when the sorted, distinct `mixins[:m]` without `mixins[i]` hold no failing item. A pair
-    whose two bits are set is *free* in this result: no other item the rates know of explains
-    what it did (the combination without either member would be judged clean). Every failing
-    item must name the dropped mixin (`tally`, as `verdict` left it for this combination),
-    and no other mixin may fail without it. 0 for more than 62 mixins."""
+    """Which of the combination's mixins can be dropped to leave it judged clean: bit i is set
+    when the sorted, distinct `mixins[:m]` without `mixins[i]` hold no failing item and no
+    mixin or pair with too few results to judge. A pair whose two bits are set is *free* in
+    this result: nothing else explains what it did (the combination without either member
+    would be judged clean). Every failing or unjudged item must name the dropped mixin
+    (`tally`, as `verdict` left it for this combination), and no other mixin may fail without
+    it. 0 for more than 62 mixins."""
     if m > 62:
         return 0
     mask = 0
     for i in range(m):
-        if tally[i] != tally[m]:
+        if tally[i] != tally[m] or tally[m + 1 + i] != tally[2 * m + 1]:
             continue
         dropped = mixins[i]
         clean = True
@@ -170,7 +180,7 @@ def learn_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int
     it is learnt, then learn it."""
     held = np.zeros(k, dtype=np.bool_)
     m = mixins.shape[0]
-    tally = np.empty(m + 1, dtype=np.int64)
+    tally = np.empty(2 * m + 2, dtype=np.int64)
     worst = verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held, tally)
     free = free_mask(n, s, off, mixins, m, k, min_weight, bad_rate, tally)
     learn(n, s, off, mixins, m, k, keep, y, worst, min_weight, bad_rate, held)
@@ -182,7 +192,7 @@ def judge_one(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, k: int
               bad_rate: float) -> float:
     held = np.zeros(k, dtype=np.bool_)
     m = mixins.shape[0]
-    return verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held, np.empty(m + 1, dtype=np.int64))
+    return verdict(n, s, off, mixins, m, k, min_weight, bad_rate, held, np.empty(2 * m + 2, dtype=np.int64))
 
 
 def overlay(p: float, worst: float, clean_odds: float) -> float:

@@ -224,7 +224,7 @@ def item_rows(n: np.ndarray, s: np.ndarray, k: int, mixin_map: np.ndarray, types
     mapped = np.empty(ids.shape[0], dtype=np.int64)
     mine = np.empty(widest, dtype=np.int64)
     held = np.zeros(k, dtype=np.bool_)
-    tally = np.empty(widest + 1, dtype=np.int64)
+    tally = np.empty(2 * widest + 2, dtype=np.int64)
     size = _stride(k)
     for r in range(types.shape[0]):
         t = types[r]

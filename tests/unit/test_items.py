@@ -110,30 +110,35 @@ def test_a_mixin_met_mostly_beside_a_banned_one_does_not_look_failing_itself():
     assert model.predict_proba("compute", ["MixinC", "MixinE"]) < 0.2
 
 
-def _failing(n: np.ndarray, x: int) -> None:
-    n[x] = 10.0  # ten recent results, none a success: rate 0.5 / 11
+def _failing(n: np.ndarray, s: np.ndarray, x: int) -> None:
+    n[x], s[x] = 10.0, 0.0  # ten recent results, none a success: rate 0.5 / 11
 
 
-def test_free_mask_sets_the_mixins_whose_removal_leaves_nothing_failing():
+def test_free_mask_sets_the_mixins_whose_removal_leaves_it_judged_clean():
     k = 8
     n, s = items.empty(k, 1)
+    n[:k + k * k] = s[:k + k * k] = 10.0  # every mixin and pair: ten recent successes
     held = np.zeros(k, dtype=np.bool_)
 
     def mask(combo: list[int]) -> int:
-        mixins, tally = np.array(combo, dtype=np.int64), np.empty(len(combo) + 1, dtype=np.int64)
+        mixins, tally = np.array(combo, dtype=np.int64), np.empty(2 * len(combo) + 2, dtype=np.int64)
         items.verdict(n, s, 0, mixins, len(combo), k, 4.0, 0.15, held, tally)
         return items.free_mask(n, s, 0, mixins, len(combo), k, 4.0, 0.15, tally)
 
     assert mask([0, 1, 2]) == 0b111                  # nothing fails: every pair is free
-    _failing(n, k + 0 * k + 1)                         # the pair (0, 1) fails
+    _failing(n, s, k + 0 * k + 1)                      # the pair (0, 1) fails
     # Dropping 0 or 1 clears it, dropping 2 does not: (0, 1) is free, (0, 2) and (1, 2) met
     # it beside the failing pair and are not.
     assert mask([0, 1, 2]) == 0b011
     assert mask([1, 2, 3]) == 0b111                  # the failing pair is not in this one
-    _failing(n, k + k * k + 2 * k + 3)                 # 2 without 3 fails: 2 needs 3
+    _failing(n, s, k + k * k + 2 * k + 3)              # 2 without 3 fails: 2 needs 3
     # Dropping 3 from (2, 3, 4) leaves 2 without 3: only the pair (2, 4) is free.
     assert mask([2, 3, 4]) == 0b101
-    _failing(n, 5)                                     # 5 is banned
+    _failing(n, s, 5)                                  # 5 is banned
     assert mask([4, 5, 6]) == 0b010                  # only 5 may go: no pair is free
     assert mask([0, 1, 5]) == 0                      # two failing items, no mixin names both
+    n[6] = n[k + 4 * k + 6] = 1.0                      # 6 and the pair (4, 6): too few to judge
+    assert mask([3, 4, 6]) == 0b100                  # a pair beside them is not free
+    n[k + 3 * k + 4] = 1.0                             # nor beside an unjudged pair of others
+    assert mask([3, 4, 7]) == 0b011
     assert not held.any()                              # the scratch is left clean
