@@ -365,11 +365,7 @@ class HierarchicalModel:
             # Conflicts from the evidence of the rules now in force: what was seen before fades
             # (kept at `drift_evidence_keep`), or a pair that became a conflict waits for its
             # new failures to outweigh its old successes at the half-life's pace.
-            keep = self.cfg.drift_evidence_keep
-            self.succ = [v * keep for v in self.succ]
-            self.fail = [v * keep for v in self.fail]
-            self.free_succ = [v * keep for v in self.free_succ]
-            self.free_fail = [v * keep for v in self.free_fail]
+            self._scale_evidence(self.cfg.drift_evidence_keep)
 
     def _age(self) -> None:
         """Each result's evidence weighs 2^(1/half_life) times the previous one's, which is the
@@ -380,12 +376,13 @@ class HierarchicalModel:
             growth = self._growth = 2.0 ** (1.0 / self.cfg.half_life)
         self.weight *= growth
         if self.weight > _RESCALE_AT:
-            scale = 1.0 / self.weight
-            self.succ = [v * scale for v in self.succ]
-            self.fail = [v * scale for v in self.fail]
-            self.free_succ = [v * scale for v in self.free_succ]
-            self.free_fail = [v * scale for v in self.free_fail]
+            self._scale_evidence(1.0 / self.weight)
             self.weight = 1.0
+
+    def _scale_evidence(self, factor: float) -> None:
+        """Every aged count, the free ones too, times `factor` (a drift; a rescale)."""
+        for name in ("succ", "fail", "free_succ", "free_fail"):
+            setattr(self, name, [v * factor for v in getattr(self, name)])
 
     # -------------------------------------------------------------- prediction
 
@@ -484,18 +481,19 @@ class HierarchicalModel:
             return best[a]
 
         found = []
+        t = self.type_index[node_type]
         for (a, b), (posterior, n_obs) in sorted(credible.items()):
             (p_a, ctx_a), (p_b, ctx_b) = context(a), context(b)
             if p_a <= threshold or p_b <= threshold:
                 continue
             ctx = tuple(c for c in dict.fromkeys(ctx_a + ctx_b) if c not in (a, b))
             p_ab = p((a, b) + ctx)
-            t = self.type_index[node_type]
             f = self.pair_feature(a, b)
             assert f is not None
-            if p_ab < threshold and not self.works_where_free(t, f):
-                weight = self.weights[f] + self.weights[self.block * (1 + t) + f]
-                found.append(Conflict((a, b), p_ab, p_a, p_b, weight, n_obs, ctx, posterior))
+            if p_ab >= threshold or self.works_where_free(t, f):
+                continue
+            weight = self.weights[f] + self.weights[self.block * (1 + t) + f]
+            found.append(Conflict((a, b), p_ab, p_a, p_b, weight, n_obs, ctx, posterior))
         self.conflicts[node_type] = found
         return found
 

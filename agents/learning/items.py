@@ -55,6 +55,15 @@ def _rate(n: np.ndarray, s: np.ndarray, x: int, min_weight: float, bad_rate: flo
 
 
 @njit(cache=True, inline="always")
+def _tally(tally: np.ndarray, section: int, m: int, i: int, j: int) -> None:
+    """One item naming `mixins[i]` (and `mixins[j]`, j >= 0) into a section of the tally."""
+    tally[section + i] += 1
+    if j >= 0:
+        tally[section + j] += 1
+    tally[section + m] += 1
+
+
+@njit(cache=True, inline="always")
 def verdict(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, k: int,
             min_weight: float, bad_rate: float, held: np.ndarray, tally: np.ndarray) -> float:
     """The smoothed rate of the combination's worst failing item; -1: none fails, and each of
@@ -75,33 +84,26 @@ def verdict(n: np.ndarray, s: np.ndarray, off: int, mixins: np.ndarray, m: int, 
         a = mixins[i]
         if n[off + a] < min_weight:
             known = False
-            tally[unknown + i] += 1
-            tally[unknown + m] += 1
+            _tally(tally, unknown, m, i, -1)
         rate = _rate(n, s, off + a, min_weight, bad_rate)
         if rate >= 0.0:
-            tally[i] += 1
-            tally[m] += 1
+            _tally(tally, 0, m, i, -1)
             worst = rate if worst < 0.0 else min(worst, rate)
         for j in range(i + 1, m):
             pair = off + k + a * k + mixins[j]
             if n[pair] < min_weight:
                 known = False
-                tally[unknown + i] += 1
-                tally[unknown + j] += 1
-                tally[unknown + m] += 1
+                _tally(tally, unknown, m, i, j)
             rate = _rate(n, s, pair, min_weight, bad_rate)
             if rate >= 0.0:
-                tally[i] += 1
-                tally[j] += 1
-                tally[m] += 1
+                _tally(tally, 0, m, i, j)
                 worst = rate if worst < 0.0 else min(worst, rate)
         without = off + k + k * k + a * k
         for b in range(k):
             if not held[b]:
                 rate = _rate(n, s, without + b, min_weight, bad_rate)
                 if rate >= 0.0:
-                    tally[i] += 1
-                    tally[m] += 1
+                    _tally(tally, 0, m, i, -1)
                     worst = rate if worst < 0.0 else min(worst, rate)
     for i in range(m):
         held[mixins[i]] = False

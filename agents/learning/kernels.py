@@ -156,15 +156,12 @@ def learn_rows(w: np.ndarray, avg: np.ndarray, stamp: np.ndarray, counts: np.nda
                     fail[f] += weight
             mask = free[r]
             if mask:
+                free_evidence = free_succ if y else free_fail
                 pairs = block * (1 + t) + k
                 for i in range(m):
-                    if mask >> i & 1:
-                        for j in range(i + 1, m):
-                            if mask >> j & 1:
-                                if y:
-                                    free_succ[pairs + mixins[i] * k + mixins[j]] += weight
-                                else:
-                                    free_fail[pairs + mixins[i] * k + mixins[j]] += weight
+                    for j in range(i + 1, m):
+                        if mask >> i & 1 and mask >> j & 1:
+                            free_evidence[pairs + mixins[i] * k + mixins[j]] += weight
         n += 1
         for i in range(total):
             f = feats[i]
